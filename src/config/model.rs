@@ -1,0 +1,365 @@
+//! Validated configuration: the types the rest of wsync works with.
+//!
+//! Everything here has already been checked (names resolved, enums parsed, paths
+//! exist) and every secret has been resolved from its environment variable or file.
+//! Nothing downstream re-validates; if a value is here, it is usable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::mapping::identity::{DeviceIdType, IdentityType};
+use crate::redact::Secret;
+
+/// A whole validated project: `wsync.toml`, every `sql/*.sql` model and every
+/// `schedules/*.toml` pipeline.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The folder the project was loaded from; relative paths resolve against it.
+    pub root: PathBuf,
+    /// Where run records and watermarks live.
+    pub state: StateConfig,
+    /// Warehouse connections by name.
+    pub connections: BTreeMap<String, Connection>,
+    /// mParticle input feeds by name.
+    pub feeds: BTreeMap<String, Feed>,
+    /// Data models (one SELECT each) by name (the file stem under `sql/`).
+    pub models: BTreeMap<String, DataModel>,
+    /// Pipelines by id (the file stem under `schedules/`).
+    pub pipelines: BTreeMap<String, Pipeline>,
+}
+
+/// The state store: run history and watermarks.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// SQLite database URL, e.g. `sqlite:///abs/path/.wsync/state.db`.
+    pub url: Secret,
+    /// Folder for per-run files (rejected rows, would-be batches).
+    pub runs_dir: PathBuf,
+}
+
+/// Which SQL dialect and wire protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// PostgreSQL.
+    Postgres,
+    /// Amazon Redshift, spoken to through the PostgreSQL protocol (no COPY, no
+    /// read-only transactions).
+    Redshift,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite file.
+    Sqlite,
+}
+
+impl ConnectionKind {
+    /// The name used in config files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Redshift => "redshift",
+            Self::MySql => "mysql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A warehouse connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Name of the `[connections.NAME]` table.
+    pub name: String,
+    /// Dialect.
+    pub kind: ConnectionKind,
+    /// Connection URL; may hold a password, so it is a [`Secret`].
+    pub url: Secret,
+    /// SQL file run once to create a SQLite warehouse that does not exist yet
+    /// (the quickstart's demo data). Only for `sqlite`.
+    pub seed_sql: Option<PathBuf>,
+    /// Server-side limit for one query.
+    pub statement_timeout: Duration,
+    /// Rows per Arrow record batch (the unit of streaming).
+    pub chunk_rows: usize,
+}
+
+/// mParticle data centre ("pod").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pod {
+    /// `s2s.us1.mparticle.com`
+    Us1,
+    /// `s2s.us2.mparticle.com`
+    Us2,
+    /// `s2s.eu1.mparticle.com`
+    Eu1,
+    /// `s2s.au1.mparticle.com`
+    Au1,
+}
+
+impl Pod {
+    /// The Events API host root for this pod (paths such as `/v2/bulkevents` are appended).
+    pub fn base_url(self) -> &'static str {
+        match self {
+            Self::Us1 => "https://s2s.us1.mparticle.com",
+            Self::Us2 => "https://s2s.us2.mparticle.com",
+            Self::Eu1 => "https://s2s.eu1.mparticle.com",
+            Self::Au1 => "https://s2s.au1.mparticle.com",
+        }
+    }
+}
+
+/// mParticle environment a batch is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// `development`
+    Development,
+    /// `production`
+    Production,
+}
+
+impl Environment {
+    /// The value of the batch's `environment` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// An mParticle input feed: where batches go and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// Name of the `[feeds.NAME]` table.
+    pub name: String,
+    /// Host root, either a pod's or a `base_url` override (no trailing slash).
+    pub base_url: String,
+    /// Server-to-server API key (HTTP Basic user).
+    pub api_key: Secret,
+    /// Server-to-server API secret (HTTP Basic password).
+    pub api_secret: Secret,
+    /// Default environment for pipelines using this feed.
+    pub environment: Environment,
+    /// Timeout for one HTTP request.
+    pub request_timeout: Duration,
+}
+
+/// A data model: one SELECT statement.
+#[derive(Debug, Clone)]
+pub struct DataModel {
+    /// Model name (file stem).
+    pub name: String,
+    /// Path of the `.sql` file.
+    pub path: PathBuf,
+    /// The SELECT, with any trailing semicolon and surrounding whitespace removed.
+    pub sql: String,
+}
+
+/// What a run may do to mParticle profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputProtection {
+    /// Send every valid row (may create profiles).
+    CreateAndUpdate,
+    /// Never create a profile: rows matching no profile are skipped.
+    OnlyUpdate,
+    /// Exact dry run: nothing is sent, nothing moves.
+    OnlyRead,
+}
+
+impl InputProtection {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateAndUpdate => "create_and_update",
+            Self::OnlyUpdate => "only_update",
+            Self::OnlyRead => "only_read",
+        }
+    }
+}
+
+/// Type of the incremental iterator column, as mParticle names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IteratorDataType {
+    /// Timestamp with time zone (`timestamptz`, MySQL `TIMESTAMP`).
+    TimestampTz,
+    /// Timestamp without time zone (`timestamp`, MySQL `DATETIME`), read as UTC.
+    TimestampNtz,
+    /// Calendar date.
+    Date,
+    /// Integer seconds since the Unix epoch.
+    UnixSeconds,
+    /// Integer milliseconds since the Unix epoch.
+    UnixMillis,
+    /// A monotonically increasing integer (a sequence or an id).
+    Integer,
+}
+
+impl IteratorDataType {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TimestampTz => "timestamp_tz",
+            Self::TimestampNtz => "timestamp_ntz",
+            Self::Date => "date",
+            Self::UnixSeconds => "timestamp_unixtime_s",
+            Self::UnixMillis => "timestamp_unixtime_ms",
+            Self::Integer => "integer",
+        }
+    }
+}
+
+/// Full or incremental extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Re-read the whole model every run.
+    Full,
+    /// Read only rows whose iterator lies in the run's window.
+    Incremental {
+        /// Column (alias) of the model that drives the window; never sent.
+        iterator_field: String,
+        /// How to compare and store its values.
+        iterator_data_type: IteratorDataType,
+        /// Lower bound of the very first window; unbounded when absent.
+        from: Option<String>,
+    },
+}
+
+/// Interval frequency (mParticle's `schedule.frequency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frequency {
+    /// Every hour from `start`.
+    Hourly,
+    /// Every day from `start`.
+    Daily,
+    /// Every week from `start`.
+    Weekly,
+    /// Every month from `start` (clamped to the month's last day).
+    Monthly,
+}
+
+/// When a pipeline runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// On the interval grid anchored at `start`.
+    Interval {
+        /// Grid step.
+        frequency: Frequency,
+        /// Anchor and first window start.
+        start: DateTime<Utc>,
+        /// No run after this instant.
+        end: Option<DateTime<Utc>>,
+    },
+    /// A cron expression evaluated in a time zone.
+    Cron {
+        /// The expression as written (5 or 6 fields).
+        expression: String,
+        /// IANA zone name.
+        time_zone: String,
+    },
+    /// Once, as soon as possible.
+    Once,
+    /// Only when triggered.
+    OnDemand,
+}
+
+/// What to do with a SQL NULL in an attribute column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NullPolicy {
+    /// Leave the attribute out of the batch.
+    Skip,
+    /// Add the attribute name to `deleted_user_attributes`.
+    Delete,
+}
+
+/// What to do with a value over one of mParticle's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// Cut the value to the limit (counted).
+    Truncate,
+    /// Drop the value (counted).
+    Reject,
+}
+
+/// Where a mapped value goes in the batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// `user_identities.<type>`
+    Identity(IdentityType),
+    /// `device_info.<type>`
+    Device(DeviceIdType),
+    /// `mpid`
+    Mpid,
+    /// `user_attributes.<name>`
+    Attribute(String),
+}
+
+/// One explicit field transformation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapping {
+    /// Send column `source` to `destination` instead of its implicit place.
+    Column {
+        /// Column name as returned by the model (matched case-insensitively).
+        source: String,
+        /// Where it goes.
+        destination: Destination,
+    },
+    /// Put a constant value at `destination` on every batch.
+    Static {
+        /// The constant (a TOML string, number or boolean).
+        value: StaticValue,
+        /// Where it goes.
+        destination: Destination,
+    },
+    /// Do not send column `source`.
+    Ignore {
+        /// Column name (matched case-insensitively).
+        source: String,
+    },
+}
+
+/// A constant written by a static mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StaticValue {
+    /// A string.
+    String(String),
+    /// An integer.
+    Integer(i64),
+    /// A float (finite).
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Pipeline id: the file stem under `schedules/`.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Connection name (exists in [`Project::connections`]).
+    pub connection: String,
+    /// Data model name (exists in [`Project::models`]).
+    pub data_model: String,
+    /// Feed name; `None` only for `only_read` pipelines.
+    pub feed: Option<String>,
+    /// Environment batches are tagged with.
+    pub environment: Environment,
+    /// Full or incremental.
+    pub sync_mode: SyncMode,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// Paused pipelines are not scheduled (manual runs still work).
+    pub paused: bool,
+    /// What runs may do to profiles.
+    pub input_protection: InputProtection,
+    /// NULL handling.
+    pub null_policy: NullPolicy,
+    /// Over-limit value handling.
+    pub limit_policy: LimitPolicy,
+    /// Explicit field transformations, in file order.
+    pub mappings: Vec<Mapping>,
+}

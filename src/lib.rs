@@ -1,0 +1,36 @@
+//! wsync: a self-hosted warehouse-sync daemon for mParticle.
+//!
+//! It runs a SQL *data model* against a warehouse, maps every row to an mParticle
+//! profile batch (identities, user attributes, device ids), applies the pipeline's
+//! input protection and sends the batches to the Events API (`/v2/bulkevents`).
+//!
+//! # Layout
+//!
+//! - [`config`]: `wsync.toml`, `sql/*.sql` and `schedules/*.toml` parsed, then
+//!   validated (every error at once, with file, key and line), then resolved
+//!   (secrets from environment variables and files).
+//! - [`source`]: warehouse connections (PostgreSQL/Redshift, MySQL/MariaDB, SQLite)
+//!   streaming rows in bounded chunks as Arrow record batches; the SQL-type → Arrow
+//!   type table per dialect; the single-SELECT guard.
+//! - [`mapping`]: Arrow rows → mParticle batches: column classification, value
+//!   conversion, mParticle's limits, deterministic `source_request_id`.
+//! - [`sink`]: where batches go: request packing and the Events API client, and
+//!   the JSONL files for would-be batches and rejected rows.
+//! - [`state`]: the state store (SQLite): run records and watermarks.
+//! - [`sync`]: one pipeline run, extract → map → deliver → commit.
+//! - [`cli`]: the `wsync` command line (the only place that uses `anyhow`).
+//! - [`telemetry`]: tracing setup and the typed log events.
+//! - [`clock`], [`redact`], [`env_vars`]: injected time, secret handling, and the
+//!   registry of environment variables wsync reads.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod env_vars;
+pub mod mapping;
+pub mod redact;
+pub mod sink;
+pub mod source;
+pub mod state;
+pub mod sync;
+pub mod telemetry;

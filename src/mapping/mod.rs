@@ -1,0 +1,2 @@
+//! Rows → mParticle batches.
+pub mod identity;
