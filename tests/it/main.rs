@@ -1,0 +1,7 @@
+//! wsync's integration tests: one binary, one module per area.
+//!
+//! Database tests talk to the real PostgreSQL and MariaDB on 127.0.0.1 (see
+//! `support::db`); the Events API is the in-process fake in
+//! `support::fake_mparticle`.
+
+mod support;

@@ -1,0 +1,1 @@
+//! The fake mParticle Events API (filled in by the fake-server work).

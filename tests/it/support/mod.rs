@@ -1,0 +1,5 @@
+//! Shared test harness: real databases and the fake mParticle server.
+#![allow(dead_code)]
+
+pub mod db;
+pub mod fake_mparticle;
