@@ -1,0 +1,794 @@
+//! The row → batch encoder.
+//!
+//! For each row: collect identities, `mpid`, device ids and attributes in column
+//! order; apply the NULL policy and the limits; reject the row if it has nothing
+//! to resolve a profile by; split the attributes over as many batches as the
+//! 100-attribute and 128 KiB limits need (every part carries the same identities);
+//! write each part as JSON and stamp it with a `source_request_id` derived from
+//! the pipeline id and the part's content, so the same row always yields the same
+//! id and mParticle applies a re-sent batch once.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use sha2::{Digest, Sha256};
+
+use crate::config::model::{
+    Destination, Environment, LimitPolicy, NullPolicy, Pipeline, StaticValue,
+};
+use crate::mapping::convert::{int_value, Cell, ColumnReader, Value};
+use crate::mapping::identity::{DeviceIdType, IdentityType};
+use crate::mapping::json::{write_str, write_value};
+use crate::mapping::limits::{self, reason};
+use crate::mapping::plan::{MappingPlan, Route};
+use crate::mapping::MappingError;
+
+/// Length of the hex `source_request_id` (128 bits).
+const ID_HEX_LEN: usize = 32;
+/// Bytes the `"source_request_id":"…",` member adds to a batch.
+const ID_MEMBER_BYTES: usize = r#""source_request_id":"","#.len() + ID_HEX_LEN;
+
+/// One batch, serialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    /// 1-based row number within the run that produced it.
+    pub row: u64,
+    /// 0-based part, when a row needed several batches.
+    pub part: u32,
+    /// The batch's `source_request_id`.
+    pub source_request_id: String,
+    /// The batch JSON (an object), exactly as it will be sent.
+    pub json: Vec<u8>,
+}
+
+/// Why a whole row was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// No user identity, no `mpid` and no device id: mParticle could not resolve a profile.
+    NoIdentity,
+    /// The `mpid` column held something that is not a 64-bit integer.
+    InvalidMpid,
+    /// Identities alone exceed the 128 KiB batch limit.
+    BatchTooLarge,
+}
+
+impl RejectReason {
+    /// The reason's name in files and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoIdentity => "no_identity",
+            Self::InvalidMpid => "invalid_mpid",
+            Self::BatchTooLarge => "batch_too_large",
+        }
+    }
+}
+
+/// A row that was not sent, with everything needed to fix it at the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedRow {
+    /// 1-based row number within the run.
+    pub row: u64,
+    /// Why.
+    pub reason: RejectReason,
+    /// Human detail.
+    pub detail: String,
+    /// The row's values by column name.
+    pub values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Counters over a run's mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapStats {
+    /// Rows seen.
+    pub rows_read: u64,
+    /// Rows that produced at least one batch.
+    pub rows_mapped: u64,
+    /// Rows rejected, by reason.
+    pub rows_rejected: BTreeMap<&'static str, u64>,
+    /// Batches produced.
+    pub batches: u64,
+    /// Values left out, by reason.
+    pub values_dropped: BTreeMap<&'static str, u64>,
+    /// Values cut to a limit, by reason.
+    pub values_truncated: BTreeMap<&'static str, u64>,
+}
+
+impl MapStats {
+    /// Total rejected rows.
+    pub fn rejected_total(&self) -> u64 {
+        self.rows_rejected.values().sum()
+    }
+
+    /// Total dropped values.
+    pub fn dropped_total(&self) -> u64 {
+        self.values_dropped.values().sum()
+    }
+
+    /// Total truncated values.
+    pub fn truncated_total(&self) -> u64 {
+        self.values_truncated.values().sum()
+    }
+
+    fn drop_value(&mut self, why: &'static str) {
+        *self.values_dropped.entry(why).or_default() += 1;
+    }
+
+    fn truncate_value(&mut self, why: &'static str) {
+        *self.values_truncated.entry(why).or_default() += 1;
+    }
+}
+
+/// The batches and rejected rows of one record batch.
+#[derive(Debug, Default)]
+pub struct MappedChunk {
+    /// Batches, in row order.
+    pub batches: Vec<EncodedBatch>,
+    /// Rejected rows, in row order.
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// Encodes rows of a model into batches for one pipeline.
+#[derive(Debug, Clone)]
+pub struct Mapper {
+    plan: MappingPlan,
+    pipeline_id: String,
+    environment: Environment,
+    null_policy: NullPolicy,
+    limit_policy: LimitPolicy,
+}
+
+/// One row's pieces before encoding.
+#[derive(Default)]
+struct RowParts<'a> {
+    identities: Vec<(IdentityType, String)>,
+    mpid: Option<i64>,
+    devices: Vec<(DeviceIdType, String)>,
+    attributes: Vec<(Cow<'a, str>, Value<'a>)>,
+    deleted: Vec<Cow<'a, str>>,
+}
+
+impl Mapper {
+    /// A mapper for `pipeline` over a planned model.
+    pub fn new(plan: MappingPlan, pipeline: &Pipeline) -> Self {
+        Self {
+            plan,
+            pipeline_id: pipeline.id.clone(),
+            environment: pipeline.environment,
+            null_policy: pipeline.null_policy,
+            limit_policy: pipeline.limit_policy,
+        }
+    }
+
+    /// The plan in use.
+    pub fn plan(&self) -> &MappingPlan {
+        &self.plan
+    }
+
+    /// Map every row of `chunk`; `first_row` is the 1-based run row number of its
+    /// first row.
+    pub fn map_chunk(
+        &self,
+        chunk: &RecordBatch,
+        first_row: u64,
+        stats: &mut MapStats,
+    ) -> Result<MappedChunk, MappingError> {
+        let readers = self
+            .plan
+            .columns
+            .iter()
+            .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = MappedChunk::default();
+        for row in 0..chunk.num_rows() {
+            let row_number = first_row + row as u64;
+            stats.rows_read += 1;
+            match self.map_row(&readers, row, stats) {
+                Ok(parts) => match self.encode(&parts, row_number, stats) {
+                    Ok(batches) => {
+                        stats.rows_mapped += 1;
+                        stats.batches += batches.len() as u64;
+                        out.batches.extend(batches);
+                    }
+                    Err((reason, detail)) => {
+                        out.rejected.push(self.reject(&readers, row, row_number, reason, detail, stats));
+                    }
+                },
+                Err((reason, detail)) => {
+                    out.rejected.push(self.reject(&readers, row, row_number, reason, detail, stats));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn reject(
+        &self,
+        readers: &[ColumnReader<'_>],
+        row: usize,
+        row_number: u64,
+        reason: RejectReason,
+        detail: String,
+        stats: &mut MapStats,
+    ) -> RejectedRow {
+        *stats.rows_rejected.entry(reason.as_str()).or_default() += 1;
+        RejectedRow {
+            row: row_number,
+            reason,
+            detail,
+            values: row_values(&self.plan, readers, row),
+        }
+    }
+
+    fn map_row<'a>(
+        &'a self,
+        readers: &[ColumnReader<'a>],
+        row: usize,
+        stats: &mut MapStats,
+    ) -> Result<RowParts<'a>, (RejectReason, String)> {
+        let mut parts = RowParts::default();
+        for (column, reader) in self.plan.columns.iter().zip(readers) {
+            let Route::Send(destination) = &column.route else {
+                continue;
+            };
+            match reader.cell(row) {
+                Cell::Null => {
+                    if let (Destination::Attribute(name), NullPolicy::Delete) =
+                        (destination, self.null_policy)
+                    {
+                        if let Some(name) = self.attribute_name(name, stats) {
+                            parts.deleted.push(name);
+                        }
+                    }
+                }
+                Cell::Unrepresentable(_) => stats.drop_value(reason::NON_FINITE_NUMBER),
+                Cell::Value(value) => {
+                    let left_out = reader.list_elements_left_out(row);
+                    for _ in 0..left_out {
+                        stats.drop_value(reason::LIST_NULL_ENTRY);
+                    }
+                    self.place(destination, value, &column.name, &mut parts, stats)?;
+                }
+            }
+        }
+        for (destination, value) in &self.plan.statics {
+            let value = match value {
+                StaticValue::String(s) => Value::Str(Cow::Borrowed(s.as_str())),
+                StaticValue::Integer(i) => int_value(*i),
+                StaticValue::Float(f) => Value::Float(*f),
+                StaticValue::Bool(b) => Value::Bool(*b),
+            };
+            self.place(destination, value, "static mapping", &mut parts, stats)?;
+        }
+        if parts.identities.is_empty() && parts.mpid.is_none() && parts.devices.is_empty() {
+            return Err((
+                RejectReason::NoIdentity,
+                "no user identity, mpid or device id: every one was NULL or empty".to_owned(),
+            ));
+        }
+        Ok(parts)
+    }
+
+    fn place<'a>(
+        &'a self,
+        destination: &'a Destination,
+        value: Value<'a>,
+        column: &str,
+        parts: &mut RowParts<'a>,
+        stats: &mut MapStats,
+    ) -> Result<(), (RejectReason, String)> {
+        match destination {
+            Destination::Identity(t) => {
+                let text = value.to_text();
+                if !text.is_empty() {
+                    parts.identities.push((*t, text));
+                }
+            }
+            Destination::Device(t) => {
+                let text = value.to_text();
+                if !text.is_empty() {
+                    parts.devices.push((*t, text));
+                }
+            }
+            Destination::Mpid => {
+                let text = value.to_text();
+                let mpid = match value {
+                    Value::Int(i) => Some(i),
+                    Value::Str(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                match mpid {
+                    Some(m) => parts.mpid = Some(m),
+                    None => {
+                        return Err((
+                            RejectReason::InvalidMpid,
+                            format!("column `{column}`: `{text}` is not a 64-bit integer mpid"),
+                        ))
+                    }
+                }
+            }
+            Destination::Attribute(name) => {
+                let Some(name) = self.attribute_name(name, stats) else {
+                    return Ok(());
+                };
+                if let Some(value) = self.limit_value(value, stats) {
+                    parts.attributes.push((name, value));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The attribute name after the 256-character limit, or `None` when the
+    /// policy drops it.
+    fn attribute_name<'a>(&self, name: &'a str, stats: &mut MapStats) -> Option<Cow<'a, str>> {
+        if !limits::exceeds_chars(name, limits::MAX_ATTRIBUTE_NAME_CHARS) {
+            return Some(Cow::Borrowed(name));
+        }
+        match self.limit_policy {
+            LimitPolicy::Truncate => {
+                stats.truncate_value(reason::NAME_TOO_LONG);
+                Some(Cow::Borrowed(limits::truncate_chars(
+                    name,
+                    limits::MAX_ATTRIBUTE_NAME_CHARS,
+                )))
+            }
+            LimitPolicy::Reject => {
+                stats.drop_value(reason::NAME_TOO_LONG);
+                None
+            }
+        }
+    }
+
+    /// The value after the string and list limits, or `None` when the policy drops it.
+    fn limit_value<'a>(&self, value: Value<'a>, stats: &mut MapStats) -> Option<Value<'a>> {
+        let truncate = self.limit_policy == LimitPolicy::Truncate;
+        match value {
+            Value::Str(s) if limits::exceeds_chars(&s, limits::MAX_ATTRIBUTE_VALUE_CHARS) => {
+                if truncate {
+                    stats.truncate_value(reason::VALUE_TOO_LONG);
+                    let cut = limits::truncate_chars(&s, limits::MAX_ATTRIBUTE_VALUE_CHARS);
+                    Some(Value::Str(Cow::Owned(cut.to_owned())))
+                } else {
+                    stats.drop_value(reason::VALUE_TOO_LONG);
+                    None
+                }
+            }
+            Value::List(mut items) => {
+                if items.len() > limits::MAX_LIST_ENTRIES {
+                    if !truncate {
+                        stats.drop_value(reason::LIST_TOO_LONG);
+                        return None;
+                    }
+                    stats.truncate_value(reason::LIST_TOO_LONG);
+                    items.truncate(limits::MAX_LIST_ENTRIES);
+                }
+                for item in &mut items {
+                    if limits::exceeds_chars(item, limits::MAX_LIST_ENTRY_CHARS) {
+                        if !truncate {
+                            stats.drop_value(reason::LIST_ENTRY_TOO_LONG);
+                            return None;
+                        }
+                        stats.truncate_value(reason::LIST_ENTRY_TOO_LONG);
+                        let cut = limits::truncate_chars(item, limits::MAX_LIST_ENTRY_CHARS).len();
+                        item.truncate(cut);
+                    }
+                }
+                Some(Value::List(items))
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Write the row as one or more batches.
+    fn encode(
+        &self,
+        parts: &RowParts<'_>,
+        row: u64,
+        stats: &mut MapStats,
+    ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
+        // Members every part carries: environment, mpid, user identities.
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(b"\"environment\":");
+        write_str(&mut head, self.environment.as_str());
+        if let Some(mpid) = parts.mpid {
+            head.extend_from_slice(format!(",\"mpid\":{mpid}").as_bytes());
+        }
+        if !parts.identities.is_empty() {
+            head.extend_from_slice(b",\"user_identities\":{");
+            write_members(&mut head, parts.identities.iter().map(|(t, v)| (t.as_str(), v.as_str())));
+            head.push(b'}');
+        }
+        // Members only the first part carries: device ids and deletions.
+        let mut first = Vec::new();
+        let device_info: Vec<_> = parts
+            .devices
+            .iter()
+            .filter(|(t, _)| *t != DeviceIdType::MpDeviceId)
+            .collect();
+        if !device_info.is_empty() {
+            first.extend_from_slice(b",\"device_info\":{");
+            write_members(&mut first, device_info.iter().map(|(t, v)| (t.as_str(), v.as_str())));
+            first.push(b'}');
+        }
+        if let Some((_, id)) = parts.devices.iter().find(|(t, _)| *t == DeviceIdType::MpDeviceId) {
+            first.extend_from_slice(b",\"mp_deviceid\":");
+            write_str(&mut first, id);
+        }
+        if !parts.deleted.is_empty() {
+            first.extend_from_slice(b",\"deleted_user_attributes\":[");
+            for (i, name) in parts.deleted.iter().enumerate() {
+                if i > 0 {
+                    first.push(b',');
+                }
+                write_str(&mut first, name);
+            }
+            first.push(b']');
+        }
+
+        const ATTRS_OPEN: &[u8] = b",\"user_attributes\":{";
+        // `{` + head + `}` + the id member + an empty attribute object.
+        let fixed = 2 + head.len() + ID_MEMBER_BYTES + ATTRS_OPEN.len() + 1;
+        if fixed + first.len() > limits::MAX_BATCH_BYTES {
+            return Err((
+                RejectReason::BatchTooLarge,
+                format!(
+                    "identities and device ids alone take {} bytes; a batch may take {}",
+                    fixed + first.len(),
+                    limits::MAX_BATCH_BYTES
+                ),
+            ));
+        }
+
+        // Greedy split: fill each part up to 100 attributes and 128 KiB.
+        let mut part_members: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut part_counts = vec![0usize];
+        for (name, value) in &parts.attributes {
+            let mut member = Vec::with_capacity(name.len() + 16);
+            write_str(&mut member, name);
+            member.push(b':');
+            write_value(&mut member, value);
+            let first_extra = |part: usize| if part == 0 { first.len() } else { 0 };
+            if fixed + member.len() > limits::MAX_BATCH_BYTES {
+                stats.drop_value(reason::ATTRIBUTE_TOO_LARGE);
+                continue;
+            }
+            let current = part_members.len() - 1;
+            let used = fixed + first_extra(current) + part_members[current].len();
+            let fits = part_counts[current] < limits::MAX_ATTRIBUTES_PER_BATCH
+                && used + 1 + member.len() <= limits::MAX_BATCH_BYTES;
+            if !fits {
+                part_members.push(Vec::new());
+                part_counts.push(0);
+            }
+            let current = part_members.len() - 1;
+            if part_counts[current] > 0 {
+                part_members[current].push(b',');
+            }
+            part_members[current].extend_from_slice(&member);
+            part_counts[current] += 1;
+        }
+
+        let mut batches = Vec::with_capacity(part_members.len());
+        for (part, members) in part_members.iter().enumerate() {
+            let mut body = Vec::with_capacity(fixed + first.len() + members.len());
+            body.push(b'{');
+            body.extend_from_slice(&head);
+            if part == 0 {
+                body.extend_from_slice(&first);
+            }
+            if !members.is_empty() {
+                body.extend_from_slice(ATTRS_OPEN);
+                body.extend_from_slice(members);
+                body.push(b'}');
+            }
+            body.push(b'}');
+            let id = source_request_id(&self.pipeline_id, &body);
+            let mut json = Vec::with_capacity(body.len() + ID_MEMBER_BYTES);
+            json.extend_from_slice(b"{\"source_request_id\":\"");
+            json.extend_from_slice(id.as_bytes());
+            json.extend_from_slice(b"\",");
+            json.extend_from_slice(&body[1..]);
+            batches.push(EncodedBatch {
+                row,
+                part: u32::try_from(part).unwrap_or(u32::MAX),
+                source_request_id: id,
+                json,
+            });
+        }
+        Ok(batches)
+    }
+}
+
+fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a str)>) {
+    for (i, (key, value)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write_str(out, value);
+    }
+}
+
+/// The deterministic id of a batch: the first 128 bits of
+/// `sha256(pipeline_id ‖ 0x00 ‖ batch JSON without the id)`, in hex. The same
+/// pipeline and the same row content always give the same id.
+pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(pipeline_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body);
+    let digest = hasher.finalize();
+    hex::encode(&digest[..ID_HEX_LEN / 2])
+}
+
+/// A row's values by column name as JSON, for the rejected-rows file.
+fn row_values(
+    plan: &MappingPlan,
+    readers: &[ColumnReader<'_>],
+    row: usize,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value as J;
+    plan.columns
+        .iter()
+        .zip(readers)
+        .map(|(column, reader)| {
+            let value = match reader.cell(row) {
+                Cell::Null => J::Null,
+                Cell::Unrepresentable(_) => J::String("NaN or Infinity".to_owned()),
+                Cell::Value(Value::Bool(b)) => J::Bool(b),
+                Cell::Value(Value::Int(i)) => J::from(i),
+                Cell::Value(Value::Float(f)) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+                Cell::Value(Value::Str(s)) => J::String(s.into_owned()),
+                Cell::Value(Value::List(items)) => J::Array(items.into_iter().map(J::String).collect()),
+            };
+            (column.name.clone(), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder};
+    use arrow::datatypes::Schema;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::model::{Mapping, SyncMode};
+    use crate::source::{ColumnInfo, ColumnKind};
+
+    fn pipeline() -> Pipeline {
+        Pipeline {
+            id: "users".into(),
+            name: "users".into(),
+            path: "schedules/users.toml".into(),
+            connection: "wh".into(),
+            data_model: "users".into(),
+            feed: None,
+            environment: Environment::Production,
+            sync_mode: SyncMode::Full,
+            schedule: crate::config::model::Schedule::OnDemand,
+            paused: false,
+            input_protection: crate::config::model::InputProtection::CreateAndUpdate,
+            null_policy: NullPolicy::Skip,
+            limit_policy: LimitPolicy::Truncate,
+            mappings: vec![],
+        }
+    }
+
+    fn run(
+        p: &Pipeline,
+        columns: Vec<(ColumnInfo, ArrayRef)>,
+    ) -> (Vec<serde_json::Value>, Vec<RejectedRow>, MapStats) {
+        let infos: Vec<ColumnInfo> = columns.iter().map(|(c, _)| c.clone()).collect();
+        let schema = crate::source::arrow_schema(&infos);
+        let chunk = RecordBatch::try_new(
+            Arc::new(Schema::new(schema.fields().clone())),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        let plan = MappingPlan::new(&infos, p).unwrap();
+        let mapper = Mapper::new(plan, p);
+        let mut stats = MapStats::default();
+        let out = mapper.map_chunk(&chunk, 1, &mut stats).unwrap();
+        let batches = out
+            .batches
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_slice(&b.json).unwrap();
+                assert_eq!(v["source_request_id"], json!(b.source_request_id));
+                v
+            })
+            .collect();
+        (batches, out.rejected, stats)
+    }
+
+    fn text(name: &str, values: Vec<Option<&str>>) -> (ColumnInfo, ArrayRef) {
+        (
+            ColumnInfo { name: name.into(), sql_type: "TEXT".into(), kind: ColumnKind::Text },
+            Arc::new(StringArray::from(values)),
+        )
+    }
+
+    fn strip_id(mut v: serde_json::Value) -> serde_json::Value {
+        v.as_object_mut().unwrap().remove("source_request_id");
+        v
+    }
+
+    #[test]
+    fn maps_identities_attributes_and_rejects_rows_without_identity() {
+        let p = pipeline();
+        let (batches, rejected, stats) = run(
+            &p,
+            vec![
+                text("customerid", vec![Some("c1"), None]),
+                text("email", vec![Some("a@b.c"), Some("")]),
+                (
+                    ColumnInfo { name: "ltv".into(), sql_type: "FLOAT8".into(), kind: ColumnKind::Float64 },
+                    Arc::new(Float64Array::from(vec![f64::NAN, 2.5])),
+                ),
+                (
+                    ColumnInfo { name: "big".into(), sql_type: "INT8".into(), kind: ColumnKind::Int },
+                    Arc::new(Int64Array::from(vec![Some(9_007_199_254_740_993), None])),
+                ),
+            ],
+        );
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            strip_id(batches[0].clone()),
+            json!({
+                "environment": "production",
+                "user_identities": {"customer_id": "c1", "email": "a@b.c"},
+                "user_attributes": {"big": "9007199254740993"}
+            })
+        );
+        assert_eq!(stats.values_dropped.get(reason::NON_FINITE_NUMBER), Some(&1));
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].row, 2);
+        assert_eq!(rejected[0].reason, RejectReason::NoIdentity);
+        assert_eq!(
+            serde_json::Value::Object(rejected[0].values.clone()),
+            json!({"customerid": null, "email": "", "ltv": 2.5, "big": null})
+        );
+        assert_eq!(stats.rows_mapped, 1);
+        assert_eq!(stats.rejected_total(), 1);
+    }
+
+    #[test]
+    fn null_policy_delete_lists_deleted_attributes() {
+        let mut p = pipeline();
+        p.null_policy = NullPolicy::Delete;
+        let (batches, _, _) = run(&p, vec![text("email", vec![Some("x@y.z")]), text("plan", vec![None])]);
+        assert_eq!(batches[0]["deleted_user_attributes"], json!(["plan"]));
+        assert!(batches[0].get("user_attributes").is_none());
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_content_based() {
+        let p = pipeline();
+        let a = run(&p, vec![text("email", vec![Some("x@y.z"), Some("x@y.z"), Some("w@y.z")])]).0;
+        assert_eq!(a[0]["source_request_id"], a[1]["source_request_id"]);
+        assert_ne!(a[0]["source_request_id"], a[2]["source_request_id"]);
+        let mut other = pipeline();
+        other.id = "other".into();
+        let b = run(&other, vec![text("email", vec![Some("x@y.z")])]).0;
+        assert_ne!(a[0]["source_request_id"], b[0]["source_request_id"]);
+    }
+
+    #[test]
+    fn more_than_100_attributes_split_with_same_identities() {
+        let p = pipeline();
+        let mut columns = vec![text("email", vec![Some("x@y.z")])];
+        for i in 0..250 {
+            columns.push(text(&format!("a{i}"), vec![Some("v")]));
+        }
+        let (batches, _, stats) = run(&p, columns);
+        assert_eq!(batches.len(), 3);
+        let counts: Vec<usize> = batches
+            .iter()
+            .map(|b| b["user_attributes"].as_object().unwrap().len())
+            .collect();
+        assert_eq!(counts, vec![100, 100, 50]);
+        for b in &batches {
+            assert_eq!(b["user_identities"], json!({"email": "x@y.z"}));
+        }
+        assert_eq!(stats.batches, 3);
+        assert_eq!(stats.rows_mapped, 1);
+    }
+
+    #[test]
+    fn batches_stay_under_128_kib() {
+        let p = pipeline();
+        let long = "x".repeat(4096);
+        let mut columns = vec![text("email", vec![Some("x@y.z")])];
+        for i in 0..60 {
+            columns.push(text(&format!("a{i}"), vec![Some(long.as_str())]));
+        }
+        let infos: Vec<_> = columns.iter().map(|(c, _)| c.clone()).collect();
+        let chunk = RecordBatch::try_new(
+            crate::source::arrow_schema(&infos),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        let mapper = Mapper::new(MappingPlan::new(&infos, &p).unwrap(), &p);
+        let mut stats = MapStats::default();
+        let out = mapper.map_chunk(&chunk, 1, &mut stats).unwrap();
+        assert_eq!(out.batches.len(), 2);
+        for b in &out.batches {
+            assert!(b.json.len() <= limits::MAX_BATCH_BYTES, "{}", b.json.len());
+        }
+        let total: usize = out
+            .batches
+            .iter()
+            .map(|b| {
+                serde_json::from_slice::<serde_json::Value>(&b.json).unwrap()["user_attributes"]
+                    .as_object()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(total, 60);
+    }
+
+    #[test]
+    fn limits_truncate_or_reject() {
+        let long_value = "é".repeat(5000);
+        let long_name = "n".repeat(300);
+        let mut list = ListBuilder::new(StringBuilder::new());
+        for i in 0..1500 {
+            list.values().append_value(if i == 0 { "y".repeat(600) } else { i.to_string() });
+        }
+        list.append(true);
+        let list: ArrayRef = Arc::new(list.finish());
+        let columns = || {
+            vec![
+                text("email", vec![Some("x@y.z")]),
+                text("bio", vec![Some(long_value.as_str())]),
+                text(&long_name, vec![Some("v")]),
+                (
+                    ColumnInfo {
+                        name: "tags".into(),
+                        sql_type: "TEXT[]".into(),
+                        kind: ColumnKind::List(Box::new(ColumnKind::Text)),
+                    },
+                    list.clone(),
+                ),
+            ]
+        };
+        let p = pipeline();
+        let (batches, _, stats) = run(&p, columns());
+        let attrs = batches[0]["user_attributes"].as_object().unwrap();
+        assert_eq!(attrs["bio"].as_str().unwrap().chars().count(), 4096);
+        assert!(attrs.contains_key(&"n".repeat(256)));
+        let tags = attrs["tags"].as_array().unwrap();
+        assert_eq!(tags.len(), 1000);
+        assert_eq!(tags[0].as_str().unwrap().len(), 512);
+        assert_eq!(stats.truncated_total(), 4);
+
+        let mut p = pipeline();
+        p.limit_policy = LimitPolicy::Reject;
+        let (batches, _, stats) = run(&p, columns());
+        assert!(batches[0].get("user_attributes").is_none());
+        assert_eq!(stats.dropped_total(), 3);
+        assert_eq!(stats.values_dropped.get(reason::LIST_TOO_LONG), Some(&1));
+    }
+
+    #[test]
+    fn mpid_and_statics() {
+        let mut p = pipeline();
+        p.mappings = vec![Mapping::Static {
+            value: StaticValue::String("warehouse".into()),
+            destination: Destination::Attribute("source".into()),
+        }];
+        let (batches, rejected, _) = run(&p, vec![text("mpid", vec![Some("-8765"), Some("abc")])]);
+        assert_eq!(
+            strip_id(batches[0].clone()),
+            json!({"environment": "production", "mpid": -8765, "user_attributes": {"source": "warehouse"}})
+        );
+        assert_eq!(rejected[0].reason, RejectReason::InvalidMpid);
+        assert!(rejected[0].detail.contains("`abc` is not a 64-bit integer"));
+    }
+}

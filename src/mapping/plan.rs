@@ -1,0 +1,370 @@
+//! Column classification: where each column of a model goes, decided once per run
+//! from the probed columns and the pipeline's field transformations.
+//!
+//! Order of precedence, as in mParticle's user pipelines:
+//! 1. the iterator column is never sent;
+//! 2. an explicit mapping (`column` → destination, or `ignore`) wins;
+//! 3. reserved identity names (case-insensitive; `customerid` and `customer_id`
+//!    both mean `customer_id`) go to `user_identities`;
+//! 4. `mpid` goes to the batch's `mpid`;
+//! 5. reserved device-id names go to `device_info` (`mp_deviceid` to the top level);
+//! 6. every other column is a user attribute named exactly as the column alias.
+
+use std::collections::HashMap;
+
+use crate::config::model::{Destination, Mapping, Pipeline, StaticValue, SyncMode};
+use crate::mapping::identity::{DeviceIdType, IdentityType};
+use crate::mapping::MappingError;
+use crate::source::{ColumnInfo, ColumnKind};
+
+/// What happens to one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Sent to this destination.
+    Send(Destination),
+    /// The incremental iterator: drives the window, never sent.
+    Iterator,
+    /// Dropped by an `ignore` mapping.
+    Ignored,
+}
+
+/// One column and its route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPlan {
+    /// Position in the record batch.
+    pub index: usize,
+    /// Column name as the database returned it.
+    pub name: String,
+    /// How its values are decoded.
+    pub kind: ColumnKind,
+    /// SQL type as reported, for display.
+    pub sql_type: String,
+    /// Where it goes.
+    pub route: Route,
+    /// Whether the route came from an explicit mapping.
+    pub explicit: bool,
+}
+
+/// The compiled mapping of a pipeline over a model's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappingPlan {
+    /// Every column, in result order.
+    pub columns: Vec<ColumnPlan>,
+    /// Constants written on every batch.
+    pub statics: Vec<(Destination, StaticValue)>,
+}
+
+impl MappingPlan {
+    /// Classify `columns` for `pipeline`. Fails when a mapping names a column the
+    /// model does not return, when two columns would write the same place, or when
+    /// a column's type cannot go where it is mapped.
+    pub fn new(columns: &[ColumnInfo], pipeline: &Pipeline) -> Result<Self, MappingError> {
+        let plan_error = |message: String, hint: &str| MappingError::Plan {
+            pipeline: pipeline.id.clone(),
+            file: pipeline.path.clone(),
+            message,
+            hint: hint.to_owned(),
+        };
+        let available = || {
+            columns
+                .iter()
+                .map(|c| format!("`{}`", c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+
+        let iterator = match &pipeline.sync_mode {
+            SyncMode::Incremental { iterator_field, .. } => Some(iterator_field.to_lowercase()),
+            SyncMode::Full => None,
+        };
+        if let Some(it) = &iterator {
+            if !columns.iter().any(|c| c.name.to_lowercase() == *it) {
+                return Err(plan_error(
+                    format!(
+                        "sync_mode.iterator_field `{it}` is not a column of data model `{}` (columns: {})",
+                        pipeline.data_model,
+                        available()
+                    ),
+                    "select the iterator column in the model SQL, or fix `iterator_field`",
+                ));
+            }
+        }
+
+        let mut explicit: HashMap<String, Option<Destination>> = HashMap::new();
+        let mut statics = Vec::new();
+        for (i, mapping) in pipeline.mappings.iter().enumerate() {
+            match mapping {
+                Mapping::Column { source, destination } => {
+                    explicit.insert(source.to_lowercase(), Some(destination.clone()));
+                }
+                Mapping::Ignore { source } => {
+                    explicit.insert(source.to_lowercase(), None);
+                }
+                Mapping::Static { value, destination } => {
+                    statics.push((destination.clone(), value.clone()));
+                    continue;
+                }
+            }
+            let (Mapping::Column { source, .. } | Mapping::Ignore { source }) = mapping else {
+                continue;
+            };
+            if !columns.iter().any(|c| c.name.eq_ignore_ascii_case(source)) {
+                return Err(plan_error(
+                    format!(
+                        "mappings[{i}].source `{source}` is not a column of data model `{}` (columns: {})",
+                        pipeline.data_model,
+                        available()
+                    ),
+                    "check the spelling against the model's column aliases, or remove the mapping",
+                ));
+            }
+        }
+
+        let mut planned = Vec::with_capacity(columns.len());
+        for (index, column) in columns.iter().enumerate() {
+            let lower = column.name.to_lowercase();
+            let (route, is_explicit) = if iterator.as_deref() == Some(lower.as_str()) {
+                (Route::Iterator, false)
+            } else if let Some(choice) = explicit.get(&lower) {
+                (choice.clone().map_or(Route::Ignored, Route::Send), true)
+            } else {
+                (Route::Send(implicit_destination(&column.name)), false)
+            };
+            if let Route::Send(destination) = &route {
+                check_kind_fits(column, destination).map_err(|m| {
+                    plan_error(
+                        m,
+                        "cast the column in the model SQL, or map it to a user attribute",
+                    )
+                })?;
+            }
+            planned.push(ColumnPlan {
+                index,
+                name: column.name.clone(),
+                kind: column.kind.clone(),
+                sql_type: column.sql_type.clone(),
+                route,
+                explicit: is_explicit,
+            });
+        }
+
+        // Two writers for one place would make the batch depend on column order.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let writers = planned
+            .iter()
+            .filter_map(|c| match &c.route {
+                Route::Send(d) => Some((destination_path(d), format!("column `{}`", c.name))),
+                _ => None,
+            })
+            .chain(
+                statics
+                    .iter()
+                    .map(|(d, _)| (destination_path(d), "a static mapping".to_owned())),
+            );
+        for (path, writer) in writers {
+            if let Some(first) = seen.insert(path.clone(), writer.clone()) {
+                return Err(plan_error(
+                    format!("{first} and {writer} both write `{path}`"),
+                    "rename one of the columns with an alias, or add an `ignore` mapping for one",
+                ));
+            }
+        }
+
+        Ok(Self {
+            columns: planned,
+            statics,
+        })
+    }
+}
+
+/// Where a column of this name goes when no mapping says otherwise.
+pub fn implicit_destination(name: &str) -> Destination {
+    if let Some(identity) = IdentityType::from_column(name) {
+        Destination::Identity(identity)
+    } else if name.eq_ignore_ascii_case("mpid") {
+        Destination::Mpid
+    } else if let Some(device) = DeviceIdType::from_column(name) {
+        Destination::Device(device)
+    } else {
+        Destination::Attribute(name.to_owned())
+    }
+}
+
+/// The batch path of a destination (`user_identities.email`, `user_attributes.ltv`).
+pub fn destination_path(destination: &Destination) -> String {
+    match destination {
+        Destination::Identity(t) => format!("user_identities.{}", t.as_str()),
+        Destination::Device(DeviceIdType::MpDeviceId) => "mp_deviceid".to_owned(),
+        Destination::Device(t) => format!("device_info.{}", t.as_str()),
+        Destination::Mpid => "mpid".to_owned(),
+        Destination::Attribute(name) => format!("user_attributes.{name}"),
+    }
+}
+
+fn check_kind_fits(column: &ColumnInfo, destination: &Destination) -> Result<(), String> {
+    let scalar_id = !matches!(column.kind, ColumnKind::List(_) | ColumnKind::Bytes);
+    let ok = match destination {
+        Destination::Attribute(_) => true,
+        Destination::Identity(_) | Destination::Device(_) => scalar_id,
+        Destination::Mpid => matches!(
+            column.kind,
+            ColumnKind::Int | ColumnKind::UInt | ColumnKind::Text | ColumnKind::Decimal
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "column `{}` ({}) cannot go to `{}`: {}",
+            column.name,
+            column.sql_type,
+            destination_path(destination),
+            if matches!(destination, Destination::Mpid) {
+                "mpid must be a 64-bit integer"
+            } else {
+                "identities must be single text or number values"
+            }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::model::{
+        Environment, InputProtection, IteratorDataType, LimitPolicy, NullPolicy, Schedule,
+    };
+
+    pub(crate) fn pipeline(mappings: Vec<Mapping>, sync_mode: SyncMode) -> Pipeline {
+        Pipeline {
+            id: "users".into(),
+            name: "users".into(),
+            path: PathBuf::from("schedules/users.toml"),
+            connection: "wh".into(),
+            data_model: "users".into(),
+            feed: None,
+            environment: Environment::Development,
+            sync_mode,
+            schedule: Schedule::OnDemand,
+            paused: false,
+            input_protection: InputProtection::CreateAndUpdate,
+            null_policy: NullPolicy::Skip,
+            limit_policy: LimitPolicy::Truncate,
+            mappings,
+        }
+    }
+
+    fn col(name: &str, kind: ColumnKind) -> ColumnInfo {
+        ColumnInfo {
+            name: name.into(),
+            sql_type: "T".into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn implicit_rules() {
+        let columns = vec![
+            col("CustomerID", ColumnKind::Text),
+            col("Email", ColumnKind::Text),
+            col("MPID", ColumnKind::Int),
+            col("ios_idfv", ColumnKind::Text),
+            col("mp_deviceid", ColumnKind::Text),
+            col("$firstname", ColumnKind::Text),
+            col("updated_at", ColumnKind::TimestampTz),
+        ];
+        let p = pipeline(
+            vec![],
+            SyncMode::Incremental {
+                iterator_field: "UPDATED_AT".into(),
+                iterator_data_type: IteratorDataType::TimestampTz,
+                from: None,
+            },
+        );
+        let plan = MappingPlan::new(&columns, &p).unwrap();
+        let routes: Vec<_> = plan.columns.iter().map(|c| c.route.clone()).collect();
+        assert_eq!(
+            routes,
+            vec![
+                Route::Send(Destination::Identity(IdentityType::CustomerId)),
+                Route::Send(Destination::Identity(IdentityType::Email)),
+                Route::Send(Destination::Mpid),
+                Route::Send(Destination::Device(DeviceIdType::IosIdfv)),
+                Route::Send(Destination::Device(DeviceIdType::MpDeviceId)),
+                Route::Send(Destination::Attribute("$firstname".into())),
+                Route::Iterator,
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_mappings_override() {
+        let columns = vec![
+            col("first", ColumnKind::Text),
+            col("email", ColumnKind::Text),
+            col("secret", ColumnKind::Text),
+        ];
+        let p = pipeline(
+            vec![
+                Mapping::Column {
+                    source: "FIRST".into(),
+                    destination: Destination::Attribute("$firstname".into()),
+                },
+                Mapping::Column {
+                    source: "email".into(),
+                    destination: Destination::Attribute("contact_email".into()),
+                },
+                Mapping::Ignore {
+                    source: "secret".into(),
+                },
+                Mapping::Static {
+                    value: StaticValue::String("warehouse".into()),
+                    destination: Destination::Attribute("source".into()),
+                },
+            ],
+            SyncMode::Full,
+        );
+        let plan = MappingPlan::new(&columns, &p).unwrap();
+        assert_eq!(plan.columns[0].route, Route::Send(Destination::Attribute("$firstname".into())));
+        assert_eq!(
+            plan.columns[1].route,
+            Route::Send(Destination::Attribute("contact_email".into()))
+        );
+        assert_eq!(plan.columns[2].route, Route::Ignored);
+        assert_eq!(plan.statics.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let columns = vec![col("email", ColumnKind::Text), col("e_mail", ColumnKind::Text)];
+        let p = pipeline(
+            vec![Mapping::Column {
+                source: "e_mail".into(),
+                destination: Destination::Identity(IdentityType::Email),
+            }],
+            SyncMode::Full,
+        );
+        let err = MappingPlan::new(&columns, &p).unwrap_err().to_string();
+        assert!(
+            err.contains("column `email` and column `e_mail` both write `user_identities.email`"),
+            "{err}"
+        );
+
+        let p = pipeline(
+            vec![Mapping::Ignore {
+                source: "nope".into(),
+            }],
+            SyncMode::Full,
+        );
+        let err = MappingPlan::new(&columns, &p).unwrap_err().to_string();
+        assert!(err.contains("mappings[0].source `nope` is not a column"), "{err}");
+
+        let columns = vec![col("email", ColumnKind::List(Box::new(ColumnKind::Text)))];
+        let err = MappingPlan::new(&columns, &pipeline(vec![], SyncMode::Full))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot go to `user_identities.email`"), "{err}");
+    }
+}
