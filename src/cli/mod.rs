@@ -1,7 +1,121 @@
-//! The `wsync` command line.
+//! The `wsync` command line: clap definitions, dispatch, and the mapping of
+//! outcomes to exit codes (0 ok, 1 a run or check failed, 2 bad config or usage).
+//!
+//! This is the only module that uses `anyhow`; library errors are typed.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Entry point used by the binary.
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigErrors;
+use crate::env_vars::EnvVars;
+use crate::sync::SyncError;
+use crate::telemetry::{self, LogFormat};
+
+mod output;
+mod preview;
+mod run;
+mod runs;
+mod validate;
+
+/// wsync: sync warehouse rows to mParticle profiles.
+#[derive(Debug, Parser)]
+#[command(name = "wsync", version, about, long_about = None)]
+pub struct Cli {
+    /// Project folder holding wsync.toml, sql/ and schedules/.
+    #[arg(long, global = true, env = EnvVars::WSYNC_CONFIG, default_value = ".")]
+    pub config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = EnvVars::WSYNC_LOG_FORMAT, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `debug` or `wsync=debug` (default: `warn,wsync=info`).
+    #[arg(long, global = true, env = EnvVars::WSYNC_LOG)]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the config, connect to each warehouse, probe each model (LIMIT 0) and
+    /// show where every column goes.
+    Validate(validate::Args),
+    /// Print the first N batches a pipeline would send, as JSON. Sends nothing,
+    /// records nothing.
+    Preview(preview::Args),
+    /// Run a pipeline once now and print a summary.
+    Run(run::Args),
+    /// Show run history, newest first.
+    Runs(runs::Args),
+}
+
+/// An error whose exit code is 2: the user must fix the config or the command line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Parse the command line, run, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, cli.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            report(&error);
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate::execute(&cli.config, args).await,
+        Command::Preview(args) => preview::execute(&cli.config, args).await,
+        Command::Run(args) => run::execute(&cli.config, args).await,
+        Command::Runs(args) => runs::execute(&cli.config, args).await,
+    }
+}
+
+/// Load the project, turning config errors into the error the CLI reports.
+pub(crate) fn load(root: &std::path::Path) -> anyhow::Result<crate::config::model::Project> {
+    Ok(crate::config::load(root)?)
+}
+
+/// `error: …` then one `  caused by: …` line per source.
+fn report(error: &anyhow::Error) {
+    if let Some(config) = error.downcast_ref::<ConfigErrors>() {
+        eprint!("error: {config}");
+        return;
+    }
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let usage = error.downcast_ref::<ConfigErrors>().is_some()
+        || error.downcast_ref::<UsageError>().is_some()
+        || matches!(
+            error.downcast_ref::<SyncError>(),
+            Some(SyncError::UnknownPipeline { .. } | SyncError::Unsupported { .. })
+        );
+    if usage {
+        2
+    } else {
+        1
+    }
 }

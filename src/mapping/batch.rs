@@ -191,11 +191,13 @@ impl Mapper {
                         out.batches.extend(batches);
                     }
                     Err((reason, detail)) => {
-                        out.rejected.push(self.reject(&readers, row, row_number, reason, detail, stats));
+                        out.rejected
+                            .push(self.reject(&readers, row, row_number, reason, detail, stats));
                     }
                 },
                 Err((reason, detail)) => {
-                    out.rejected.push(self.reject(&readers, row, row_number, reason, detail, stats));
+                    out.rejected
+                        .push(self.reject(&readers, row, row_number, reason, detail, stats));
                 }
             }
         }
@@ -396,7 +398,13 @@ impl Mapper {
         }
         if !parts.identities.is_empty() {
             head.extend_from_slice(b",\"user_identities\":{");
-            write_members(&mut head, parts.identities.iter().map(|(t, v)| (t.as_str(), v.as_str())));
+            write_members(
+                &mut head,
+                parts
+                    .identities
+                    .iter()
+                    .map(|(t, v)| (t.as_str(), v.as_str())),
+            );
             head.push(b'}');
         }
         // Members only the first part carries: device ids and deletions.
@@ -408,10 +416,17 @@ impl Mapper {
             .collect();
         if !device_info.is_empty() {
             first.extend_from_slice(b",\"device_info\":{");
-            write_members(&mut first, device_info.iter().map(|(t, v)| (t.as_str(), v.as_str())));
+            write_members(
+                &mut first,
+                device_info.iter().map(|(t, v)| (t.as_str(), v.as_str())),
+            );
             first.push(b'}');
         }
-        if let Some((_, id)) = parts.devices.iter().find(|(t, _)| *t == DeviceIdType::MpDeviceId) {
+        if let Some((_, id)) = parts
+            .devices
+            .iter()
+            .find(|(t, _)| *t == DeviceIdType::MpDeviceId)
+        {
             first.extend_from_slice(b",\"mp_deviceid\":");
             write_str(&mut first, id);
         }
@@ -539,9 +554,13 @@ fn row_values(
                 Cell::Unrepresentable(_) => J::String("NaN or Infinity".to_owned()),
                 Cell::Value(Value::Bool(b)) => J::Bool(b),
                 Cell::Value(Value::Int(i)) => J::from(i),
-                Cell::Value(Value::Float(f)) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+                Cell::Value(Value::Float(f)) => {
+                    serde_json::Number::from_f64(f).map_or(J::Null, J::Number)
+                }
                 Cell::Value(Value::Str(s)) => J::String(s.into_owned()),
-                Cell::Value(Value::List(items)) => J::Array(items.into_iter().map(J::String).collect()),
+                Cell::Value(Value::List(items)) => {
+                    J::Array(items.into_iter().map(J::String).collect())
+                }
             };
             (column.name.clone(), value)
         })
@@ -552,7 +571,9 @@ fn row_values(
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{ArrayRef, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder};
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder,
+    };
     use arrow::datatypes::Schema;
     use serde_json::json;
 
@@ -608,7 +629,11 @@ mod tests {
 
     fn text(name: &str, values: Vec<Option<&str>>) -> (ColumnInfo, ArrayRef) {
         (
-            ColumnInfo { name: name.into(), sql_type: "TEXT".into(), kind: ColumnKind::Text },
+            ColumnInfo {
+                name: name.into(),
+                sql_type: "TEXT".into(),
+                kind: ColumnKind::Text,
+            },
             Arc::new(StringArray::from(values)),
         )
     }
@@ -627,11 +652,19 @@ mod tests {
                 text("customerid", vec![Some("c1"), None]),
                 text("email", vec![Some("a@b.c"), Some("")]),
                 (
-                    ColumnInfo { name: "ltv".into(), sql_type: "FLOAT8".into(), kind: ColumnKind::Float64 },
+                    ColumnInfo {
+                        name: "ltv".into(),
+                        sql_type: "FLOAT8".into(),
+                        kind: ColumnKind::Float64,
+                    },
                     Arc::new(Float64Array::from(vec![f64::NAN, 2.5])),
                 ),
                 (
-                    ColumnInfo { name: "big".into(), sql_type: "INT8".into(), kind: ColumnKind::Int },
+                    ColumnInfo {
+                        name: "big".into(),
+                        sql_type: "INT8".into(),
+                        kind: ColumnKind::Int,
+                    },
                     Arc::new(Int64Array::from(vec![Some(9_007_199_254_740_993), None])),
                 ),
             ],
@@ -645,7 +678,10 @@ mod tests {
                 "user_attributes": {"big": "9007199254740993"}
             })
         );
-        assert_eq!(stats.values_dropped.get(reason::NON_FINITE_NUMBER), Some(&1));
+        assert_eq!(
+            stats.values_dropped.get(reason::NON_FINITE_NUMBER),
+            Some(&1)
+        );
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].row, 2);
         assert_eq!(rejected[0].reason, RejectReason::NoIdentity);
@@ -661,7 +697,10 @@ mod tests {
     fn null_policy_delete_lists_deleted_attributes() {
         let mut p = pipeline();
         p.null_policy = NullPolicy::Delete;
-        let (batches, _, _) = run(&p, vec![text("email", vec![Some("x@y.z")]), text("plan", vec![None])]);
+        let (batches, _, _) = run(
+            &p,
+            vec![text("email", vec![Some("x@y.z")]), text("plan", vec![None])],
+        );
         assert_eq!(batches[0]["deleted_user_attributes"], json!(["plan"]));
         assert!(batches[0].get("user_attributes").is_none());
     }
@@ -669,7 +708,14 @@ mod tests {
     #[test]
     fn ids_are_deterministic_and_content_based() {
         let p = pipeline();
-        let a = run(&p, vec![text("email", vec![Some("x@y.z"), Some("x@y.z"), Some("w@y.z")])]).0;
+        let a = run(
+            &p,
+            vec![text(
+                "email",
+                vec![Some("x@y.z"), Some("x@y.z"), Some("w@y.z")],
+            )],
+        )
+        .0;
         assert_eq!(a[0]["source_request_id"], a[1]["source_request_id"]);
         assert_ne!(a[0]["source_request_id"], a[2]["source_request_id"]);
         let mut other = pipeline();
@@ -739,7 +785,11 @@ mod tests {
         let long_name = "n".repeat(300);
         let mut list = ListBuilder::new(StringBuilder::new());
         for i in 0..1500 {
-            list.values().append_value(if i == 0 { "y".repeat(600) } else { i.to_string() });
+            list.values().append_value(if i == 0 {
+                "y".repeat(600)
+            } else {
+                i.to_string()
+            });
         }
         list.append(true);
         let list: ArrayRef = Arc::new(list.finish());

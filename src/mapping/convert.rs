@@ -135,7 +135,11 @@ impl<'a> ColumnReader<'a> {
         Self::from_dyn(column, kind, array.as_ref())
     }
 
-    fn from_dyn(column: &str, kind: &ColumnKind, array: &'a dyn Array) -> Result<Self, ReaderTypeError> {
+    fn from_dyn(
+        column: &str,
+        kind: &ColumnKind,
+        array: &'a dyn Array,
+    ) -> Result<Self, ReaderTypeError> {
         let any = array.as_any();
         let mismatch = || ReaderTypeError {
             column: column.to_owned(),
@@ -191,13 +195,20 @@ impl<'a> ColumnReader<'a> {
 
     /// Number of NULL or non-finite elements left out of the list at `row` (0 for scalars).
     pub fn list_elements_left_out(&self, row: usize) -> usize {
-        let Self::List(list, values) = self else { return 0 };
+        let Self::List(list, values) = self else {
+            return 0;
+        };
         if list.is_null(row) {
             return 0;
         }
         let offsets = list.value_offsets();
         (offsets[row]..offsets[row + 1])
-            .filter(|i| !matches!(values.scalar(usize::try_from(*i).unwrap_or(usize::MAX)), Cell::Value(_)))
+            .filter(|i| {
+                !matches!(
+                    values.scalar(usize::try_from(*i).unwrap_or(usize::MAX)),
+                    Cell::Value(_)
+                )
+            })
             .count()
     }
 
@@ -313,7 +324,10 @@ pub fn format_f64(f: f64) -> String {
 pub fn format_date(days: i32) -> String {
     NaiveDate::from_ymd_opt(1970, 1, 1)
         .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(i64::from(days))))
-        .map_or_else(|| format!("invalid date ({days} days)"), |d| d.format("%Y-%m-%d").to_string())
+        .map_or_else(
+            || format!("invalid date ({days} days)"),
+            |d| d.format("%Y-%m-%d").to_string(),
+        )
 }
 
 /// `HH:MM:SS[.ffffff]` for microseconds since midnight.
@@ -350,13 +364,22 @@ mod tests {
 
     #[test]
     fn integers_beyond_2_pow_53_become_strings() {
-        assert_eq!(int_value(9_007_199_254_740_992), Value::Int(9_007_199_254_740_992));
-        assert_eq!(int_value(-9_007_199_254_740_992), Value::Int(-9_007_199_254_740_992));
+        assert_eq!(
+            int_value(9_007_199_254_740_992),
+            Value::Int(9_007_199_254_740_992)
+        );
+        assert_eq!(
+            int_value(-9_007_199_254_740_992),
+            Value::Int(-9_007_199_254_740_992)
+        );
         assert_eq!(
             int_value(9_007_199_254_740_993),
             Value::Str(Cow::Owned("9007199254740993".into()))
         );
-        assert_eq!(int_value(i64::MIN), Value::Str(Cow::Owned(i64::MIN.to_string())));
+        assert_eq!(
+            int_value(i64::MIN),
+            Value::Str(Cow::Owned(i64::MIN.to_string()))
+        );
     }
 
     #[test]
@@ -383,7 +406,11 @@ mod tests {
         assert_eq!(r.cell(0), Cell::Value(Value::Float(1.1)));
         assert_eq!(r.cell(1), Cell::Unrepresentable(Unrepresentable::NonFinite));
         assert_eq!(r.cell(2), Cell::Null);
-        let b: ArrayRef = Arc::new(Float64Array::from(vec![f64::INFINITY, f64::NEG_INFINITY, 2.5]));
+        let b: ArrayRef = Arc::new(Float64Array::from(vec![
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            2.5,
+        ]));
         let r = ColumnReader::new("g", &ColumnKind::Float64, &b).unwrap();
         assert_eq!(r.cell(0), Cell::Unrepresentable(Unrepresentable::NonFinite));
         assert_eq!(r.cell(1), Cell::Unrepresentable(Unrepresentable::NonFinite));
@@ -396,9 +423,18 @@ mod tests {
         assert_eq!(format_date(19_844), "2024-05-01");
         assert_eq!(format_time(45_296_000_000), "12:34:56");
         assert_eq!(format_time(45_296_000_001), "12:34:56.000001");
-        assert_eq!(format_timestamp_micros(1_714_566_600_000_000), "2024-05-01T12:30:00Z");
-        assert_eq!(format_timestamp_micros(1_714_566_600_123_000), "2024-05-01T12:30:00.123Z");
-        assert_eq!(format_timestamp_micros(1_714_566_600_123_456), "2024-05-01T12:30:00.123456Z");
+        assert_eq!(
+            format_timestamp_micros(1_714_566_600_000_000),
+            "2024-05-01T12:30:00Z"
+        );
+        assert_eq!(
+            format_timestamp_micros(1_714_566_600_123_000),
+            "2024-05-01T12:30:00.123Z"
+        );
+        assert_eq!(
+            format_timestamp_micros(1_714_566_600_123_456),
+            "2024-05-01T12:30:00.123456Z"
+        );
         assert_eq!(format_timestamp_micros(-1), "1969-12-31T23:59:59.999999Z");
     }
 
@@ -406,7 +442,13 @@ mod tests {
     fn bytes_are_base64() {
         let a: ArrayRef = Arc::new(BinaryArray::from_vec(vec![b"\x00\xffhi"]));
         let r = ColumnReader::new("b", &ColumnKind::Bytes, &a).unwrap();
-        assert_eq!(text(&match r.cell(0) { Cell::Value(v) => v, c => panic!("{c:?}") }), "Str(\"AP9oaQ==\")");
+        assert_eq!(
+            text(&match r.cell(0) {
+                Cell::Value(v) => v,
+                c => panic!("{c:?}"),
+            }),
+            "Str(\"AP9oaQ==\")"
+        );
     }
 
     #[test]
@@ -420,7 +462,10 @@ mod tests {
         let a: ArrayRef = Arc::new(b.finish());
         let kind = ColumnKind::List(Box::new(ColumnKind::Text));
         let r = ColumnReader::new("l", &kind, &a).unwrap();
-        assert_eq!(r.cell(0), Cell::Value(Value::List(vec!["a".into(), "b".into()])));
+        assert_eq!(
+            r.cell(0),
+            Cell::Value(Value::List(vec!["a".into(), "b".into()]))
+        );
         assert_eq!(r.list_elements_left_out(0), 1);
         assert_eq!(r.cell(1), Cell::Null);
     }
@@ -429,6 +474,9 @@ mod tests {
     fn wrong_array_type_is_reported() {
         let a: ArrayRef = Arc::new(Int64Array::from(vec![1]));
         let err = ColumnReader::new("c", &ColumnKind::Text, &a).err().unwrap();
-        assert_eq!(err.to_string(), "column `c`: expected an Arrow array for text, got Int64");
+        assert_eq!(
+            err.to_string(),
+            "column `c`: expected an Arrow array for text, got Int64"
+        );
     }
 }

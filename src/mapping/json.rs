@@ -65,7 +65,14 @@ mod tests {
 
     #[test]
     fn strings_round_trip_through_serde_json() {
-        for s in ["plain", "quote \" and \\ backslash", "new\nline\ttab\r", "\u{1}\u{1f}", "emoji 🎉 ünïcödé", ""] {
+        for s in [
+            "plain",
+            "quote \" and \\ backslash",
+            "new\nline\ttab\r",
+            "\u{1}\u{1f}",
+            "emoji 🎉 ünïcödé",
+            "",
+        ] {
             let mut out = Vec::new();
             write_str(&mut out, s);
             let back: String = serde_json::from_slice(&out).unwrap();
@@ -83,6 +90,9 @@ mod tests {
         write_value(&mut out, &Value::Float(0.1));
         out.push(b' ');
         write_value(&mut out, &Value::Str(Cow::Borrowed("x")));
-        assert_eq!(String::from_utf8(out).unwrap(), r#"["a","\"b\""] 1e+300 0.1 "x""#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"["a","\"b\""] 1e+300 0.1 "x""#
+        );
     }
 }

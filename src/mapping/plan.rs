@@ -94,7 +94,10 @@ impl MappingPlan {
         let mut statics = Vec::new();
         for (i, mapping) in pipeline.mappings.iter().enumerate() {
             match mapping {
-                Mapping::Column { source, destination } => {
+                Mapping::Column {
+                    source,
+                    destination,
+                } => {
                     explicit.insert(source.to_lowercase(), Some(destination.clone()));
                 }
                 Mapping::Ignore { source } => {
@@ -327,7 +330,10 @@ mod tests {
             SyncMode::Full,
         );
         let plan = MappingPlan::new(&columns, &p).unwrap();
-        assert_eq!(plan.columns[0].route, Route::Send(Destination::Attribute("$firstname".into())));
+        assert_eq!(
+            plan.columns[0].route,
+            Route::Send(Destination::Attribute("$firstname".into()))
+        );
         assert_eq!(
             plan.columns[1].route,
             Route::Send(Destination::Attribute("contact_email".into()))
@@ -338,7 +344,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let columns = vec![col("email", ColumnKind::Text), col("e_mail", ColumnKind::Text)];
+        let columns = vec![
+            col("email", ColumnKind::Text),
+            col("e_mail", ColumnKind::Text),
+        ];
         let p = pipeline(
             vec![Mapping::Column {
                 source: "e_mail".into(),
@@ -359,12 +368,18 @@ mod tests {
             SyncMode::Full,
         );
         let err = MappingPlan::new(&columns, &p).unwrap_err().to_string();
-        assert!(err.contains("mappings[0].source `nope` is not a column"), "{err}");
+        assert!(
+            err.contains("mappings[0].source `nope` is not a column"),
+            "{err}"
+        );
 
         let columns = vec![col("email", ColumnKind::List(Box::new(ColumnKind::Text)))];
         let err = MappingPlan::new(&columns, &pipeline(vec![], SyncMode::Full))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cannot go to `user_identities.email`"), "{err}");
+        assert!(
+            err.contains("cannot go to `user_identities.email`"),
+            "{err}"
+        );
     }
 }

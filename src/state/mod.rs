@@ -346,16 +346,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("nested/state.db").display());
         let store = StateStore::open(&url).await.unwrap();
-        let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let stale = store.start_run("p", "manual", false, t0, (None, None)).await.unwrap();
-        let id = store
-            .start_run("p", "manual", false, t0, (Some("a".into()), Some("b".into())))
+        let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let stale = store
+            .start_run("p", "manual", false, t0, (None, None))
             .await
             .unwrap();
-        assert_eq!(store.run(stale).await.unwrap().unwrap().state, RunState::Interrupted);
+        let id = store
+            .start_run(
+                "p",
+                "manual",
+                false,
+                t0,
+                (Some("a".into()), Some("b".into())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.run(stale).await.unwrap().unwrap().state,
+            RunState::Interrupted
+        );
         let outcome = RunOutcome {
             state: RunState::Success,
-            counts: RunCounts { records_extracted: 5, batches_sent: 4, ..RunCounts::default() },
+            counts: RunCounts {
+                records_extracted: 5,
+                batches_sent: 4,
+                ..RunCounts::default()
+            },
             files: serde_json::json!({"rejected": "x.jsonl"}),
             error: None,
             watermark: Some("b".into()),

@@ -1,0 +1,136 @@
+//! `wsync runs [PIPELINE]`: run history, newest first.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::state::StateStore;
+
+use super::output::{ellipsize, table};
+
+/// Arguments of `wsync runs`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this pipeline's runs.
+    pub pipeline: Option<String>,
+    /// Runs per page.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Page number, from 1.
+    #[arg(long, default_value_t = 1)]
+    pub page: u32,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Print the page.
+pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let project = super::load(root)?;
+    if let Some(id) = &args.pipeline {
+        if !project.pipelines.contains_key(id) {
+            return Err(crate::sync::SyncError::UnknownPipeline {
+                id: id.clone(),
+                available: project
+                    .pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        }
+    }
+    let state = StateStore::open(project.state.url.expose()).await?;
+    let offset = args.page.saturating_sub(1).saturating_mul(args.limit);
+    let runs = state
+        .runs(args.pipeline.as_deref(), args.limit, offset)
+        .await?;
+    if args.json {
+        for r in &runs {
+            let line = serde_json::json!({
+                "pipeline_run_id": r.id,
+                "pipeline_id": r.pipeline_id,
+                "pipeline_run_state": r.state.as_str(),
+                "pipeline_run_type": r.run_type,
+                "dry_run": r.dry_run,
+                "start_date": r.start_date.to_rfc3339(),
+                "end_date": r.end_date.map(|t| t.to_rfc3339()),
+                "data_interval_start": r.data_interval_start,
+                "data_interval_end": r.data_interval_end,
+                "records_extracted": r.counts.records_extracted,
+                "records_mapped": r.counts.records_mapped,
+                "event_batches_generated": r.counts.event_batches_generated,
+                "batches_sent": r.counts.batches_sent,
+                "rows_rejected": r.counts.rows_rejected,
+                "files": r.files,
+                "error": r.error,
+            });
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("No runs recorded yet. Start one with `wsync run PIPELINE`.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = table(&[
+        "run",
+        "pipeline",
+        "state",
+        "started (UTC)",
+        "secs",
+        "window",
+        "extracted",
+        "mapped",
+        "batches",
+        "sent",
+        "rejected",
+        "error",
+    ]);
+    for r in &runs {
+        let secs = r
+            .end_date
+            .map(|e| {
+                format!(
+                    "{:.1}",
+                    (e - r.start_date).num_milliseconds() as f64 / 1000.0
+                )
+            })
+            .unwrap_or_default();
+        let window = match (&r.data_interval_start, &r.data_interval_end) {
+            (None, None) => "full".to_owned(),
+            (s, e) => format!(
+                "[{}, {})",
+                s.as_deref().unwrap_or("-∞"),
+                e.as_deref().unwrap_or("+∞")
+            ),
+        };
+        let state = if r.dry_run {
+            format!("{} (dry run)", r.state.as_str())
+        } else {
+            r.state.as_str().to_owned()
+        };
+        t.add_row(vec![
+            r.id.to_string(),
+            r.pipeline_id.clone(),
+            state,
+            r.start_date.format("%Y-%m-%d %H:%M:%S").to_string(),
+            secs,
+            window,
+            r.counts.records_extracted.to_string(),
+            r.counts.records_mapped.to_string(),
+            r.counts.event_batches_generated.to_string(),
+            r.counts.batches_sent.to_string(),
+            r.counts.rows_rejected.to_string(),
+            ellipsize(r.error.as_deref().unwrap_or(""), 60),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "Page {} ({} run(s)); next page: --page {}",
+        args.page,
+        runs.len(),
+        args.page + 1
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,136 @@
+//! Typed log events. Each event is a struct whose `emit` writes exactly one log
+//! line with a fixed message and fixed field names, so operators can search for
+//! them and later issues can attach metrics in one place.
+
+use tracing::{info, warn};
+
+/// A run began.
+pub struct RunStarted<'a> {
+    /// Pipeline id.
+    pub pipeline: &'a str,
+    /// Run id.
+    pub run_id: i64,
+    /// Window start, if incremental.
+    pub window_start: Option<&'a str>,
+    /// Window end, if incremental.
+    pub window_end: Option<&'a str>,
+    /// `only_read` run.
+    pub dry_run: bool,
+}
+
+impl RunStarted<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            pipeline = self.pipeline,
+            run_id = self.run_id,
+            window_start = self.window_start,
+            window_end = self.window_end,
+            dry_run = self.dry_run,
+            "Run started."
+        );
+    }
+}
+
+/// A request was acknowledged by the Events API.
+pub struct RequestAcknowledged {
+    /// Batches in it.
+    pub batches: usize,
+    /// Body bytes.
+    pub bytes: usize,
+    /// HTTP status.
+    pub status: u16,
+}
+
+impl RequestAcknowledged {
+    /// Write the line.
+    pub fn emit(&self) {
+        tracing::debug!(
+            batches = self.batches,
+            bytes = self.bytes,
+            status = self.status,
+            "Request acknowledged."
+        );
+    }
+}
+
+/// Values were dropped or truncated while mapping.
+pub struct ValuesAdjusted<'a> {
+    /// `dropped` or `truncated`.
+    pub action: &'a str,
+    /// Reason counter name.
+    pub reason: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl ValuesAdjusted<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        warn!(
+            action = self.action,
+            reason = self.reason,
+            count = self.count,
+            "Values adjusted to fit mParticle."
+        );
+    }
+}
+
+/// Rows were rejected.
+pub struct RowsRejected<'a> {
+    /// Reason.
+    pub reason: &'a str,
+    /// How many.
+    pub count: u64,
+    /// Where they were written.
+    pub file: &'a str,
+}
+
+impl RowsRejected<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        warn!(
+            reason = self.reason,
+            count = self.count,
+            file = self.file,
+            "Rows rejected."
+        );
+    }
+}
+
+/// A run ended.
+pub struct RunFinished<'a> {
+    /// Final state.
+    pub state: &'a str,
+    /// Rows read.
+    pub records_extracted: u64,
+    /// Batches acknowledged.
+    pub batches_sent: u64,
+    /// Rows rejected.
+    pub rows_rejected: u64,
+    /// Error, if failed.
+    pub error: Option<&'a str>,
+}
+
+impl RunFinished<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        match self.error {
+            None => info!(
+                state = self.state,
+                records_extracted = self.records_extracted,
+                batches_sent = self.batches_sent,
+                rows_rejected = self.rows_rejected,
+                "Run finished."
+            ),
+            Some(error) => tracing::error!(
+                state = self.state,
+                records_extracted = self.records_extracted,
+                batches_sent = self.batches_sent,
+                rows_rejected = self.rows_rejected,
+                error,
+                "Run failed."
+            ),
+        }
+    }
+}
