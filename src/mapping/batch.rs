@@ -146,6 +146,16 @@ struct RowParts<'a> {
     devices: Vec<(DeviceIdType, String)>,
     attributes: Vec<(Cow<'a, str>, Value<'a>)>,
     deleted: Vec<Cow<'a, str>>,
+    /// Values dropped or truncated in this row; counted only if the row is sent,
+    /// so a rejected row's values do not inflate the counters.
+    adjustments: Vec<Adjustment>,
+}
+
+/// One value dropped or truncated, by reason.
+#[derive(Clone, Copy)]
+enum Adjustment {
+    Dropped(&'static str),
+    Truncated(&'static str),
 }
 
 impl Mapper {
@@ -183,9 +193,15 @@ impl Mapper {
         for row in 0..chunk.num_rows() {
             let row_number = first_row + row as u64;
             stats.rows_read += 1;
-            match self.map_row(&readers, row, stats) {
+            match self.map_row(&readers, row) {
                 Ok(parts) => match self.encode(&parts, row_number, stats) {
                     Ok(batches) => {
+                        for adjustment in &parts.adjustments {
+                            match *adjustment {
+                                Adjustment::Dropped(why) => stats.drop_value(why),
+                                Adjustment::Truncated(why) => stats.truncate_value(why),
+                            }
+                        }
                         stats.rows_mapped += 1;
                         stats.batches += batches.len() as u64;
                         out.batches.extend(batches);
@@ -226,7 +242,6 @@ impl Mapper {
         &'a self,
         readers: &[ColumnReader<'a>],
         row: usize,
-        stats: &mut MapStats,
     ) -> Result<RowParts<'a>, (RejectReason, String)> {
         let mut parts = RowParts::default();
         for (column, reader) in self.plan.columns.iter().zip(readers) {
@@ -238,18 +253,22 @@ impl Mapper {
                     if let (Destination::Attribute(name), NullPolicy::Delete) =
                         (destination, self.null_policy)
                     {
-                        if let Some(name) = self.attribute_name(name, stats) {
+                        if let Some(name) = self.attribute_name(name, &mut parts.adjustments) {
                             parts.deleted.push(name);
                         }
                     }
                 }
-                Cell::Unrepresentable(_) => stats.drop_value(reason::NON_FINITE_NUMBER),
+                Cell::Unrepresentable(_) => parts
+                    .adjustments
+                    .push(Adjustment::Dropped(reason::NON_FINITE_NUMBER)),
                 Cell::Value(value) => {
                     let left_out = reader.list_elements_left_out(row);
                     for _ in 0..left_out {
-                        stats.drop_value(reason::LIST_NULL_ENTRY);
+                        parts
+                            .adjustments
+                            .push(Adjustment::Dropped(reason::LIST_NULL_ENTRY));
                     }
-                    self.place(destination, value, &column.name, &mut parts, stats)?;
+                    self.place(destination, value, &column.name, &mut parts)?;
                 }
             }
         }
@@ -260,7 +279,7 @@ impl Mapper {
                 StaticValue::Float(f) => Value::Float(*f),
                 StaticValue::Bool(b) => Value::Bool(*b),
             };
-            self.place(destination, value, "static mapping", &mut parts, stats)?;
+            self.place(destination, value, "static mapping", &mut parts)?;
         }
         if parts.identities.is_empty() && parts.mpid.is_none() && parts.devices.is_empty() {
             return Err((
@@ -277,7 +296,6 @@ impl Mapper {
         value: Value<'a>,
         column: &str,
         parts: &mut RowParts<'a>,
-        stats: &mut MapStats,
     ) -> Result<(), (RejectReason, String)> {
         match destination {
             Destination::Identity(t) => {
@@ -310,10 +328,10 @@ impl Mapper {
                 }
             }
             Destination::Attribute(name) => {
-                let Some(name) = self.attribute_name(name, stats) else {
+                let Some(name) = self.attribute_name(name, &mut parts.adjustments) else {
                     return Ok(());
                 };
-                if let Some(value) = self.limit_value(value, stats) {
+                if let Some(value) = self.limit_value(value, &mut parts.adjustments) {
                     parts.attributes.push((name, value));
                 }
             }
@@ -323,55 +341,63 @@ impl Mapper {
 
     /// The attribute name after the 256-character limit, or `None` when the
     /// policy drops it.
-    fn attribute_name<'a>(&self, name: &'a str, stats: &mut MapStats) -> Option<Cow<'a, str>> {
+    fn attribute_name<'a>(
+        &self,
+        name: &'a str,
+        adjustments: &mut Vec<Adjustment>,
+    ) -> Option<Cow<'a, str>> {
         if !limits::exceeds_chars(name, limits::MAX_ATTRIBUTE_NAME_CHARS) {
             return Some(Cow::Borrowed(name));
         }
         match self.limit_policy {
             LimitPolicy::Truncate => {
-                stats.truncate_value(reason::NAME_TOO_LONG);
+                adjustments.push(Adjustment::Truncated(reason::NAME_TOO_LONG));
                 Some(Cow::Borrowed(limits::truncate_chars(
                     name,
                     limits::MAX_ATTRIBUTE_NAME_CHARS,
                 )))
             }
             LimitPolicy::Reject => {
-                stats.drop_value(reason::NAME_TOO_LONG);
+                adjustments.push(Adjustment::Dropped(reason::NAME_TOO_LONG));
                 None
             }
         }
     }
 
     /// The value after the string and list limits, or `None` when the policy drops it.
-    fn limit_value<'a>(&self, value: Value<'a>, stats: &mut MapStats) -> Option<Value<'a>> {
+    fn limit_value<'a>(
+        &self,
+        value: Value<'a>,
+        adjustments: &mut Vec<Adjustment>,
+    ) -> Option<Value<'a>> {
         let truncate = self.limit_policy == LimitPolicy::Truncate;
         match value {
             Value::Str(s) if limits::exceeds_chars(&s, limits::MAX_ATTRIBUTE_VALUE_CHARS) => {
                 if truncate {
-                    stats.truncate_value(reason::VALUE_TOO_LONG);
+                    adjustments.push(Adjustment::Truncated(reason::VALUE_TOO_LONG));
                     let cut = limits::truncate_chars(&s, limits::MAX_ATTRIBUTE_VALUE_CHARS);
                     Some(Value::Str(Cow::Owned(cut.to_owned())))
                 } else {
-                    stats.drop_value(reason::VALUE_TOO_LONG);
+                    adjustments.push(Adjustment::Dropped(reason::VALUE_TOO_LONG));
                     None
                 }
             }
             Value::List(mut items) => {
                 if items.len() > limits::MAX_LIST_ENTRIES {
                     if !truncate {
-                        stats.drop_value(reason::LIST_TOO_LONG);
+                        adjustments.push(Adjustment::Dropped(reason::LIST_TOO_LONG));
                         return None;
                     }
-                    stats.truncate_value(reason::LIST_TOO_LONG);
+                    adjustments.push(Adjustment::Truncated(reason::LIST_TOO_LONG));
                     items.truncate(limits::MAX_LIST_ENTRIES);
                 }
                 for item in &mut items {
                     if limits::exceeds_chars(item, limits::MAX_LIST_ENTRY_CHARS) {
                         if !truncate {
-                            stats.drop_value(reason::LIST_ENTRY_TOO_LONG);
+                            adjustments.push(Adjustment::Dropped(reason::LIST_ENTRY_TOO_LONG));
                             return None;
                         }
-                        stats.truncate_value(reason::LIST_ENTRY_TOO_LONG);
+                        adjustments.push(Adjustment::Truncated(reason::LIST_ENTRY_TOO_LONG));
                         let cut = limits::truncate_chars(item, limits::MAX_LIST_ENTRY_CHARS).len();
                         item.truncate(cut);
                     }
@@ -657,7 +683,7 @@ mod tests {
                         sql_type: "FLOAT8".into(),
                         kind: ColumnKind::Float64,
                     },
-                    Arc::new(Float64Array::from(vec![f64::NAN, 2.5])),
+                    Arc::new(Float64Array::from(vec![f64::NAN, f64::INFINITY])),
                 ),
                 (
                     ColumnInfo {
@@ -687,7 +713,7 @@ mod tests {
         assert_eq!(rejected[0].reason, RejectReason::NoIdentity);
         assert_eq!(
             serde_json::Value::Object(rejected[0].values.clone()),
-            json!({"customerid": null, "email": "", "ltv": 2.5, "big": null})
+            json!({"customerid": null, "email": "", "ltv": "NaN or Infinity", "big": null})
         );
         assert_eq!(stats.rows_mapped, 1);
         assert_eq!(stats.rejected_total(), 1);

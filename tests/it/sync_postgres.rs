@@ -1,0 +1,234 @@
+//! End to end on PostgreSQL: every supported type and the nasty values, through
+//! mapping and delivery to the fake Events API, asserting the exact JSON received
+//! and the exact rejected rows; then incremental windows, a failing request, and
+//! wrong credentials.
+
+use serde_json::json;
+use wsync::state::RunState;
+
+use crate::support::db;
+use crate::support::fake_mparticle::FakeMparticle;
+use crate::support::project::{read_jsonl, without_id, TestProject};
+
+const KEY: &str = "pg-test-key";
+const SECRET: &str = "pg-test-secret-7d3f9a";
+
+fn project(table: &str, feed_url: &str, secret: &str) -> TestProject {
+    let p = TestProject::new(&format!(
+        r#"
+[connections.pg]
+type = "postgres"
+url = "{url}"
+
+[feeds.fake]
+base_url = "{feed_url}"
+api_key = "{KEY}"
+api_secret = "{secret}"
+"#,
+        url = db::postgres_url(),
+    ));
+    p.model(
+        "people",
+        &format!(
+            "SELECT customer_id, email, i2, i4, i8, f4, f8, num, num_s, flag, name, vc, ch, data, d, tm, ts, tstz, u, j, jb, tags, ints, updated_at\nFROM {table} -- trailing comment"
+        ),
+    );
+    p.pipeline(
+        "people",
+        r#"
+connection = "pg"
+data_model = "people"
+feed = "fake"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+"#,
+    );
+    p
+}
+
+async fn create_table(pool: &sqlx::PgPool, table: &str) {
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (
+            customer_id text, email text, i2 smallint, i4 integer, i8 bigint, f4 real,
+            f8 double precision, num numeric, num_s numeric(12,2), flag boolean, name text,
+            vc varchar(10), ch char(3), data bytea, d date, tm time, ts timestamp,
+            tstz timestamptz, u uuid, j json, jb jsonb, tags text[], ints int4[],
+            updated_at timestamptz NOT NULL)"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} VALUES
+         ('c1', 'ünï-🎉@example.com', -32768, 2147483647, 9007199254740993, 1.1, 'NaN',
+          12345678901234567890.123456789, 12.50, true, E'quote \" and '' newline\\n tab\\t',
+          'short', 'ab', '\\x00ff', '2024-02-29', '12:34:56.789', '2024-05-01 12:30:00',
+          '2024-05-01 12:30:00.123456+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+          '{{\"b\": 1, \"a\": [1,2]}}', '{{\"b\": 1, \"a\": [1, 2]}}',
+          (SELECT array_agg('t' || g) FROM generate_series(1, 1500) g), '{{1,NULL,3}}',
+          now() - interval '3 hours'),
+         ('c2', NULL, NULL, NULL, -9007199254740992, NULL, 'Infinity', 'NaN', NULL, NULL,
+          repeat('x', 5000), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+          NULL, now() - interval '2 hours'),
+         (NULL, NULL, 7, NULL, NULL, NULL, '-Infinity', NULL, NULL, false, 'no identity', NULL,
+          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+          now() - interval '1 hour')"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
+    let Some(pool) = db::postgres().await else { return };
+    let table = db::unique_table("sync_pg");
+    create_table(&pool, &table).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&table, &fake.base_url(), SECRET);
+    let ctx = p.context().await;
+
+    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(report.record.state, RunState::Success, "{:?}", report.record.error);
+
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 2);
+    let tags: Vec<String> = (1..=1000).map(|i| format!("t{i}")).collect();
+    assert_eq!(
+        without_id(&batches[0]),
+        json!({
+            "environment": "development",
+            "user_identities": {"customer_id": "c1", "email": "ünï-🎉@example.com"},
+            "user_attributes": {
+                "i2": -32768,
+                "i4": 2147483647,
+                "i8": "9007199254740993",
+                "f4": 1.1,
+                "num": "12345678901234567890.123456789",
+                "num_s": 12.5,
+                "flag": true,
+                "name": "quote \" and ' newline\n tab\t",
+                "vc": "short",
+                "ch": "ab ",
+                "data": "AP8=",
+                "d": "2024-02-29",
+                "tm": "12:34:56.789000",
+                "ts": "2024-05-01T12:30:00Z",
+                "tstz": "2024-05-01T10:30:00.123456Z",
+                "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                "j": "{\"a\":[1,2],\"b\":1}",
+                "jb": "{\"a\":[1,2],\"b\":1}",
+                "tags": tags,
+                "ints": ["1", "3"]
+            }
+        })
+    );
+    assert_eq!(
+        without_id(&batches[1]),
+        json!({
+            "environment": "development",
+            "user_identities": {"customer_id": "c2"},
+            "user_attributes": {"i8": -9007199254740992_i64, "name": "x".repeat(4096)}
+        })
+    );
+
+    // One request, accepted; the counters match what the fake saw.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].status, 202);
+    let c = &report.record.counts;
+    assert_eq!(
+        (c.records_extracted, c.records_mapped, c.event_batches_generated, c.batches_sent, c.rows_rejected),
+        (3, 2, 2, 2, 1)
+    );
+    assert_eq!(report.stats.values_dropped.get("non_finite_number"), Some(&3));
+    assert_eq!(report.stats.values_dropped.get("list_null_entry"), Some(&1));
+    assert_eq!(report.stats.values_truncated.get("list_too_long"), Some(&1));
+    assert_eq!(report.stats.values_truncated.get("value_too_long"), Some(&1));
+
+    // The rejected row is kept with its reason and its values.
+    let rejected = read_jsonl(&report.files["rejected"]);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["row"], 3);
+    assert_eq!(rejected[0]["reason"], "no_identity");
+    assert_eq!(rejected[0]["values"]["i2"], 7);
+    assert_eq!(rejected[0]["values"]["name"], "no identity");
+    assert_eq!(rejected[0]["values"]["customer_id"], serde_json::Value::Null);
+
+    // The watermark moved to the run's window end.
+    let watermark = ctx.state.watermark("people").await.unwrap();
+    assert_eq!(watermark, report.record.data_interval_end);
+    assert!(watermark.is_some());
+}
+
+#[tokio::test]
+async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
+    let Some(pool) = db::postgres().await else { return };
+    let table = db::unique_table("sync_pg_inc");
+    create_table(&pool, &table).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&table, &fake.base_url(), SECRET);
+    let ctx = p.context().await;
+
+    let first = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(first.record.state, RunState::Success);
+    assert_eq!(fake.batches().len(), 2);
+    let watermark = ctx.state.watermark("people").await.unwrap();
+
+    // Nothing new: an empty window, nothing sent, watermark moves on.
+    let second = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(second.record.counts.records_extracted, 0);
+    assert_eq!(fake.batches().len(), 2);
+    assert_eq!(second.record.data_interval_start, watermark);
+
+    // A new row, and a server error: the run fails and the watermark stays.
+    sqlx::query(&format!(
+        "INSERT INTO {table} (customer_id, name, updated_at) VALUES ('c9', 'new', now())"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = ctx.state.watermark("people").await.unwrap();
+    fake.respond_with_status_once(503);
+    let failed = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(failed.record.state, RunState::Failed);
+    let error = failed.record.error.clone().unwrap();
+    assert!(error.contains("HTTP 503") && error.contains("feed `fake`"), "{error}");
+    assert_eq!(ctx.state.watermark("people").await.unwrap(), before);
+
+    // The next run sends the row that failed.
+    let retry = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(retry.record.state, RunState::Success);
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 3);
+    assert_eq!(batches[2]["user_identities"]["customer_id"], "c9");
+    assert_eq!(batches[2]["user_attributes"]["name"], "new");
+}
+
+#[tokio::test]
+async fn wrong_secret_fails_the_run_without_leaking_it() {
+    let Some(pool) = db::postgres().await else { return };
+    let table = db::unique_table("sync_pg_auth");
+    create_table(&pool, &table).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let wrong = "wrong-secret-0451";
+    let p = project(&table, &fake.base_url(), wrong);
+    let ctx = p.context().await;
+
+    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(report.record.state, RunState::Failed);
+    let error = report.record.error.unwrap();
+    assert!(error.contains("feed `fake`") && error.contains("api_key or api_secret is wrong"), "{error}");
+    assert!(!error.contains(wrong));
+    assert!(fake.batches().is_empty());
+    assert_eq!(ctx.state.watermark("people").await.unwrap(), None);
+
+    // Through the binary: exit 1, and the secret appears nowhere in its output.
+    let (code, stdout, stderr) = p.wsync(&["--log", "debug", "run", "people"], &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stdout.contains("failed"), "{stdout}");
+    assert!(!stdout.contains(wrong) && !stderr.contains(wrong));
+}
