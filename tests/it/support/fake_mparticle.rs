@@ -327,7 +327,18 @@ impl FakeMparticle {
     }
 
     /// Queues a fault; each request consumes the oldest queued fault, if any, before anything else.
+    ///
+    /// Panics (in the test, not in the server task) on an invalid status or header.
     pub fn push_fault(&self, fault: Fault) {
+        match &fault {
+            Fault::Status { status, headers } => {
+                StatusCode::from_u16(*status).expect("forced status is a valid HTTP status");
+                for (name, value) in headers {
+                    HeaderName::try_from(name.as_str()).expect("fault header name");
+                    HeaderValue::try_from(value.as_str()).expect("fault header value");
+                }
+            }
+        }
         self.shared.lock().faults.push_back(fault);
     }
 
@@ -398,13 +409,12 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
-    let gzip = content_encoding(headers).as_deref() == Some("gzip");
     let mut record = RequestRecord {
         endpoint,
         status: 0,
         batch_count: 0,
         body_bytes: 0,
-        gzip,
+        gzip: content_encoding(headers).as_deref() == Some("gzip"),
         error: None,
     };
 
@@ -421,14 +431,7 @@ async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: 
     }
 
     let outcome = match raw {
-        Some(raw) => check_request(
-            shared,
-            endpoint,
-            headers,
-            &raw,
-            gzip,
-            &mut record.batch_count,
-        ),
+        Some(raw) => check_request(shared, endpoint, headers, &raw, &mut record.batch_count),
         None => Err(too_large(READ_CAP_BYTES)),
     };
 
@@ -472,9 +475,12 @@ fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Response {
                 error_response(status, fault_code(status), &message)
             };
             for (name, value) in headers {
-                let name = HeaderName::try_from(name.as_str()).expect("fault header name");
-                let value = HeaderValue::try_from(value.as_str()).expect("fault header value");
-                response.headers_mut().append(name, value);
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
             }
             response
         }
@@ -518,7 +524,6 @@ fn check_request(
     endpoint: Endpoint,
     headers: &HeaderMap,
     raw: &[u8],
-    gzip: bool,
     batch_count: &mut usize,
 ) -> Result<Vec<Value>, Rejection> {
     check_auth(shared, headers)?;
@@ -531,7 +536,6 @@ fn check_request(
     let body: &[u8] = match content_encoding(headers).as_deref() {
         None | Some("identity") => raw,
         Some("gzip") => {
-            debug_assert!(gzip);
             decoded = gunzip_capped(raw)?;
             // ...and, our choice since the spec says nothing about compression, also
             // once decompressed: the limit is about the payload mParticle processes,
@@ -556,7 +560,8 @@ fn check_request(
         .map_err(|e| Rejection::bad_request(format!("malformed JSON: {e} (spec §3.4)")))?;
 
     let batches = match (endpoint, parsed) {
-        // §3.1: /bulkevents takes a JSON array of batches.
+        // §3.1: /bulkevents takes a JSON array of batches. An empty array is
+        // accepted (202, nothing recorded): the spec names no minimum.
         (Endpoint::Bulk, Value::Array(batches)) => batches,
         (Endpoint::Bulk, _) => {
             return Err(Rejection::bad_request(
