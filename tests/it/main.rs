@@ -4,4 +4,5 @@
 //! `support::db`); the Events API is the in-process fake in
 //! `support::fake_mparticle`.
 
+mod fake_selftest;
 mod support;

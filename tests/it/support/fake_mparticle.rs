@@ -1,1 +1,936 @@
-//! The fake mParticle Events API (filled in by the fake-server work).
+//! An in-process fake of the mParticle Events API (`/v2/bulkevents`, `/v2/events`).
+//!
+//! It exists so integration tests catch what the real service would reject: it
+//! checks auth, request and batch sizes, batch counts and the batch JSON rules of
+//! `shared/spec/mparticle.md` §3–§4 and the inbound batch JSON Schema (with the
+//! §5.2 patch to its stale `user_identities` list). The rules are encoded here by
+//! hand; nothing reads the reference files at run time.
+//!
+//! Every accepted batch and every request's outcome is recorded for assertions.
+//! Faults (forced statuses today; rate limits, dropped connections and slow replies
+//! later) are queued with [`FakeMparticle::push_fault`] and consumed one per request.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+/// A request body must be strictly smaller than this (256 KiB), §3.3 and §4.
+pub const MAX_REQUEST_BYTES: usize = 262_144;
+/// A batch, serialized, must be at most this (128 KiB), §3.3 and §4.
+pub const MAX_BATCH_BYTES: usize = 131_072;
+/// A `/bulkevents` request holds at most this many batches, §3.3.
+pub const MAX_BATCHES_PER_REQUEST: usize = 100;
+/// At most this many user attributes per batch, §4.
+pub const MAX_USER_ATTRIBUTES: usize = 100;
+/// A user attribute name is at most this many characters, §4.
+pub const MAX_ATTRIBUTE_NAME_CHARS: usize = 256;
+/// A scalar user attribute value is at most this many characters, §4.
+pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 4096;
+/// A list user attribute holds at most this many entries, §4.
+pub const MAX_LIST_ENTRIES: usize = 1000;
+/// One entry of a list user attribute is at most this many characters, §4.
+pub const MAX_LIST_ENTRY_CHARS: usize = 512;
+
+/// How much body the fake reads at all. Anything past [`MAX_REQUEST_BYTES`] is
+/// already a 413; this cap only keeps a runaway test from exhausting memory.
+const READ_CAP_BYTES: usize = 16 * 1024 * 1024;
+
+/// Top-level batch keys the schema allows (root `additionalProperties: false`), §3.2 / §5.2.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "source_request_id",
+    "events",
+    "device_info",
+    "application_info",
+    "user_attributes",
+    "deleted_user_attributes",
+    "user_identities",
+    "environment",
+    "api_key",
+    "api_keys",
+    "ip",
+    "integration_attributes",
+    "context",
+    "partner_identity",
+    "source_info",
+    "mp_deviceid",
+    "attribution_info",
+    "timestamp_unixtime_ms",
+    "batch_id",
+    "mpid",
+    "origin_mpid",
+    "sdk_version",
+    "consent_state",
+    "job_id",
+];
+
+/// `user_identities` keys: the schema's list plus the §5.2 patch
+/// (`other_id_5..10`, `mobile_number`, `phone_number_2`, `phone_number_3`).
+const USER_IDENTITY_KEYS: &[&str] = &[
+    "other",
+    "customer_id",
+    "facebook",
+    "twitter",
+    "google",
+    "microsoft",
+    "yahoo",
+    "email",
+    "alias",
+    "facebook_custom_audience_id",
+    "other_id_2",
+    "other_id_3",
+    "other_id_4",
+    // §5.2 patch: accepted by the docs and the OpenAPI, missing from the stale schema.
+    "other_id_5",
+    "other_id_6",
+    "other_id_7",
+    "other_id_8",
+    "other_id_9",
+    "other_id_10",
+    "mobile_number",
+    "phone_number_2",
+    "phone_number_3",
+];
+
+/// The schema type of a `device_info` field (definitions `String`, `Integer`,
+/// `Boolean`, `Uuid`, and two inline enums).
+#[derive(Clone, Copy)]
+enum DeviceField {
+    /// Schema `String`: string, number, boolean or null.
+    Scalar,
+    /// Schema `Integer`: integer or null.
+    Integer,
+    /// Schema `Boolean`: boolean or null.
+    Boolean,
+    /// Schema `Uuid`: a hyphenated UUID string, or null.
+    Uuid,
+    /// An inline `{"type":"string","enum":[..]}`: null is not allowed.
+    Enum(&'static [&'static str]),
+}
+
+const PLATFORMS: &[&str] = &[
+    "iOS",
+    "Android",
+    "web",
+    "tvOS",
+    "roku",
+    "out_of_band",
+    "alexa",
+    "smart_tv",
+    "fire_tv",
+    "xbox",
+];
+const ATT_STATUSES: &[&str] = &["authorized", "denied", "not_determined", "restricted"];
+
+/// `device_info` keys and their schema types (`DeviceInformation`,
+/// `additionalProperties: false`), §3.2 / §5.2.
+const DEVICE_INFO_FIELDS: &[(&str, DeviceField)] = &[
+    ("brand", DeviceField::Scalar),
+    ("product", DeviceField::Scalar),
+    ("device", DeviceField::Scalar),
+    ("android_uuid", DeviceField::Scalar),
+    ("device_manufacturer", DeviceField::Scalar),
+    ("platform", DeviceField::Enum(PLATFORMS)),
+    ("os_version", DeviceField::Scalar),
+    ("device_model", DeviceField::Scalar),
+    ("screen_height", DeviceField::Integer),
+    ("screen_width", DeviceField::Integer),
+    ("screen_dpi", DeviceField::Integer),
+    ("device_country", DeviceField::Scalar),
+    ("locale_language", DeviceField::Scalar),
+    ("locale_country", DeviceField::Scalar),
+    ("network_country", DeviceField::Scalar),
+    ("network_carrier", DeviceField::Scalar),
+    ("network_code", DeviceField::Scalar),
+    ("network_mobile_country_code", DeviceField::Scalar),
+    ("timezone_offset", DeviceField::Integer),
+    ("build_identifier", DeviceField::Scalar),
+    ("http_header_user_agent", DeviceField::Scalar),
+    ("ios_advertising_id", DeviceField::Uuid),
+    ("att_authorization_status", DeviceField::Enum(ATT_STATUSES)),
+    ("att_timestamp_unixtime_ms", DeviceField::Integer),
+    ("push_token", DeviceField::Scalar),
+    ("cpu_architecture", DeviceField::Scalar),
+    ("is_tablet", DeviceField::Boolean),
+    ("push_notification_sound_enabled", DeviceField::Boolean),
+    ("push_notification_vibrate_enabled", DeviceField::Boolean),
+    ("radio_access_technology", DeviceField::Scalar),
+    ("supports_telephony", DeviceField::Boolean),
+    ("has_nfc", DeviceField::Boolean),
+    ("bluetooth_enabled", DeviceField::Boolean),
+    ("bluetooth_version", DeviceField::Scalar),
+    ("ios_idfv", DeviceField::Uuid),
+    ("android_advertising_id", DeviceField::Uuid),
+    ("build_version_release", DeviceField::Scalar),
+    ("limit_ad_tracking", DeviceField::Boolean),
+    ("amp_id", DeviceField::Scalar),
+    ("is_dst", DeviceField::Boolean),
+    ("roku_advertising_id", DeviceField::Uuid),
+    ("roku_publisher_id", DeviceField::Uuid),
+    ("microsoft_advertising_id", DeviceField::Scalar),
+    ("microsoft_publisher_id", DeviceField::Scalar),
+    ("fire_advertising_id", DeviceField::Uuid),
+];
+
+/// The `device_info` fields that identify a device, and so count as an identity, §3.2 / §1.6.
+const DEVICE_IDENTITY_KEYS: &[&str] = &[
+    "ios_advertising_id",
+    "ios_idfv",
+    "android_advertising_id",
+    "android_uuid",
+    "push_token",
+    "amp_id",
+    "roku_advertising_id",
+    "roku_publisher_id",
+    "microsoft_advertising_id",
+    "microsoft_publisher_id",
+    "fire_advertising_id",
+];
+
+/// Which Events API route a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v2/bulkevents`: a JSON array of batches.
+    Bulk,
+    /// `POST /v2/events`: one batch object.
+    Single,
+}
+
+/// What the fake saw and answered for one request, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The route the request used.
+    pub endpoint: Endpoint,
+    /// The HTTP status the fake answered with.
+    pub status: u16,
+    /// Batches in the request body (0 when the body never parsed, or a fault answered first).
+    pub batch_count: usize,
+    /// Body bytes as received on the wire (compressed size for gzip bodies).
+    pub body_bytes: usize,
+    /// Whether the request carried `Content-Encoding: gzip`.
+    pub gzip: bool,
+    /// The error message returned, if the answer was an error.
+    pub error: Option<String>,
+}
+
+/// One injected misbehaviour, consumed by the next request (see [`FakeMparticle::push_fault`]).
+///
+/// Further faults plug in here as new variants, handled in `apply_fault`:
+/// dropped connections (close the socket without answering) and slow replies
+/// (sleep, then handle normally) are the ones planned next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Answer with this status and extra headers without looking at the request
+    /// (no auth check, nothing recorded as accepted). Error statuses get an
+    /// mParticle-shaped error body; 2xx statuses get an empty body.
+    Status {
+        /// The HTTP status code to answer with.
+        status: u16,
+        /// Extra response headers, e.g. `("Retry-After", "2")` for a 429 (§3.4).
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Everything recorded and queued, behind one lock.
+#[derive(Default)]
+struct Recorded {
+    batches: Vec<Value>,
+    requests: Vec<RequestRecord>,
+    seen_source_request_ids: HashSet<String>,
+    duplicates: usize,
+    faults: VecDeque<Fault>,
+}
+
+/// State shared between the test and the server task.
+struct Shared {
+    api_key: String,
+    api_secret: String,
+    recorded: Mutex<Recorded>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Recorded> {
+        // A panicking test thread must not hide the recording from other assertions.
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The running fake Events API. Shuts down when dropped.
+pub struct FakeMparticle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeMparticle {
+    /// Starts the fake on `127.0.0.1:0`, on the calling test's tokio runtime,
+    /// accepting HTTP Basic auth with exactly this key and secret.
+    pub async fn start(api_key: &str, api_secret: &str) -> FakeMparticle {
+        let shared = Arc::new(Shared {
+            api_key: api_key.to_owned(),
+            api_secret: api_secret.to_owned(),
+            recorded: Mutex::new(Recorded::default()),
+        });
+        let app = Router::new()
+            .route("/v2/bulkevents", post(bulk_events))
+            .route("/v2/events", post(single_event))
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake mParticle listener");
+        let addr = listener.local_addr().expect("fake listener address");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        FakeMparticle {
+            addr,
+            shared,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`; the client appends `/v2/bulkevents` or `/v2/events`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every accepted batch, in arrival order (duplicates included).
+    pub fn batches(&self) -> Vec<Value> {
+        self.shared.lock().batches.clone()
+    }
+
+    /// Every request's outcome, in arrival order (rejected and faulted ones too).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Accepted batches whose `source_request_id` had already been accepted before.
+    /// mParticle dedupes on it (§3.4); the fake counts instead of dropping.
+    pub fn duplicates(&self) -> usize {
+        self.shared.lock().duplicates
+    }
+
+    /// Queues a fault; each request consumes the oldest queued fault, if any, before anything else.
+    ///
+    /// Panics (in the test, not in the server task) on an invalid status or header.
+    pub fn push_fault(&self, fault: Fault) {
+        match &fault {
+            Fault::Status { status, headers } => {
+                StatusCode::from_u16(*status).expect("forced status is a valid HTTP status");
+                for (name, value) in headers {
+                    HeaderName::try_from(name.as_str()).expect("fault header name");
+                    HeaderValue::try_from(value.as_str()).expect("fault header value");
+                }
+            }
+        }
+        self.shared.lock().faults.push_back(fault);
+    }
+
+    /// Queues one forced status (no extra headers) for the next request that has no earlier fault queued.
+    pub fn respond_with_status_once(&self, status: u16) {
+        self.push_fault(Fault::Status {
+            status,
+            headers: Vec::new(),
+        });
+    }
+
+    /// Faults queued and not yet consumed.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.lock().faults.len()
+    }
+}
+
+impl Drop for FakeMparticle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            // The server may already be gone with its runtime; nothing to do then.
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn bulk_events(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&shared, Endpoint::Bulk, &headers, body).await
+}
+
+async fn single_event(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&shared, Endpoint::Single, &headers, body).await
+}
+
+/// A rejection: status, mParticle error code and message.
+struct Rejection {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Rejection::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+}
+
+/// mParticle's error body shape, `{"errors":[{"code":..,"message":..}]}` (§3.4).
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"errors": [{"code": code, "message": message}]});
+    (status, axum::Json(body)).into_response()
+}
+
+async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
+    let mut record = RequestRecord {
+        endpoint,
+        status: 0,
+        batch_count: 0,
+        body_bytes: 0,
+        gzip: content_encoding(headers).as_deref() == Some("gzip"),
+        error: None,
+    };
+
+    // Read the body before anything else so every record knows its size.
+    let raw = axum::body::to_bytes(body, READ_CAP_BYTES).await.ok();
+    record.body_bytes = raw.as_ref().map_or(READ_CAP_BYTES, |b| b.len());
+
+    // Fault plan first: a real outage or throttle answers before auth or validation.
+    let fault = shared.lock().faults.pop_front();
+    if let Some(fault) = fault {
+        let response = apply_fault(&fault, &mut record);
+        shared.lock().requests.push(record);
+        return response;
+    }
+
+    let outcome = match raw {
+        Some(raw) => check_request(shared, endpoint, headers, &raw, &mut record.batch_count),
+        None => Err(too_large(READ_CAP_BYTES)),
+    };
+
+    let mut recorded = shared.lock();
+    match outcome {
+        Ok(batches) => {
+            for batch in batches {
+                if let Some(Value::String(id)) = batch.get("source_request_id") {
+                    if !recorded.seen_source_request_ids.insert(id.clone()) {
+                        recorded.duplicates += 1;
+                    }
+                }
+                recorded.batches.push(batch);
+            }
+            record.status = StatusCode::ACCEPTED.as_u16();
+            recorded.requests.push(record);
+            // §3.4: 202 Accepted; the fake sends an empty body.
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(rejection) => {
+            record.status = rejection.status.as_u16();
+            record.error = Some(rejection.message.clone());
+            recorded.requests.push(record);
+            error_response(rejection.status, rejection.code, &rejection.message)
+        }
+    }
+}
+
+/// Answers a queued fault. New fault kinds get their arm here.
+fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Response {
+    match fault {
+        Fault::Status { status, headers } => {
+            let status =
+                StatusCode::from_u16(*status).expect("forced status is a valid HTTP status");
+            record.status = status.as_u16();
+            let mut response = if status.is_success() {
+                status.into_response()
+            } else {
+                let message = format!("forced {} by the test's fault plan", status.as_u16());
+                record.error = Some(message.clone());
+                error_response(status, fault_code(status), &message)
+            };
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            response
+        }
+    }
+}
+
+/// Error codes for forced statuses (mParticle publishes only BAD_REQUEST; the rest are ours).
+fn fault_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "BAD_REQUEST",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        413 => "PAYLOAD_TOO_LARGE",
+        429 => "TOO_MANY_REQUESTS",
+        503 => "SERVICE_UNAVAILABLE",
+        _ => "ERROR",
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+fn too_large(len: usize) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        format!(
+            "request body is {len} bytes; it must be under {MAX_REQUEST_BYTES} bytes (spec §3.3)"
+        ),
+    )
+}
+
+/// Auth, size, encoding, JSON and per-batch checks, in the order a front end would apply them.
+/// Returns the batches to record; sets `batch_count` as soon as the body parses.
+fn check_request(
+    shared: &Shared,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    raw: &[u8],
+    batch_count: &mut usize,
+) -> Result<Vec<Value>, Rejection> {
+    check_auth(shared, headers)?;
+
+    // §3.3: the total request body must be < 256 KiB, on the wire...
+    if raw.len() >= MAX_REQUEST_BYTES {
+        return Err(too_large(raw.len()));
+    }
+    let decoded;
+    let body: &[u8] = match content_encoding(headers).as_deref() {
+        None | Some("identity") => raw,
+        Some("gzip") => {
+            decoded = gunzip_capped(raw)?;
+            // ...and, our choice since the spec says nothing about compression, also
+            // once decompressed: the limit is about the payload mParticle processes,
+            // and a client must not be able to dodge it by compressing.
+            if decoded.len() >= MAX_REQUEST_BYTES {
+                return Err(too_large(decoded.len()));
+            }
+            &decoded
+        }
+        Some(other) => {
+            // Only gzip is promised by the brief; anything else is refused loudly.
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("unsupported Content-Encoding {other:?}; only gzip is accepted"),
+            ));
+        }
+    };
+
+    // §3.4: malformed JSON is a 400.
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejection::bad_request(format!("malformed JSON: {e} (spec §3.4)")))?;
+
+    let batches = match (endpoint, parsed) {
+        // §3.1: /bulkevents takes a JSON array of batches. An empty array is
+        // accepted (202, nothing recorded): the spec names no minimum.
+        (Endpoint::Bulk, Value::Array(batches)) => batches,
+        (Endpoint::Bulk, _) => {
+            return Err(Rejection::bad_request(
+                "/v2/bulkevents expects a JSON array of batches (spec §3.1)",
+            ))
+        }
+        // §3.1: /events takes one batch object.
+        (Endpoint::Single, batch @ Value::Object(_)) => vec![batch],
+        (Endpoint::Single, _) => {
+            return Err(Rejection::bad_request(
+                "/v2/events expects one batch object (spec §3.1)",
+            ))
+        }
+    };
+    *batch_count = batches.len();
+
+    // §3.3: at most 100 batches per bulk request.
+    if batches.len() > MAX_BATCHES_PER_REQUEST {
+        return Err(Rejection::bad_request(format!(
+            "request holds {} batches; at most {MAX_BATCHES_PER_REQUEST} allowed (spec §3.3)",
+            batches.len()
+        )));
+    }
+
+    // One bad batch rejects the whole request, so the client has to find it (§3.4: bisect on 400).
+    for (index, batch) in batches.iter().enumerate() {
+        validate_batch(batch)
+            .map_err(|rule| Rejection::bad_request(format!("batch[{index}]: {rule}")))?;
+    }
+    Ok(batches)
+}
+
+/// §3.1: `Authorization: Basic base64(key:secret)`; §3.4: missing → 401, present but invalid → 403.
+fn check_auth(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing Authorization header (spec §3.4)",
+        ));
+    };
+    let forbidden = |why: &str| {
+        Rejection::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("invalid credentials: {why} (spec §3.4)"),
+        )
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| forbidden("header is not ASCII"))?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .ok_or_else(|| forbidden("not HTTP Basic"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| forbidden("bad base64"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| forbidden("not UTF-8"))?;
+    let (key, secret) = decoded
+        .split_once(':')
+        .ok_or_else(|| forbidden("no key:secret pair"))?;
+    if key != shared.api_key || secret != shared.api_secret {
+        return Err(forbidden("wrong key or secret"));
+    }
+    Ok(())
+}
+
+/// Decompresses a gzip body, reading at most one byte past the request limit so a
+/// small "zip bomb" cannot balloon in memory; the caller turns "over" into 413.
+fn gunzip_capped(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw)
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Rejection::bad_request(format!("body is not valid gzip: {e}")))?;
+    Ok(out)
+}
+
+/// Checks one batch against the rules below; the error names the violated rule.
+///
+/// Public so a test can check a batch the daemon built without going over HTTP.
+pub fn validate_batch(batch: &Value) -> Result<(), String> {
+    let Value::Object(obj) = batch else {
+        return Err("a batch must be a JSON object (spec §3.2)".into());
+    };
+
+    // §5.2: the schema's root has `additionalProperties: false`.
+    for key in obj.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "unknown top-level key {key:?} (schema root, spec §3.2/§5.2)"
+            ));
+        }
+    }
+
+    // §3.2 / §5.2: `environment` is required, one of development|production.
+    match obj.get("environment") {
+        Some(Value::String(env)) if env == "development" || env == "production" => {}
+        Some(other) => {
+            return Err(format!(
+                "environment must be \"development\" or \"production\", got {other} (spec §3.2)"
+            ))
+        }
+        None => return Err("environment is required (spec §3.2/§5.2)".into()),
+    }
+
+    // §3.4: source_request_id is the dedupe key; we require a string (null = absent).
+    match obj.get("source_request_id") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(other) => {
+            return Err(format!(
+                "source_request_id must be a string, got {other} (spec §3.4)"
+            ))
+        }
+    }
+
+    // §3.2: mpid is schema `Integer` (integer or null), a signed 64-bit id.
+    for key in ["mpid", "origin_mpid", "batch_id", "timestamp_unixtime_ms"] {
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.is_i64() => {}
+            Some(other) => {
+                return Err(format!(
+                    "{key} must be an integer literal within i64 (schema Integer, spec §3.2), got {other}"
+                ))
+            }
+        }
+    }
+
+    // §3.2 / §5.2: mp_deviceid is schema `Uuid`.
+    if let Some(v) = obj.get("mp_deviceid") {
+        check_uuid(v).map_err(|e| format!("mp_deviceid {e} (schema Uuid, spec §3.2)"))?;
+    }
+
+    let identities = validate_user_identities(obj.get("user_identities"))?;
+    let device_ids = validate_device_info(obj.get("device_info"))?;
+    validate_user_attributes(obj.get("user_attributes"))?;
+
+    // §1.10 / schema: deleted_user_attributes is an array of strings (or null).
+    match obj.get("deleted_user_attributes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(names)) => {
+            if let Some(bad) = names.iter().find(|n| !n.is_string()) {
+                return Err(format!(
+                    "deleted_user_attributes entries must be strings, got {bad} (spec §1.10)"
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "deleted_user_attributes must be an array, got {other} (spec §1.10)"
+            ))
+        }
+    }
+
+    // Schema: events is an array (or null) of event objects; event contents are not checked yet.
+    match obj.get("events") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(events)) => {
+            if let Some(bad) = events.iter().position(|e| !e.is_object()) {
+                return Err(format!("events[{bad}] must be an object (spec §3.2)"));
+            }
+        }
+        Some(_) => return Err("events must be an array (spec §3.2)".into()),
+    }
+
+    // §1.6: a row needs at least one identity so mParticle can resolve a profile.
+    let has_mpid = matches!(obj.get("mpid"), Some(Value::Number(_)));
+    let has_device_id = matches!(obj.get("mp_deviceid"), Some(Value::String(_)));
+    if identities == 0 && device_ids == 0 && !has_mpid && !has_device_id {
+        return Err(
+            "batch carries no identity (no user_identities, mpid, device_info ids or mp_deviceid) (spec §1.6)"
+                .into(),
+        );
+    }
+
+    // §3.3 / §4: a batch is at most 128 KiB. Measured on the compact re-serialization,
+    // so the client's whitespace does not count against it.
+    let size = serde_json::to_vec(batch)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_BATCH_BYTES {
+        return Err(format!(
+            "batch is {size} bytes serialized; at most {MAX_BATCH_BYTES} allowed (spec §3.3/§4)"
+        ));
+    }
+    Ok(())
+}
+
+/// §5.2 patched list; values are strings (null = not set). Returns how many identities are set.
+fn validate_user_identities(value: Option<&Value>) -> Result<usize, String> {
+    let map = match value {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(format!(
+                "user_identities must be an object, got {other} (spec §3.2)"
+            ))
+        }
+    };
+    let mut set = 0;
+    for (key, v) in map {
+        if !USER_IDENTITY_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "unknown user_identities key {key:?} (schema list patched per spec §5.2)"
+            ));
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                if !s.is_empty() {
+                    set += 1;
+                }
+            }
+            other => {
+                return Err(format!(
+                    "user_identities.{key} must be a string, got {other} (spec §3.2)"
+                ))
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// `DeviceInformation` keys and value types. Returns how many device identities are set.
+fn validate_device_info(value: Option<&Value>) -> Result<usize, String> {
+    let map = match value {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(format!(
+                "device_info must be an object, got {other} (spec §3.2)"
+            ))
+        }
+    };
+    let mut set = 0;
+    for (key, v) in map {
+        let Some((_, kind)) = DEVICE_INFO_FIELDS.iter().find(|(name, _)| name == key) else {
+            return Err(format!(
+                "unknown device_info key {key:?} (schema DeviceInformation, spec §3.2)"
+            ));
+        };
+        check_device_field(*kind, v)
+            .map_err(|e| format!("device_info.{key} {e} (schema DeviceInformation, spec §3.2)"))?;
+        let present = match v {
+            Value::Null => false,
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if present && DEVICE_IDENTITY_KEYS.contains(&key.as_str()) {
+            set += 1;
+        }
+    }
+    Ok(set)
+}
+
+fn check_device_field(kind: DeviceField, v: &Value) -> Result<(), String> {
+    let ok = match kind {
+        DeviceField::Scalar => is_scalar(v),
+        DeviceField::Integer => v.is_null() || v.is_i64() || v.is_u64(),
+        DeviceField::Boolean => v.is_null() || v.is_boolean(),
+        DeviceField::Uuid => return check_uuid(v),
+        DeviceField::Enum(allowed) => v.as_str().is_some_and(|s| allowed.contains(&s)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("has the wrong type or value: {v}"))
+    }
+}
+
+/// Schema `Uuid`: null, or a string matching `^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$`.
+fn check_uuid(v: &Value) -> Result<(), String> {
+    let s = match v {
+        Value::Null => return Ok(()),
+        Value::String(s) => s,
+        other => return Err(format!("must be a UUID string, got {other}")),
+    };
+    let groups: Vec<&str> = s.split('-').collect();
+    let shape_ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    if shape_ok {
+        Ok(())
+    } else {
+        Err(format!("must be a hyphenated UUID, got {s:?}"))
+    }
+}
+
+/// Schema `String`: string, number, boolean or null.
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Array(_) | Value::Object(_))
+}
+
+/// §4 user attribute limits; types from schema `StringOrArray`.
+fn validate_user_attributes(value: Option<&Value>) -> Result<(), String> {
+    let map: &Map<String, Value> = match value {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(format!(
+                "user_attributes must be an object, got {other} (spec §3.2)"
+            ))
+        }
+    };
+    // §4: at most 100 user attributes per batch.
+    if map.len() > MAX_USER_ATTRIBUTES {
+        return Err(format!(
+            "user_attributes has {} entries; at most {MAX_USER_ATTRIBUTES} allowed (spec §4)",
+            map.len()
+        ));
+    }
+    for (name, v) in map {
+        // §4: attribute names at most 256 characters (Unicode scalar values).
+        let name_chars = name.chars().count();
+        if name_chars > MAX_ATTRIBUTE_NAME_CHARS {
+            return Err(format!(
+                "user attribute name of {name_chars} chars; at most {MAX_ATTRIBUTE_NAME_CHARS} allowed (spec §4)"
+            ));
+        }
+        match v {
+            // §4: scalar values at most 4096 characters.
+            Value::String(s) => {
+                let chars = s.chars().count();
+                if chars > MAX_ATTRIBUTE_VALUE_CHARS {
+                    return Err(format!(
+                        "user attribute {name:?} value of {chars} chars; at most {MAX_ATTRIBUTE_VALUE_CHARS} allowed (spec §4)"
+                    ));
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Value::Array(entries) => {
+                // §4: lists at most 1000 entries.
+                if entries.len() > MAX_LIST_ENTRIES {
+                    return Err(format!(
+                        "user attribute {name:?} list has {} entries; at most {MAX_LIST_ENTRIES} allowed (spec §4)",
+                        entries.len()
+                    ));
+                }
+                for (i, entry) in entries.iter().enumerate() {
+                    match entry {
+                        // §4: list entries at most 512 characters.
+                        Value::String(s) => {
+                            let chars = s.chars().count();
+                            if chars > MAX_LIST_ENTRY_CHARS {
+                                return Err(format!(
+                                    "user attribute {name:?} list entry [{i}] of {chars} chars; at most {MAX_LIST_ENTRY_CHARS} allowed (spec §4)"
+                                ));
+                            }
+                        }
+                        // Schema `Array` items are `String`: scalars only, no nesting.
+                        e if is_scalar(e) => {}
+                        other => {
+                            return Err(format!(
+                                "user attribute {name:?} list entry [{i}] must be a scalar, got {other} (schema StringOrArray, spec §3.2)"
+                            ))
+                        }
+                    }
+                }
+            }
+            // Schema `StringOrArray`: objects are not attribute values.
+            Value::Object(_) => {
+                return Err(format!(
+                    "user attribute {name:?} must be a scalar or a list, not an object (spec §3.2)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
