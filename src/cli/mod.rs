@@ -111,7 +111,11 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         || error.downcast_ref::<UsageError>().is_some()
         || matches!(
             error.downcast_ref::<SyncError>(),
-            Some(SyncError::UnknownPipeline { .. } | SyncError::Unsupported { .. })
+            Some(
+                SyncError::UnknownPipeline { .. }
+                    | SyncError::Unsupported { .. }
+                    | SyncError::Refused { .. }
+            )
         );
     if usage {
         2

@@ -18,7 +18,7 @@ use crate::config::model::{
     Destination, Environment, LimitPolicy, NullPolicy, Pipeline, StaticValue,
 };
 use crate::mapping::convert::{int_value, Cell, ColumnReader, Value};
-use crate::mapping::identity::{DeviceIdType, IdentityType};
+use crate::mapping::identity::{is_uuid, DeviceIdType, IdentityType};
 use crate::mapping::json::{write_str, write_value};
 use crate::mapping::limits::{self, reason};
 use crate::mapping::plan::{MappingPlan, Route};
@@ -306,7 +306,11 @@ impl Mapper {
             }
             Destination::Device(t) => {
                 let text = value.to_text();
-                if !text.is_empty() {
+                if t.requires_uuid() && !text.is_empty() && !is_uuid(&text) {
+                    parts
+                        .adjustments
+                        .push(Adjustment::Dropped(reason::INVALID_DEVICE_ID));
+                } else if !text.is_empty() {
                     parts.devices.push((*t, text));
                 }
             }
@@ -850,6 +854,38 @@ mod tests {
         assert!(batches[0].get("user_attributes").is_none());
         assert_eq!(stats.dropped_total(), 3);
         assert_eq!(stats.values_dropped.get(reason::LIST_TOO_LONG), Some(&1));
+    }
+
+    #[test]
+    fn malformed_uuid_device_ids_are_dropped() {
+        let p = pipeline();
+        let (batches, rejected, stats) = run(
+            &p,
+            vec![
+                text("email", vec![Some("x@y.z"), None]),
+                text(
+                    "ios_idfv",
+                    vec![
+                        Some("not-a-uuid"),
+                        Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+                    ],
+                ),
+                text("push_token", vec![Some("tok"), None]),
+            ],
+        );
+        assert_eq!(
+            strip_id(batches[0].clone()),
+            json!({"environment": "production", "user_identities": {"email": "x@y.z"}, "device_info": {"push_token": "tok"}})
+        );
+        assert_eq!(
+            strip_id(batches[1].clone()),
+            json!({"environment": "production", "device_info": {"ios_idfv": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}})
+        );
+        assert!(rejected.is_empty());
+        assert_eq!(
+            stats.values_dropped.get(reason::INVALID_DEVICE_ID),
+            Some(&1)
+        );
     }
 
     #[test]

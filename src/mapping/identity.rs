@@ -182,6 +182,22 @@ impl DeviceIdType {
         }
     }
 
+    /// Whether the Events API schema requires this id to be a UUID
+    /// (`8-4-4-4-12` hex digits). A malformed one fails the whole request with a
+    /// 400, so the mapper drops it instead (counted as `invalid_device_id`).
+    pub fn requires_uuid(self) -> bool {
+        matches!(
+            self,
+            Self::IosAdvertisingId
+                | Self::IosIdfv
+                | Self::AndroidAdvertisingId
+                | Self::RokuAdvertisingId
+                | Self::RokuPublisherId
+                | Self::FireAdvertisingId
+                | Self::MpDeviceId
+        )
+    }
+
     /// The device id a column of this name maps to (case-insensitive).
     pub fn from_column(name: &str) -> Option<DeviceIdType> {
         let lower = name.to_ascii_lowercase();
@@ -189,9 +205,28 @@ impl DeviceIdType {
     }
 }
 
+/// `8-4-4-4-12` hexadecimal digits, as the Events API schema's `Uuid` pattern.
+pub fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_pattern() {
+        assert!(is_uuid("a0eebc99-9C0B-4ef8-bb6d-6bb9bd380a11"));
+        assert!(!is_uuid("a0eebc999c0b4ef8bb6d6bb9bd380a11"));
+        assert!(!is_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g"));
+        assert!(DeviceIdType::IosIdfv.requires_uuid());
+        assert!(!DeviceIdType::PushToken.requires_uuid());
+    }
 
     #[test]
     fn customer_id_spellings_and_case() {

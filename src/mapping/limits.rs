@@ -33,6 +33,8 @@ pub mod reason {
     pub const LIST_ENTRY_TOO_LONG: &str = "list_entry_too_long";
     /// NULL element inside an array (lists cannot hold nulls).
     pub const LIST_NULL_ENTRY: &str = "list_null_entry";
+    /// A device id the Events API requires to be a UUID that is not one.
+    pub const INVALID_DEVICE_ID: &str = "invalid_device_id";
     /// One attribute alone larger than a batch may be.
     pub const ATTRIBUTE_TOO_LARGE: &str = "attribute_exceeds_batch_size";
 }

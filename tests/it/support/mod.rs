@@ -3,3 +3,4 @@
 
 pub mod db;
 pub mod fake_mparticle;
+pub mod project;
