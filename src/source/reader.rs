@@ -823,6 +823,11 @@ fn decode_sqlite_row(row: &SqliteRow, chunker: &mut Chunker<'_>) -> Result<(), S
     for i in 0..chunker.builders.len() {
         let b = &mut chunker.builders[i];
         let result = row.try_get_raw(i).map_err(|e| e.to_string()).and_then(|v| {
+            // Checked first: a NULL value reports its column's type, not `NULL`.
+            if v.is_null() {
+                b.append_null();
+                return Ok(());
+            }
             let storage = match v.type_info().name() {
                 "INTEGER" => Storage::Integer,
                 "REAL" => Storage::Real,

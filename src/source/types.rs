@@ -157,12 +157,19 @@ pub fn mysql_kind(type_name: &str) -> Result<ColumnKind, Unsupported> {
 
 /// SQLite, by declared type and SQLite's affinity rules.
 ///
-/// sqlx reduces a column's declared type to one of `NULL`, `INTEGER`, `REAL`,
-/// `TEXT`, `BLOB`, `NUMERIC`, `BOOLEAN`, `DATE`, `TIME`, `DATETIME`; for a declared
-/// type it does not recognise (`DECIMAL(10,2)`, `JSON`) and for expression
-/// columns it falls back to the type inferred from the query plan, and when that
-/// inference finds nothing (a bare `NULL`, some functions) it reports `NULL`.
-/// The table therefore accepts both sqlx's names and raw declared names:
+/// What sqlx 0.8's `describe` actually reports (checked by the
+/// `source_sqlite_*` integration tests): a declared type it recognises is reduced
+/// to `INTEGER`, `REAL`, `TEXT`, `BLOB`, `BOOLEAN`, `DATE`, `TIME` or `DATETIME`
+/// (its `FromStr` on the declaration: `int4`/`int8`/`bool`/`date`/`time`/
+/// `datetime`/`timestamp`, then "contains int/char/clob/text/blob/real/floa/doub").
+/// For a declaration it does not recognise (`DECIMAL(20,2)`, `NUMERIC`, `JSON`)
+/// and for expression columns it falls back to the type inferred from the query
+/// plan: `SELECT 'a' AS x, 1 AS y, 1.5 AS z, NULL AS n` reports `TEXT`,
+/// `INTEGER`, `REAL`, `NULL`; a `DECIMAL(20,2)` column holding `12.5` reports
+/// `REAL`, a `JSON` column `TEXT`. So in practice SQLite decimals arrive as
+/// `Float64` and JSON as `Text` (unchanged text); `NULL` (nothing inferred, e.g. a
+/// bare `NULL` or an untyped function) is read as `Text` so the column still
+/// exists. The table accepts both sqlx's names and raw declared names:
 ///
 /// | name (first match wins)                         | kind        |
 /// |-------------------------------------------------|-------------|

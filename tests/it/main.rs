@@ -4,4 +4,7 @@
 //! `support::db`); the Events API is the in-process fake in
 //! `support::fake_mparticle`.
 
+mod source_mysql;
+mod source_postgres;
+mod source_sqlite;
 mod support;
