@@ -293,3 +293,27 @@ async fn source_mysql_session_is_read_only_utc() {
     );
     exec(&pool, &format!("DROP TABLE {t}")).await;
 }
+
+#[tokio::test]
+async fn source_mysql_statement_timeout() {
+    let Some(_pool) = db::mysql().await else {
+        return;
+    };
+    let mut conn = connection(ConnectionKind::MySql, &db::mysql_url());
+    conn.statement_timeout = std::time::Duration::from_secs(1);
+    let mut wh = Warehouse::connect(&conn).await.expect("connect");
+    let err = extract_all(
+        &mut wh,
+        &query("slow", "SELECT SLEEP(5) AS x FROM seq_1_to_1"),
+        10,
+    )
+    .await;
+    // MariaDB's max_statement_time aborts the query; MySQL's max_execution_time
+    // makes SLEEP return 1 early instead.
+    match err {
+        Err(SourceError::Timeout { seconds: 1, .. }) => {}
+        Ok((_, rows, _)) => assert_eq!(rows, 1),
+        Err(other) => panic!("unexpected {other}"),
+    }
+    wh.ping().await.expect("usable afterwards");
+}

@@ -430,3 +430,22 @@ async fn source_postgres_bad_password_is_redacted() {
         "connection refused is an i/o error: {text}"
     );
 }
+
+#[tokio::test]
+async fn source_postgres_statement_timeout() {
+    let Some(_pool) = db::postgres().await else {
+        return;
+    };
+    let mut conn = connection(ConnectionKind::Postgres, &db::postgres_url());
+    conn.statement_timeout = std::time::Duration::from_secs(1);
+    let mut wh = Warehouse::connect(&conn).await.expect("connect");
+    let err = extract_all(&mut wh, &query("slow", "SELECT pg_sleep(5)::text AS x"), 10)
+        .await
+        .expect_err("timeout");
+    assert!(
+        matches!(err, SourceError::Timeout { seconds: 1, .. }),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    wh.ping().await.expect("usable afterwards");
+}
