@@ -14,8 +14,16 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::config::model::IteratorDataType;
 
+mod decode;
 pub mod error;
-pub use error::SourceError;
+pub mod guard;
+mod reader;
+mod sql;
+pub mod types;
+
+pub use error::{SourceError, UnsupportedColumn};
+pub use guard::{check_single_select, GuardError};
+pub use reader::Warehouse;
 
 /// Field metadata key holding the column's SQL type name as the database reported it.
 pub const META_SQL_TYPE: &str = "wsync.sql_type";
@@ -169,7 +177,10 @@ pub struct SourceQuery {
 /// Build the Arrow schema for probed columns.
 pub fn arrow_schema(columns: &[ColumnInfo]) -> SchemaRef {
     Arc::new(arrow::datatypes::Schema::new(
-        columns.iter().map(ColumnInfo::arrow_field).collect::<Vec<_>>(),
+        columns
+            .iter()
+            .map(ColumnInfo::arrow_field)
+            .collect::<Vec<_>>(),
     ))
 }
 

@@ -5,4 +5,7 @@
 //! `support::fake_mparticle`.
 
 mod fake_selftest;
+mod source_mysql;
+mod source_postgres;
+mod source_sqlite;
 mod support;

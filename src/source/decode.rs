@@ -1,0 +1,495 @@
+//! Arrow column builders and the value decoders that fill them.
+//!
+//! A [`ColBuilder`] is chosen once per chunk from a column's [`ColumnKind`]; the
+//! per-row work is an enum match on it, never a trait object. PostgreSQL values are
+//! decoded here straight from the binary wire format (sqlx's typed decoders would
+//! lose `NaN`/`±Infinity` numerics and numeric scale); MySQL and SQLite use sqlx's
+//! decoders (see `reader.rs`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder,
+    Int64Builder, ListArray, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    UInt64Builder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::Field;
+
+use super::ColumnKind;
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days between 1970-01-01 and 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// How a `Utf8` column's text is produced; decides the decoder, not the Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextKind {
+    /// Plain text.
+    Text,
+    /// Exact decimal text.
+    Decimal,
+    /// Lowercase hyphenated UUID.
+    Uuid,
+    /// Compact JSON.
+    Json,
+}
+
+/// One column's Arrow builder, typed by its kind.
+#[derive(Debug)]
+pub(crate) enum ColBuilder {
+    /// `Bool`.
+    Bool(BooleanBuilder),
+    /// `Int`.
+    Int(Int64Builder),
+    /// `UInt`.
+    UInt(UInt64Builder),
+    /// `Float32`.
+    F32(Float32Builder),
+    /// `Float64`.
+    F64(Float64Builder),
+    /// `Decimal`, `Text`, `Uuid`, `Json`.
+    Str(StringBuilder, TextKind),
+    /// `Bytes`.
+    Bytes(BinaryBuilder),
+    /// `Date` (days since epoch).
+    Date(Date32Builder),
+    /// `Time` (microseconds since midnight).
+    Time(Time64MicrosecondBuilder),
+    /// `Timestamp` / `TimestampTz` (microseconds since epoch).
+    Ts(TimestampMicrosecondBuilder),
+    /// `List`: child values, offsets and list-level validity kept by hand so the
+    /// child stays a [`ColBuilder`] (no `dyn ArrayBuilder`).
+    List {
+        /// The element kind, for the list field.
+        element: ColumnKind,
+        /// Builder of all elements of all lists.
+        child: Box<ColBuilder>,
+        /// Offsets into the child, one more than the number of lists.
+        offsets: Vec<i32>,
+        /// Validity of each list.
+        valid: Vec<bool>,
+    },
+}
+
+impl ColBuilder {
+    /// A builder for `kind` with room for `capacity` rows.
+    pub(crate) fn new(kind: &ColumnKind, capacity: usize) -> Self {
+        match kind {
+            ColumnKind::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
+            ColumnKind::Int => Self::Int(Int64Builder::with_capacity(capacity)),
+            ColumnKind::UInt => Self::UInt(UInt64Builder::with_capacity(capacity)),
+            ColumnKind::Float32 => Self::F32(Float32Builder::with_capacity(capacity)),
+            ColumnKind::Float64 => Self::F64(Float64Builder::with_capacity(capacity)),
+            ColumnKind::Decimal => Self::Str(StringBuilder::new(), TextKind::Decimal),
+            ColumnKind::Text => Self::Str(StringBuilder::new(), TextKind::Text),
+            ColumnKind::Uuid => Self::Str(StringBuilder::new(), TextKind::Uuid),
+            ColumnKind::Json => Self::Str(StringBuilder::new(), TextKind::Json),
+            ColumnKind::Bytes => Self::Bytes(BinaryBuilder::new()),
+            ColumnKind::Date => Self::Date(Date32Builder::with_capacity(capacity)),
+            ColumnKind::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
+            ColumnKind::Timestamp => Self::Ts(TimestampMicrosecondBuilder::with_capacity(capacity)),
+            ColumnKind::TimestampTz => {
+                Self::Ts(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            }
+            ColumnKind::List(element) => Self::List {
+                element: (**element).clone(),
+                child: Box::new(Self::new(element, capacity)),
+                offsets: vec![0],
+                valid: Vec::with_capacity(capacity),
+            },
+        }
+    }
+
+    /// Append a NULL.
+    pub(crate) fn append_null(&mut self) {
+        match self {
+            Self::Bool(b) => b.append_null(),
+            Self::Int(b) => b.append_null(),
+            Self::UInt(b) => b.append_null(),
+            Self::F32(b) => b.append_null(),
+            Self::F64(b) => b.append_null(),
+            Self::Str(b, _) => b.append_null(),
+            Self::Bytes(b) => b.append_null(),
+            Self::Date(b) => b.append_null(),
+            Self::Time(b) => b.append_null(),
+            Self::Ts(b) => b.append_null(),
+            Self::List { offsets, valid, .. } => {
+                let last = offsets.last().copied().unwrap_or(0);
+                offsets.push(last);
+                valid.push(false);
+            }
+        }
+    }
+
+    /// The finished Arrow array; the builder is left empty.
+    pub(crate) fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::UInt(b) => Arc::new(b.finish()),
+            Self::F32(b) => Arc::new(b.finish()),
+            Self::F64(b) => Arc::new(b.finish()),
+            Self::Str(b, _) => Arc::new(b.finish()),
+            Self::Bytes(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Time(b) => Arc::new(b.finish()),
+            // The builder keeps its time zone (`UTC` for `TimestampTz`) in `finish`.
+            Self::Ts(b) => Arc::new(b.finish()),
+            Self::List {
+                element,
+                child,
+                offsets,
+                valid,
+            } => {
+                let values = child.finish()?;
+                let field = Arc::new(Field::new("item", element.arrow_type(), true));
+                let offsets = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
+                let nulls = NullBuffer::from(std::mem::take(valid));
+                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                Arc::new(
+                    ListArray::try_new(field, offsets, values, nulls).map_err(|e| e.to_string())?,
+                )
+            }
+        })
+    }
+
+    /// Number of values appended so far.
+    fn len(&self) -> usize {
+        use arrow::array::ArrayBuilder as _;
+        match self {
+            Self::Bool(b) => b.len(),
+            Self::Int(b) => b.len(),
+            Self::UInt(b) => b.len(),
+            Self::F32(b) => b.len(),
+            Self::F64(b) => b.len(),
+            Self::Str(b, _) => b.len(),
+            Self::Bytes(b) => b.len(),
+            Self::Date(b) => b.len(),
+            Self::Time(b) => b.len(),
+            Self::Ts(b) => b.len(),
+            Self::List { valid, .. } => valid.len(),
+        }
+    }
+
+    /// Close the current list after its elements were appended to the child.
+    pub(crate) fn close_list(&mut self) -> Result<(), String> {
+        if let Self::List {
+            child,
+            offsets,
+            valid,
+            ..
+        } = self
+        {
+            let end = i32::try_from(child.len())
+                .map_err(|_| "too many list elements in one chunk: lower chunk_rows".to_owned())?;
+            offsets.push(end);
+            valid.push(true);
+        }
+        Ok(())
+    }
+}
+
+/// Microseconds since the Unix epoch, from a chrono timestamp.
+pub(crate) fn micros(ts: chrono::NaiveDateTime) -> i64 {
+    ts.and_utc().timestamp_micros()
+}
+
+/// Days since the Unix epoch.
+pub(crate) fn days(d: chrono::NaiveDate) -> Result<i32, String> {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).ok_or("bad epoch")?;
+    i32::try_from((d - epoch).num_days()).map_err(|_| "date out of range".to_owned())
+}
+
+/// Microseconds since midnight.
+pub(crate) fn time_micros(t: chrono::NaiveTime) -> i64 {
+    use chrono::Timelike as _;
+    i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1_000)
+}
+
+/// Compact JSON text from JSON text (normalises whitespace).
+pub(crate) fn compact_json(text: &str) -> Result<String, String> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|v| v.to_string())
+        .map_err(|e| format!("invalid json: {e}"))
+}
+
+/// Read `N` bytes at the front of `buf`.
+fn take<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], String> {
+    if buf.len() < N {
+        return Err(format!(
+            "truncated value: expected {N} more bytes, got {}",
+            buf.len()
+        ));
+    }
+    let (head, rest) = buf.split_at(N);
+    *buf = rest;
+    let mut out = [0u8; N];
+    out.copy_from_slice(head);
+    Ok(out)
+}
+
+/// The exact text of a PostgreSQL binary `NUMERIC`: `NaN`, `Infinity`,
+/// `-Infinity`, or digits with exactly `dscale` fractional digits (`12.50`).
+pub(crate) fn pg_numeric_text(mut buf: &[u8]) -> Result<String, String> {
+    let ndigits = i16::from_be_bytes(take(&mut buf)?);
+    let weight = i16::from_be_bytes(take(&mut buf)?);
+    let sign = u16::from_be_bytes(take(&mut buf)?);
+    let dscale = u16::from_be_bytes(take(&mut buf)?);
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        other => return Err(format!("invalid numeric sign 0x{other:04x}")),
+    }
+    let ndigits = usize::try_from(ndigits).map_err(|_| "negative numeric digit count")?;
+    let mut digits = Vec::with_capacity(ndigits);
+    for _ in 0..ndigits {
+        let d = i16::from_be_bytes(take(&mut buf)?);
+        if !(0..10_000).contains(&d) {
+            return Err(format!("invalid numeric digit {d}"));
+        }
+        digits.push(d);
+    }
+    // Group `i` (0-based) is worth 10000^(weight - i); missing groups are zeros.
+    let group = |i: i32| -> i16 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let weight = i32::from(weight);
+    let mut out = String::new();
+    if sign == 0x4000 && !digits.is_empty() {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for i in 0..=weight {
+            // `write!` to a String cannot fail.
+            let _ = if i == 0 {
+                write!(out, "{}", group(i))
+            } else {
+                write!(out, "{:04}", group(i))
+            };
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut frac = String::new();
+        let mut i = weight + 1;
+        while frac.len() < usize::from(dscale) {
+            let _ = write!(frac, "{:04}", group(i));
+            i += 1;
+        }
+        frac.truncate(usize::from(dscale));
+        out.push_str(&frac);
+    }
+    Ok(out)
+}
+
+/// Decode one PostgreSQL binary value (`None` = NULL) into `b`.
+pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), String> {
+    let Some(mut buf) = value else {
+        b.append_null();
+        return Ok(());
+    };
+    match b {
+        ColBuilder::Bool(b) => b.append_value(take::<1>(&mut buf)?[0] != 0),
+        ColBuilder::Int(b) => b.append_value(match buf.len() {
+            2 => i64::from(i16::from_be_bytes(take(&mut buf)?)),
+            4 => i64::from(i32::from_be_bytes(take(&mut buf)?)),
+            8 => i64::from_be_bytes(take(&mut buf)?),
+            n => return Err(format!("unexpected {n}-byte integer")),
+        }),
+        ColBuilder::UInt(b) => {
+            let v = i64::from_be_bytes(take(&mut buf)?);
+            b.append_value(u64::try_from(v).map_err(|_| format!("negative value {v}"))?);
+        }
+        ColBuilder::F32(b) => b.append_value(f32::from_be_bytes(take(&mut buf)?)),
+        ColBuilder::F64(b) => b.append_value(match buf.len() {
+            4 => f64::from(f32::from_be_bytes(take(&mut buf)?)),
+            _ => f64::from_be_bytes(take(&mut buf)?),
+        }),
+        ColBuilder::Str(b, kind) => match kind {
+            TextKind::Text => b.append_value(utf8(buf)?),
+            TextKind::Decimal => b.append_value(pg_numeric_text(buf)?),
+            TextKind::Uuid => {
+                let u = uuid::Uuid::from_slice(buf).map_err(|e| format!("invalid uuid: {e}"))?;
+                b.append_value(u.hyphenated().to_string());
+            }
+            TextKind::Json => {
+                // JSONB's binary form is a version byte (1) then the JSON text; JSON
+                // text itself can never start with byte 0x01, so this tells them apart.
+                let text = match buf.first() {
+                    Some(1) => &buf[1..],
+                    _ => buf,
+                };
+                b.append_value(compact_json(utf8(text)?)?);
+            }
+        },
+        ColBuilder::Bytes(b) => b.append_value(buf),
+        ColBuilder::Date(b) => {
+            let d = i32::from_be_bytes(take(&mut buf)?);
+            if d == i32::MAX || d == i32::MIN {
+                return Err("infinite date cannot be sent: filter or cast it in the model".into());
+            }
+            b.append_value(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?);
+        }
+        ColBuilder::Time(b) => b.append_value(i64::from_be_bytes(take(&mut buf)?)),
+        ColBuilder::Ts(b) => {
+            let t = i64::from_be_bytes(take(&mut buf)?);
+            if t == i64::MAX || t == i64::MIN {
+                return Err(
+                    "infinite timestamp cannot be sent: filter or cast it in the model".into(),
+                );
+            }
+            b.append_value(
+                t.checked_add(PG_EPOCH_MICROS)
+                    .ok_or("timestamp out of range")?,
+            );
+        }
+        ColBuilder::List { child, .. } => {
+            pg_array(child, buf)?;
+            b.close_list()?;
+        }
+    }
+    Ok(())
+}
+
+/// Append the elements of a PostgreSQL binary array to `child`. Multi-dimensional
+/// arrays are flattened in storage order.
+fn pg_array(child: &mut ColBuilder, mut buf: &[u8]) -> Result<(), String> {
+    let ndim = i32::from_be_bytes(take(&mut buf)?);
+    let _has_nulls = i32::from_be_bytes(take(&mut buf)?);
+    let _element_oid = u32::from_be_bytes(take(&mut buf)?);
+    let mut count: usize = if ndim == 0 { 0 } else { 1 };
+    for _ in 0..ndim {
+        let len = i32::from_be_bytes(take(&mut buf)?);
+        let _lower = i32::from_be_bytes(take(&mut buf)?);
+        count = count.saturating_mul(usize::try_from(len).map_err(|_| "negative array length")?);
+    }
+    for _ in 0..count {
+        let len = i32::from_be_bytes(take(&mut buf)?);
+        if len < 0 {
+            pg_append(child, None)?;
+        } else {
+            let len = usize::try_from(len).map_err(|_| "bad element length")?;
+            if buf.len() < len {
+                return Err("truncated array element".into());
+            }
+            let (element, rest) = buf.split_at(len);
+            buf = rest;
+            pg_append(child, Some(element))?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes as UTF-8 text.
+fn utf8(buf: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(buf).map_err(|e| format!("invalid utf-8: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array as _;
+
+    fn numeric(ndigits: i16, weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(ndigits.to_be_bytes());
+        v.extend(weight.to_be_bytes());
+        v.extend(sign.to_be_bytes());
+        v.extend(dscale.to_be_bytes());
+        for d in digits {
+            v.extend(d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_binary_to_exact_text() {
+        // 12.50: digits [12, 5000], weight 0, dscale 2
+        assert_eq!(
+            pg_numeric_text(&numeric(2, 0, 0, 2, &[12, 5000])).unwrap(),
+            "12.50"
+        );
+        // -0.0001: digits [1], weight -1, dscale 4
+        assert_eq!(
+            pg_numeric_text(&numeric(1, -1, 0x4000, 4, &[1])).unwrap(),
+            "-0.0001"
+        );
+        // 0.00000001: weight -2
+        assert_eq!(
+            pg_numeric_text(&numeric(1, -2, 0, 8, &[1])).unwrap(),
+            "0.00000001"
+        );
+        // 1000000 = [100, 0] weight 1 → trailing zero group omitted by PG
+        assert_eq!(
+            pg_numeric_text(&numeric(1, 1, 0, 0, &[100])).unwrap(),
+            "1000000"
+        );
+        // 0
+        assert_eq!(pg_numeric_text(&numeric(0, 0, 0, 0, &[])).unwrap(), "0");
+        assert_eq!(pg_numeric_text(&numeric(0, 0, 0, 2, &[])).unwrap(), "0.00");
+        assert_eq!(
+            pg_numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(),
+            "NaN"
+        );
+        assert_eq!(
+            pg_numeric_text(&numeric(0, 0, 0xD000, 0, &[])).unwrap(),
+            "Infinity"
+        );
+        assert_eq!(
+            pg_numeric_text(&numeric(0, 0, 0xF000, 0, &[])).unwrap(),
+            "-Infinity"
+        );
+        // 12345678901234567890.123456789
+        assert_eq!(
+            pg_numeric_text(&numeric(
+                8,
+                4,
+                0,
+                9,
+                &[1234, 5678, 9012, 3456, 7890, 1234, 5678, 9000]
+            ))
+            .unwrap(),
+            "12345678901234567890.123456789"
+        );
+        assert!(pg_numeric_text(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn array_with_nulls_becomes_list() {
+        let mut v = Vec::new();
+        v.extend(1i32.to_be_bytes()); // ndim
+        v.extend(1i32.to_be_bytes()); // has nulls
+        v.extend(25u32.to_be_bytes()); // text
+        v.extend(3i32.to_be_bytes()); // len
+        v.extend(1i32.to_be_bytes()); // lbound
+        v.extend(1i32.to_be_bytes());
+        v.extend(b"a");
+        v.extend((-1i32).to_be_bytes());
+        v.extend(0i32.to_be_bytes());
+        let mut b = ColBuilder::new(&ColumnKind::List(Box::new(ColumnKind::Text)), 4);
+        pg_append(&mut b, Some(&v)).unwrap();
+        pg_append(&mut b, None).unwrap();
+        let arr = b.finish().unwrap();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list.is_null(1));
+        let first = list.value(0);
+        let s = first
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(s.value(0), "a");
+        assert!(s.is_null(1));
+        assert_eq!(s.value(2), "");
+    }
+}

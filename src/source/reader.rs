@@ -1,0 +1,1031 @@
+//! [`Warehouse`]: one database connection that probes and streams a model.
+//!
+//! Session rules, per dialect:
+//!
+//! - **PostgreSQL**: session `TIME ZONE 'UTC'`; every query runs in its own
+//!   `BEGIN TRANSACTION READ ONLY` with `SET LOCAL statement_timeout`, then
+//!   `ROLLBACK` (nothing to keep).
+//! - **Redshift**: the same, minus `READ ONLY` (Redshift rejects it); its
+//!   read-only guarantee is the single-SELECT guard plus the database user's grants.
+//! - **MySQL/MariaDB**: session `time_zone = '+00:00'` (so `TIMESTAMP` reads as
+//!   UTC), `SET SESSION TRANSACTION READ ONLY`, and a statement timeout through
+//!   `max_statement_time` (MariaDB, seconds) or `max_execution_time` (MySQL, ms),
+//!   chosen from `SELECT VERSION()`.
+//! - **SQLite**: opened read-only (after an optional one-time seed). There is no
+//!   server-side statement timeout for a local file.
+//!
+//! TLS settings (`sslmode=require`, `ssl-mode=REQUIRED`) come from the URL and are
+//! never overridden here.
+//!
+//! Rows are read with sqlx's streaming `fetch`, decoded straight into Arrow
+//! builders and sent every `chunk_rows` rows, so memory is bounded by one chunk.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use futures::TryStreamExt;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgRow, PgTypeInfo, PgTypeKind, PgValueFormat,
+};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{Column, Connection as _, Decode, Executor, Row, TypeInfo, ValueRef};
+use tokio::sync::mpsc::Sender;
+
+use super::decode::{self, ColBuilder, TextKind};
+use super::error::{is_transient, scrub_url_secrets, LowercaseFirst, UnsupportedColumn};
+use super::sql::{self, Bind, Dialect};
+use super::types::{self, Unsupported};
+use super::{arrow_schema, ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
+use crate::config::model::{Connection, ConnectionKind, IteratorDataType};
+use crate::redact::Secret;
+
+/// The open connection, by driver.
+#[derive(Debug)]
+enum Conn {
+    /// PostgreSQL or Redshift; `read_only` is false for Redshift.
+    Pg { conn: PgConnection, read_only: bool },
+    /// MySQL or MariaDB.
+    MySql(MySqlConnection),
+    /// SQLite.
+    Sqlite(SqliteConnection),
+}
+
+/// One open warehouse connection (not a pool: a run reads one model at a time).
+#[derive(Debug)]
+pub struct Warehouse {
+    /// Connection name, for messages.
+    name: String,
+    /// The URL, kept only to scrub it out of driver messages.
+    url: Secret,
+    /// Server-side limit for one query.
+    statement_timeout: Duration,
+    /// The driver connection.
+    conn: Conn,
+}
+
+/// Run `$body` (which uses `$c: &mut PgConnection`) inside the per-query
+/// PostgreSQL transaction, always ending it with `ROLLBACK`.
+macro_rules! in_pg_tx {
+    ($errs:ident, $model:expr, $c:ident, $read_only:ident, $body:expr) => {{
+        let timeout_ms = $errs.statement_timeout.as_millis();
+        let begin = if *$read_only {
+            format!("BEGIN TRANSACTION READ ONLY; SET LOCAL statement_timeout = {timeout_ms}")
+        } else {
+            format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
+        };
+        sqlx::raw_sql(&begin)
+            .execute(&mut *$c)
+            .await
+            .map_err(|e| $errs.query($model, &e))?;
+        let result = $body;
+        // Always end the transaction, even after an error; a failed ROLLBACK only
+        // matters when the query itself succeeded.
+        let end = sqlx::raw_sql("ROLLBACK").execute(&mut *$c).await;
+        let value = result?;
+        end.map_err(|e| $errs.query($model, &e))?;
+        value
+    }};
+}
+
+impl Warehouse {
+    /// Open the connection and set the session up for reading (see the module doc).
+    /// For SQLite with `seed_sql` and no database file yet, the file is created and
+    /// the seed script run first.
+    pub async fn connect(conn: &Connection) -> Result<Warehouse, SourceError> {
+        let url = conn.url.expose();
+        let connect_err = |e: &sqlx::Error| SourceError::connect(&conn.name, &conn.url, e);
+        let timeout = conn.statement_timeout;
+        let driver = match conn.kind {
+            ConnectionKind::Postgres | ConnectionKind::Redshift => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| connect_err(&e))?
+                    .application_name("wsync");
+                let mut c = PgConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                sqlx::raw_sql("SET TIME ZONE 'UTC'")
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                Conn::Pg {
+                    conn: c,
+                    read_only: conn.kind == ConnectionKind::Postgres,
+                }
+            }
+            ConnectionKind::MySql => {
+                let options = MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                let mut c = MySqlConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut c)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                let limit = if version.to_ascii_lowercase().contains("mariadb") {
+                    format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
+                } else {
+                    format!("SET SESSION max_execution_time = {}", timeout.as_millis())
+                };
+                let setup =
+                    format!("SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}");
+                sqlx::raw_sql(&setup)
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                Conn::MySql(c)
+            }
+            ConnectionKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                if let Some(seed) = &conn.seed_sql {
+                    if !options.get_filename().exists() {
+                        seed_sqlite(&options, seed).await?;
+                    }
+                }
+                let options = options.read_only(true).create_if_missing(false);
+                let c = SqliteConnection::connect_with(&options)
+                    .await
+                    .map_err(|e| connect_err(&e))?;
+                Conn::Sqlite(c)
+            }
+        };
+        Ok(Warehouse {
+            name: conn.name.clone(),
+            url: conn.url.clone(),
+            statement_timeout: timeout,
+            conn: driver,
+        })
+    }
+
+    /// The connection name this warehouse was opened for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Check the connection is alive.
+    pub async fn ping(&mut self) -> Result<(), SourceError> {
+        let result = match &mut self.conn {
+            Conn::Pg { conn, .. } => conn.ping().await,
+            Conn::MySql(conn) => conn.ping().await,
+            Conn::Sqlite(conn) => conn.ping().await,
+        };
+        result.map_err(|e| SourceError::connect(&self.name, &self.url, &e))
+    }
+
+    /// The model's columns and kinds, without reading any row. Every column of an
+    /// unsupported type is reported in one [`SourceError::UnsupportedType`].
+    pub async fn probe(&mut self, query: &SourceQuery) -> Result<Vec<ColumnInfo>, SourceError> {
+        check_guard(query)?;
+        let sql = sql::base(&query.sql);
+        let model = query.model.as_str();
+        // (name, reported type, table result) per column.
+        let errs = ErrCtx {
+            url: &self.url,
+            statement_timeout: self.statement_timeout,
+        };
+        let described: Vec<(String, String, Result<ColumnKind, Unsupported>)> = match &mut self.conn
+        {
+            Conn::Pg { conn, read_only } => {
+                let conn: &mut PgConnection = conn;
+                in_pg_tx!(errs, model, conn, read_only, {
+                    (&mut *conn)
+                        .describe(&sql)
+                        .await
+                        .map(|d| {
+                            d.columns()
+                                .iter()
+                                .map(|c| {
+                                    let ti = c.type_info();
+                                    (c.name().to_owned(), ti.name().to_owned(), pg_kind(ti))
+                                })
+                                .collect()
+                        })
+                        .map_err(|e| errs.query(model, &e))
+                })
+            }
+            Conn::MySql(conn) => conn
+                .describe(&sql)
+                .await
+                .map_err(|e| errs.query(model, &e))?
+                .columns()
+                .iter()
+                .map(|c| {
+                    let name = c.type_info().name().to_owned();
+                    let kind = types::mysql_kind(&name);
+                    (c.name().to_owned(), name, kind)
+                })
+                .collect(),
+            Conn::Sqlite(conn) => conn
+                .describe(&sql)
+                .await
+                .map_err(|e| errs.query(model, &e))?
+                .columns()
+                .iter()
+                .map(|c| {
+                    let name = c.type_info().name().to_owned();
+                    let kind = types::sqlite_kind(&name);
+                    (c.name().to_owned(), name, kind)
+                })
+                .collect(),
+        };
+        let mut columns = Vec::with_capacity(described.len());
+        let mut unsupported = Vec::new();
+        for (name, sql_type, kind) in described {
+            match kind {
+                Ok(kind) => columns.push(ColumnInfo {
+                    name,
+                    sql_type,
+                    kind,
+                }),
+                Err(u) => unsupported.push(UnsupportedColumn {
+                    fix: u.fix_for(&name),
+                    column: name,
+                    sql_type,
+                }),
+            }
+        }
+        if unsupported.is_empty() {
+            Ok(columns)
+        } else {
+            Err(SourceError::UnsupportedType {
+                model: query.model.clone(),
+                columns: unsupported,
+            })
+        }
+    }
+
+    /// Stream the model's rows (windowed and limited as `query` says) as record
+    /// batches of at most `chunk_rows` rows into `tx`. Returns the number of rows
+    /// read. If the receiver goes away, reading stops and the count so far is
+    /// returned. `columns` must come from [`Warehouse::probe`] on the same model.
+    /// No batch is sent for an empty result.
+    pub async fn extract(
+        &mut self,
+        query: &SourceQuery,
+        columns: &[ColumnInfo],
+        chunk_rows: usize,
+        tx: Sender<RecordBatch>,
+    ) -> Result<u64, SourceError> {
+        check_guard(query)?;
+        let model = query.model.as_str();
+        let mut chunker = Chunker::new(model, columns, chunk_rows.max(1), tx);
+        // Borrowed field by field so `conn` can be borrowed mutably alongside.
+        let errs = ErrCtx {
+            url: &self.url,
+            statement_timeout: self.statement_timeout,
+        };
+        match &mut self.conn {
+            Conn::Pg { conn, read_only } => {
+                let conn: &mut PgConnection = conn;
+                let (sql, binds) = sql::wrap(Dialect::Postgres, query);
+                in_pg_tx!(errs, model, conn, read_only, {
+                    let q = bind_pg(sqlx::query(&sql), &binds);
+                    let mut rows = q.fetch(&mut *conn);
+                    let mut result = Ok(());
+                    loop {
+                        match rows.try_next().await {
+                            Ok(Some(row)) => {
+                                if let Err(e) = decode_pg_row(&row, &mut chunker) {
+                                    result = Err(e);
+                                    break;
+                                }
+                                match chunker.row_done().await {
+                                    Ok(true) => {}
+                                    Ok(false) => break,
+                                    Err(e) => {
+                                        result = Err(e);
+                                        break;
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                result = Err(errs.query(model, &e));
+                                break;
+                            }
+                        }
+                    }
+                    result
+                })
+            }
+            Conn::MySql(conn) => {
+                let (sql, binds) = sql::wrap(Dialect::MySql, query);
+                let unsigned: Vec<bool> = columns
+                    .iter()
+                    .map(|c| c.sql_type.to_ascii_uppercase().ends_with("UNSIGNED"))
+                    .collect();
+                let q = bind_mysql(sqlx::query(&sql), &binds);
+                let mut rows = q.fetch(&mut *conn);
+                while let Some(row) = rows.try_next().await.map_err(|e| errs.query(model, &e))? {
+                    decode_mysql_row(&row, &unsigned, &mut chunker)?;
+                    if !chunker.row_done().await? {
+                        break;
+                    }
+                }
+            }
+            Conn::Sqlite(conn) => {
+                let (sql, binds) = sql::wrap(Dialect::Sqlite, query);
+                let q = bind_sqlite(sqlx::query(&sql), &binds);
+                let mut rows = q.fetch(&mut *conn);
+                while let Some(row) = rows.try_next().await.map_err(|e| errs.query(model, &e))? {
+                    decode_sqlite_row(&row, &mut chunker)?;
+                    if !chunker.row_done().await? {
+                        break;
+                    }
+                }
+            }
+        }
+        chunker.finish().await
+    }
+
+    /// `MAX(<iterator>)` over the whole model (no window), used to fix the upper
+    /// bound of an integer-iterator window before reading. `None` when the model is
+    /// empty or `query` has no filter.
+    pub async fn max_iterator(
+        &mut self,
+        query: &SourceQuery,
+    ) -> Result<Option<IteratorValue>, SourceError> {
+        check_guard(query)?;
+        let Some(filter) = &query.filter else {
+            return Ok(None);
+        };
+        let model = query.model.as_str();
+        let data_type = filter.data_type;
+        let decode_err = |message: String| SourceError::Decode {
+            model: model.to_owned(),
+            column: filter.column.clone(),
+            row: 1,
+            message,
+        };
+        // Borrowed field by field so `conn` can be borrowed mutably alongside.
+        let errs = ErrCtx {
+            url: &self.url,
+            statement_timeout: self.statement_timeout,
+        };
+        match &mut self.conn {
+            Conn::Pg { conn, read_only } => {
+                let conn: &mut PgConnection = conn;
+                let sql = sql::max_iterator(Dialect::Postgres, query, filter);
+                Ok(in_pg_tx!(errs, model, conn, read_only, {
+                    match sqlx::query(&sql).fetch_one(&mut *conn).await {
+                        Ok(row) => pg_iterator(&row, data_type).map_err(decode_err),
+                        Err(e) => Err(errs.query(model, &e)),
+                    }
+                }))
+            }
+            Conn::MySql(conn) => {
+                let sql = sql::max_iterator(Dialect::MySql, query, filter);
+                let row = sqlx::query(&sql)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| errs.query(model, &e))?;
+                mysql_iterator(&row, data_type).map_err(decode_err)
+            }
+            Conn::Sqlite(conn) => {
+                let sql = sql::max_iterator(Dialect::Sqlite, query, filter);
+                let row = sqlx::query(&sql)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| errs.query(model, &e))?;
+                sqlite_iterator(&row, data_type).map_err(decode_err)
+            }
+        }
+    }
+
+    /// Run `sql` (any single SELECT returning one text-castable value) under the
+    /// same session rules as a model and return the first column of the first row
+    /// as text. For diagnostics and tests (e.g. `SHOW transaction_read_only`).
+    #[doc(hidden)]
+    pub async fn query_scalar_text(&mut self, sql: &str) -> Result<Option<String>, SourceError> {
+        let model = "<diagnostic>";
+        // Borrowed field by field so `conn` can be borrowed mutably alongside.
+        let errs = ErrCtx {
+            url: &self.url,
+            statement_timeout: self.statement_timeout,
+        };
+        match &mut self.conn {
+            Conn::Pg { conn, read_only } => {
+                let conn: &mut PgConnection = conn;
+                Ok(in_pg_tx!(errs, model, conn, read_only, {
+                    sqlx::query(sql)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| errs.query(model, &e))
+                        .and_then(|row| match row {
+                            Some(row) => row
+                                .try_get::<Option<String>, _>(0)
+                                .map_err(|e| errs.query(model, &e)),
+                            None => Ok(None),
+                        })
+                }))
+            }
+            Conn::MySql(conn) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(&mut *conn)
+                .await
+                .map(Option::flatten)
+                .map_err(|e| errs.query(model, &e)),
+            Conn::Sqlite(conn) => sqlx::query_scalar::<_, Option<String>>(sql)
+                .fetch_optional(&mut *conn)
+                .await
+                .map(Option::flatten)
+                .map_err(|e| errs.query(model, &e)),
+        }
+    }
+}
+
+/// What turning a driver error into a [`SourceError`] needs.
+struct ErrCtx<'a> {
+    /// Secret to scrub from messages.
+    url: &'a Secret,
+    /// The configured limit, for timeout messages.
+    statement_timeout: Duration,
+}
+
+impl ErrCtx<'_> {
+    /// Turn a driver error during a query into a [`SourceError`]: statement
+    /// timeouts become `Timeout`, everything else `Query` with the database's own
+    /// message (scrubbed of the URL's secrets).
+    fn query(&self, model: &str, err: &sqlx::Error) -> SourceError {
+        if is_statement_timeout(err) {
+            return SourceError::Timeout {
+                model: model.to_owned(),
+                seconds: self.statement_timeout.as_secs(),
+            };
+        }
+        let message = match err.as_database_error() {
+            Some(db) => db.message().to_owned(),
+            None => err.to_string(),
+        };
+        SourceError::Query {
+            model: model.to_owned(),
+            message: scrub_url_secrets(&message, self.url).to_lowercase_first(),
+            retryable: is_transient(err),
+        }
+    }
+}
+
+/// Refuse a model that is not a single SELECT before sending it anywhere.
+fn check_guard(query: &SourceQuery) -> Result<(), SourceError> {
+    super::guard::check_single_select(&query.sql).map_err(|e| SourceError::RefusedSql {
+        model: query.model.clone(),
+        line: e.line,
+        message: e.message,
+    })
+}
+
+/// Whether the server cancelled the statement at its time limit: PostgreSQL
+/// `57014`, MySQL 3024 (`max_execution_time`), MariaDB 1969 (`max_statement_time`).
+fn is_statement_timeout(err: &sqlx::Error) -> bool {
+    let Some(db) = err.as_database_error() else {
+        return false;
+    };
+    if db.code().as_deref() == Some("57014") {
+        return true;
+    }
+    db.try_downcast_ref::<MySqlDatabaseError>()
+        .is_some_and(|e| matches!(e.number(), 3024 | 1969))
+}
+
+/// Create the SQLite file and run the seed script in it; on failure remove the
+/// half-built file so the next start seeds again.
+async fn seed_sqlite(
+    options: &SqliteConnectOptions,
+    seed: &std::path::Path,
+) -> Result<(), SourceError> {
+    let seed_err = |message: String| SourceError::Seed {
+        file: seed.to_path_buf(),
+        message,
+    };
+    let script = tokio::fs::read_to_string(seed)
+        .await
+        .map_err(|e| seed_err(format!("cannot read it: {e}")))?;
+    let path = options.get_filename().to_path_buf();
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| seed_err(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let result = async {
+        let rw = options.clone().read_only(false).create_if_missing(true);
+        let mut c = SqliteConnection::connect_with(&rw).await?;
+        sqlx::raw_sql(&script).execute(&mut c).await?;
+        c.close().await
+    }
+    .await;
+    if let Err(e) = result {
+        // Best effort: a leftover partial database would stop the next seed.
+        let _ = tokio::fs::remove_file(&path).await;
+        let message = match e.as_database_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        };
+        return Err(seed_err(message.to_lowercase_first()));
+    }
+    Ok(())
+}
+
+/// The table lookup for a PostgreSQL type, resolving what only the catalog knows:
+/// domains read as their base type, enums as text, arrays of either as lists.
+fn pg_kind(ti: &PgTypeInfo) -> Result<ColumnKind, Unsupported> {
+    fn resolve(ti: &PgTypeInfo) -> String {
+        match ti.kind() {
+            PgTypeKind::Domain(base) => resolve(base),
+            PgTypeKind::Enum(_) => "TEXT".to_owned(),
+            PgTypeKind::Array(element) if !matches!(element.kind(), PgTypeKind::Simple) => {
+                format!("{}[]", resolve(element))
+            }
+            _ => ti.name().to_owned(),
+        }
+    }
+    types::postgres_kind(&resolve(ti)).map_err(|u| Unsupported {
+        sql_type: ti.name().to_owned(),
+        ..u
+    })
+}
+
+/// Bind window bounds for PostgreSQL.
+fn bind_pg<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    binds: &[Bind],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for b in binds {
+        q = match b {
+            Bind::TimestampTz(v) => q.bind(*v),
+            Bind::Timestamp(v) => q.bind(*v),
+            Bind::Date(v) => q.bind(*v),
+            Bind::Int(v) => q.bind(*v),
+            Bind::Text(v) => q.bind(v.clone()),
+        };
+    }
+    q
+}
+
+/// Bind window bounds for MySQL.
+fn bind_mysql<'q>(
+    mut q: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    binds: &[Bind],
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    for b in binds {
+        q = match b {
+            Bind::TimestampTz(v) => q.bind(*v),
+            Bind::Timestamp(v) => q.bind(*v),
+            Bind::Date(v) => q.bind(*v),
+            Bind::Int(v) => q.bind(*v),
+            Bind::Text(v) => q.bind(v.clone()),
+        };
+    }
+    q
+}
+
+/// Bind window bounds for SQLite.
+fn bind_sqlite<'q>(
+    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    binds: &[Bind],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::TimestampTz(v) => q.bind(*v),
+            Bind::Timestamp(v) => q.bind(*v),
+            Bind::Date(v) => q.bind(*v),
+            Bind::Int(v) => q.bind(*v),
+            Bind::Text(v) => q.bind(v.clone()),
+        };
+    }
+    q
+}
+
+/// Builders for the current chunk, and the sending of full chunks.
+struct Chunker<'a> {
+    /// Model name, for errors.
+    model: &'a str,
+    /// The probed columns.
+    columns: &'a [ColumnInfo],
+    /// Schema shared by every batch.
+    schema: arrow::datatypes::SchemaRef,
+    /// One builder per column, recreated for every chunk.
+    builders: Vec<ColBuilder>,
+    /// Rows per batch.
+    chunk_rows: usize,
+    /// Rows in the current chunk.
+    in_chunk: usize,
+    /// Rows read in total (also the 1-based number of the row being decoded, minus one).
+    rows: u64,
+    /// Where batches go.
+    tx: Sender<RecordBatch>,
+}
+
+impl<'a> Chunker<'a> {
+    fn new(
+        model: &'a str,
+        columns: &'a [ColumnInfo],
+        chunk_rows: usize,
+        tx: Sender<RecordBatch>,
+    ) -> Self {
+        Self {
+            model,
+            columns,
+            schema: arrow_schema(columns),
+            builders: Self::builders(columns, chunk_rows),
+            chunk_rows,
+            in_chunk: 0,
+            rows: 0,
+            tx,
+        }
+    }
+
+    fn builders(columns: &[ColumnInfo], capacity: usize) -> Vec<ColBuilder> {
+        columns
+            .iter()
+            .map(|c| ColBuilder::new(&c.kind, capacity))
+            .collect()
+    }
+
+    /// A decode error for column `index` of the row being decoded.
+    fn error(&self, index: usize, message: String) -> SourceError {
+        SourceError::Decode {
+            model: self.model.to_owned(),
+            column: self
+                .columns
+                .get(index)
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+            row: self.rows + 1,
+            message,
+        }
+    }
+
+    /// Check the row has the probed number of columns (the model may have changed
+    /// since the probe).
+    fn check_width(&self, width: usize) -> Result<(), SourceError> {
+        if width == self.columns.len() {
+            Ok(())
+        } else {
+            Err(SourceError::Decode {
+                model: self.model.to_owned(),
+                column: String::new(),
+                row: self.rows + 1,
+                message: format!(
+                    "the row has {width} columns but the probe found {}: the model changed, run again",
+                    self.columns.len()
+                ),
+            })
+        }
+    }
+
+    /// Count a decoded row and send the chunk when full. `Ok(false)` = the receiver
+    /// is gone, stop reading.
+    async fn row_done(&mut self) -> Result<bool, SourceError> {
+        self.rows += 1;
+        self.in_chunk += 1;
+        if self.in_chunk >= self.chunk_rows {
+            return self.flush().await;
+        }
+        Ok(true)
+    }
+
+    /// Send the current chunk, if any, and start a new one.
+    async fn flush(&mut self) -> Result<bool, SourceError> {
+        if self.in_chunk == 0 {
+            return Ok(true);
+        }
+        let mut arrays = Vec::with_capacity(self.builders.len());
+        for (i, b) in self.builders.iter_mut().enumerate() {
+            let array = b.finish().map_err(|m| SourceError::Decode {
+                model: self.model.to_owned(),
+                column: self
+                    .columns
+                    .get(i)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+                row: self.rows,
+                message: m,
+            })?;
+            arrays.push(array);
+        }
+        self.builders = Self::builders(self.columns, self.chunk_rows);
+        self.in_chunk = 0;
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| SourceError::Decode {
+                model: self.model.to_owned(),
+                column: String::new(),
+                row: self.rows,
+                message: format!("cannot assemble the batch: {e}"),
+            })?;
+        Ok(self.tx.send(batch).await.is_ok())
+    }
+
+    /// Send the last partial chunk and return the row count.
+    async fn finish(mut self) -> Result<u64, SourceError> {
+        self.flush().await?;
+        Ok(self.rows)
+    }
+}
+
+/// Decode one PostgreSQL row (binary format) into the chunk's builders.
+fn decode_pg_row(row: &PgRow, chunker: &mut Chunker<'_>) -> Result<(), SourceError> {
+    chunker.check_width(row.len())?;
+    for i in 0..chunker.builders.len() {
+        let result = row
+            .try_get_raw(i)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| {
+                if raw.is_null() {
+                    return Ok(None);
+                }
+                if raw.format() != PgValueFormat::Binary {
+                    return Err("value arrived in text format".to_owned());
+                }
+                raw.as_bytes().map(Some).map_err(|e| e.to_string())
+            })
+            .and_then(|bytes| decode::pg_append(&mut chunker.builders[i], bytes));
+        if let Err(m) = result {
+            return Err(chunker.error(i, m));
+        }
+    }
+    Ok(())
+}
+
+/// Decode `T` from a MySQL value without sqlx's type-compatibility check (the
+/// probe already decided the kind).
+fn my<'r, T: Decode<'r, MySql>>(v: sqlx::mysql::MySqlValueRef<'r>) -> Result<T, String> {
+    T::decode(v).map_err(|e| e.to_string())
+}
+
+/// Decode one MySQL row into the chunk's builders.
+fn decode_mysql_row(
+    row: &MySqlRow,
+    unsigned: &[bool],
+    chunker: &mut Chunker<'_>,
+) -> Result<(), SourceError> {
+    chunker.check_width(row.len())?;
+    for i in 0..chunker.builders.len() {
+        let b = &mut chunker.builders[i];
+        let result = row.try_get_raw(i).map_err(|e| e.to_string()).and_then(|v| {
+            if v.is_null() {
+                b.append_null();
+                return Ok(());
+            }
+            match b {
+                ColBuilder::Bool(b) => b.append_value(my::<bool>(v)?),
+                ColBuilder::Int(b) if unsigned.get(i).copied().unwrap_or(false) => {
+                    let u = my::<u64>(v)?;
+                    b.append_value(
+                        i64::try_from(u)
+                            .map_err(|_| format!("{u} does not fit in 64-bit signed"))?,
+                    );
+                }
+                ColBuilder::Int(b) => b.append_value(my::<i64>(v)?),
+                ColBuilder::UInt(b) => b.append_value(my::<u64>(v)?),
+                ColBuilder::F32(b) => b.append_value(my::<f32>(v)?),
+                ColBuilder::F64(b) => b.append_value(my::<f64>(v)?),
+                ColBuilder::Str(b, TextKind::Json) => {
+                    b.append_value(decode::compact_json(my::<&str>(v)?)?)
+                }
+                // DECIMAL arrives as its exact text in the binary protocol.
+                ColBuilder::Str(b, _) => b.append_value(my::<&str>(v)?),
+                ColBuilder::Bytes(b) => b.append_value(my::<&[u8]>(v)?),
+                ColBuilder::Date(b) => b.append_value(decode::days(my::<NaiveDate>(v)?)?),
+                ColBuilder::Time(b) => b.append_value(decode::time_micros(my::<NaiveTime>(v)?)),
+                // DATETIME and TIMESTAMP (session time zone +00:00) are both UTC wall time.
+                ColBuilder::Ts(b) => b.append_value(decode::micros(my::<NaiveDateTime>(v)?)),
+                ColBuilder::List { .. } => return Err("mysql has no array columns".to_owned()),
+            }
+            Ok(())
+        });
+        if let Err(m) = result {
+            return Err(chunker.error(i, m));
+        }
+    }
+    Ok(())
+}
+
+/// A SQLite value's storage class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Integer,
+    Real,
+    Text,
+    Blob,
+}
+
+/// Decode `T` from a SQLite value whose storage class was checked.
+fn lite<'r, T: Decode<'r, Sqlite>>(v: sqlx::sqlite::SqliteValueRef<'r>) -> Result<T, String> {
+    T::decode(v).map_err(|e| e.to_string())
+}
+
+/// Decode one SQLite row, converting each value's storage class to its column's
+/// kind (SQLite columns are dynamically typed; SQLite's own conversions would
+/// silently turn `'abc'` into `0`, so they are not used).
+fn decode_sqlite_row(row: &SqliteRow, chunker: &mut Chunker<'_>) -> Result<(), SourceError> {
+    chunker.check_width(row.len())?;
+    for i in 0..chunker.builders.len() {
+        let b = &mut chunker.builders[i];
+        let result = row.try_get_raw(i).map_err(|e| e.to_string()).and_then(|v| {
+            // Checked first: a NULL value reports its column's type, not `NULL`.
+            if v.is_null() {
+                b.append_null();
+                return Ok(());
+            }
+            let storage = match v.type_info().name() {
+                "INTEGER" => Storage::Integer,
+                "REAL" => Storage::Real,
+                "TEXT" => Storage::Text,
+                "BLOB" => Storage::Blob,
+                _ => {
+                    b.append_null();
+                    return Ok(());
+                }
+            };
+            sqlite_append(b, row, i, storage)
+        });
+        if let Err(m) = result {
+            return Err(chunker.error(i, m));
+        }
+    }
+    Ok(())
+}
+
+/// Append one non-NULL SQLite value.
+fn sqlite_append(
+    b: &mut ColBuilder,
+    row: &SqliteRow,
+    i: usize,
+    storage: Storage,
+) -> Result<(), String> {
+    // `SqliteValueRef` is not `Clone`; a fresh one is cheap (no copy of the value).
+    let v = || row.try_get_raw(i).map_err(|e| e.to_string());
+    let as_int = || -> Result<i64, String> {
+        match storage {
+            Storage::Integer => lite::<i64>(v()?),
+            Storage::Real => {
+                let f = lite::<f64>(v()?)?;
+                if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                    // Checked integral and in range just above.
+                    #[allow(clippy::cast_possible_truncation)]
+                    Ok(f as i64)
+                } else {
+                    Err(format!("{f} is not an integer"))
+                }
+            }
+            Storage::Text => {
+                let s = lite::<&str>(v()?)?;
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("text {s:?} is not an integer"))
+            }
+            Storage::Blob => Err("a blob is not an integer".to_owned()),
+        }
+    };
+    let as_text = || -> Result<String, String> {
+        match storage {
+            Storage::Integer => Ok(lite::<i64>(v()?)?.to_string()),
+            Storage::Real => Ok(lite::<f64>(v()?)?.to_string()),
+            Storage::Text => Ok(lite::<&str>(v()?)?.to_owned()),
+            Storage::Blob => String::from_utf8(lite::<Vec<u8>>(v()?)?)
+                .map_err(|_| "blob is not utf-8 text".to_owned()),
+        }
+    };
+    let as_f64 = || -> Result<f64, String> {
+        match storage {
+            #[allow(clippy::cast_precision_loss)] // an integer read as a float column
+            Storage::Integer => Ok(lite::<i64>(v()?)? as f64),
+            Storage::Real => lite::<f64>(v()?),
+            Storage::Text => {
+                let s = lite::<&str>(v()?)?;
+                s.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("text {s:?} is not a number"))
+            }
+            Storage::Blob => Err("a blob is not a number".to_owned()),
+        }
+    };
+    let as_datetime = || -> Result<NaiveDateTime, String> {
+        if storage == Storage::Blob {
+            return Err("a blob is not a timestamp".to_owned());
+        }
+        lite::<DateTime<FixedOffset>>(v()?).map(|t| t.naive_utc())
+    };
+    match b {
+        ColBuilder::Bool(b) => b.append_value(match storage {
+            Storage::Text => match as_text()?.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "t" | "yes" => true,
+                "0" | "false" | "f" | "no" => false,
+                other => return Err(format!("text {other:?} is not a boolean")),
+            },
+            _ => as_int()? != 0,
+        }),
+        ColBuilder::Int(b) => b.append_value(as_int()?),
+        ColBuilder::UInt(b) => {
+            let i = as_int()?;
+            b.append_value(u64::try_from(i).map_err(|_| format!("negative value {i}"))?);
+        }
+        // Float32 is not produced by the SQLite table; kept for completeness.
+        #[allow(clippy::cast_possible_truncation)]
+        ColBuilder::F32(b) => b.append_value(as_f64()? as f32),
+        ColBuilder::F64(b) => b.append_value(as_f64()?),
+        ColBuilder::Str(b, TextKind::Json) => {
+            let text = as_text()?;
+            b.append_value(decode::compact_json(&text)?);
+        }
+        ColBuilder::Str(b, _) => b.append_value(as_text()?),
+        ColBuilder::Bytes(b) => match storage {
+            Storage::Blob => b.append_value(lite::<&[u8]>(v()?)?),
+            _ => b.append_value(as_text()?.as_bytes()),
+        },
+        ColBuilder::Date(b) => {
+            let date = match storage {
+                Storage::Text => {
+                    match NaiveDate::parse_from_str(lite::<&str>(v()?)?.trim(), "%Y-%m-%d") {
+                        Ok(d) => d,
+                        Err(_) => as_datetime()?.date(),
+                    }
+                }
+                _ => as_datetime()?.date(),
+            };
+            b.append_value(decode::days(date)?);
+        }
+        ColBuilder::Time(b) => b.append_value(decode::time_micros(lite::<NaiveTime>(v()?)?)),
+        ColBuilder::Ts(b) => b.append_value(decode::micros(as_datetime()?)),
+        ColBuilder::List { .. } => return Err("sqlite has no array columns".to_owned()),
+    }
+    Ok(())
+}
+
+/// Read the `MAX` row of [`Warehouse::max_iterator`] on PostgreSQL.
+fn pg_iterator(row: &PgRow, data_type: IteratorDataType) -> Result<Option<IteratorValue>, String> {
+    let r = match data_type {
+        IteratorDataType::TimestampTz => row
+            .try_get_unchecked::<Option<DateTime<Utc>>, _>(0)
+            .map(|v| v.map(IteratorValue::TimestampTz)),
+        IteratorDataType::TimestampNtz => row
+            .try_get_unchecked::<Option<NaiveDateTime>, _>(0)
+            .map(|v| v.map(IteratorValue::Timestamp)),
+        IteratorDataType::Date => row
+            .try_get_unchecked::<Option<NaiveDate>, _>(0)
+            .map(|v| v.map(IteratorValue::Date)),
+        _ => row
+            .try_get_unchecked::<Option<i64>, _>(0)
+            .map(|v| v.map(IteratorValue::Integer)),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Read the `MAX` row of [`Warehouse::max_iterator`] on MySQL.
+fn mysql_iterator(
+    row: &MySqlRow,
+    data_type: IteratorDataType,
+) -> Result<Option<IteratorValue>, String> {
+    let r = match data_type {
+        IteratorDataType::TimestampTz => row
+            .try_get_unchecked::<Option<NaiveDateTime>, _>(0)
+            .map(|v| v.map(|t| IteratorValue::TimestampTz(t.and_utc()))),
+        IteratorDataType::TimestampNtz => row
+            .try_get_unchecked::<Option<NaiveDateTime>, _>(0)
+            .map(|v| v.map(IteratorValue::Timestamp)),
+        IteratorDataType::Date => row
+            .try_get_unchecked::<Option<NaiveDate>, _>(0)
+            .map(|v| v.map(IteratorValue::Date)),
+        _ => row
+            .try_get_unchecked::<Option<i64>, _>(0)
+            .map(|v| v.map(IteratorValue::Integer)),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Read the `MAX` row of [`Warehouse::max_iterator`] on SQLite (timestamps and
+/// dates come back in the normalised text form).
+fn sqlite_iterator(
+    row: &SqliteRow,
+    data_type: IteratorDataType,
+) -> Result<Option<IteratorValue>, String> {
+    let text = || {
+        row.try_get::<Option<String>, _>(0)
+            .map_err(|e| e.to_string())
+    };
+    Ok(match data_type {
+        IteratorDataType::TimestampTz | IteratorDataType::TimestampNtz => match text()? {
+            None => None,
+            Some(s) => {
+                let t = NaiveDateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map_err(|e| format!("{s:?}: {e}"))?;
+                Some(if data_type == IteratorDataType::TimestampTz {
+                    IteratorValue::TimestampTz(t.and_utc())
+                } else {
+                    IteratorValue::Timestamp(t)
+                })
+            }
+        },
+        IteratorDataType::Date => match text()? {
+            None => None,
+            Some(s) => Some(IteratorValue::Date(
+                NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|e| format!("{s:?}: {e}"))?,
+            )),
+        },
+        _ => row
+            .try_get_unchecked::<Option<i64>, _>(0)
+            .map_err(|e| e.to_string())?
+            .map(IteratorValue::Integer),
+    })
+}
