@@ -78,7 +78,7 @@ fn absolute_root(root: &Path) -> PathBuf {
 /// Order errors as a reader goes through the project: `wsync.toml`, then the
 /// models, then the pipelines, each file top to bottom. The sort is stable, so
 /// errors on one line keep the order they were found in.
-fn sort_errors(errors: &mut [ConfigError]) {
+pub(crate) fn sort_errors(errors: &mut [ConfigError]) {
     let rank = |e: &ConfigError| {
         let file = e.file.to_string_lossy().into_owned();
         let group = if file == MAIN_FILE {

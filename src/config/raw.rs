@@ -340,7 +340,9 @@ pub(crate) fn parse_toml<T: DeserializeOwned + ValidKeys>(
                 message: e
                     .message()
                     .trim()
-                    .replace("expected i64", "expected an integer"),
+                    .replace("expected i64", "expected an integer")
+                    // One line per error: the renderer indents only the hint.
+                    .replace('\n', "; "),
                 hint: Some(hint.to_owned()),
             });
             None

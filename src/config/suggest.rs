@@ -29,19 +29,31 @@ fn distance(a: &str, b: &str) -> usize {
 
 /// The candidate closest to `input` (case-insensitively), if it is close enough
 /// to be a plausible typo: at most a third of the input's length away (and at
-/// least one edit allowed).
+/// least one edit allowed), or else the only candidate `input` abbreviates.
 pub(crate) fn closest<'a>(
     input: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let lower = input.to_lowercase();
     let limit = (lower.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (distance(&lower, &c.to_lowercase()), c))
+    let candidates: Vec<&'a str> = candidates.into_iter().collect();
+    let near = candidates
+        .iter()
+        .map(|c| (distance(&lower, &c.to_lowercase()), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    // Abbreviations (`prod` for `production`) are far by edit distance but
+    // unambiguous when exactly one candidate starts with them.
+    near.or_else(|| {
+        let mut prefixed = candidates
+            .iter()
+            .filter(|c| lower.chars().count() >= 3 && c.to_lowercase().starts_with(&lower));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(only), None) => Some(*only),
+            _ => None,
+        }
+    })
 }
 
 /// `a, b, c` for a hint, or `(none)`.
@@ -71,6 +83,11 @@ mod tests {
         assert_eq!(closest("tpye", keys), Some("type"));
         assert_eq!(closest("typ", keys), Some("type"));
         assert_eq!(closest("completely_else", keys), None);
+        assert_eq!(
+            closest("prod", ["development", "production"]),
+            Some("production")
+        );
+        assert_eq!(closest("iterator", keys), None, "ambiguous prefix");
     }
 
     #[test]

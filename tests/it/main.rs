@@ -5,3 +5,5 @@
 //! `support::fake_mparticle`.
 
 mod support;
+
+mod config_errors;
