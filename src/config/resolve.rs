@@ -282,3 +282,166 @@ impl Resolver<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::load_with_env;
+
+    /// A project with `wsync` as its wsync.toml plus `files`, loaded with `vars`.
+    fn load(
+        wsync: &str,
+        files: &[(&str, &str)],
+        vars: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Result<Project, Vec<String>>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("wsync.toml"), wsync).expect("write");
+        for (rel, text) in files {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+        let env: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(*v)))
+            .collect();
+        let result = load_with_env(dir.path(), &|name| env.get(name).cloned())
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect());
+        (dir, result)
+    }
+
+    const FEED: &str = "[feeds.f]\npod = \"US1\"\n";
+
+    #[test]
+    fn interpolation_and_escape() {
+        let wsync =
+            format!("{FEED}api_key = \"k-${{A}}-${{B}}-$${{C}}\"\napi_secret = \"${{S}}\"\n");
+        let (_, result) = load(&wsync, &[], &[("A", "1"), ("B", "two"), ("S", "sec")]);
+        let project = result.expect("valid");
+        assert_eq!(project.feeds["f"].api_key.expose(), "k-1-two-${C}");
+        assert_eq!(project.feeds["f"].api_secret.expose(), "sec");
+        assert_eq!(format!("{:?}", project.feeds["f"]).contains("sec\""), false);
+    }
+
+    #[test]
+    fn missing_variables_are_each_reported_without_values() {
+        let wsync = format!("{FEED}api_key = \"${{A}}:${{B}}\"\napi_secret_env = \"S\"\n");
+        let (_, result) = load(&wsync, &[], &[("A", "value-of-a")]);
+        assert_eq!(
+            result.expect_err("invalid"),
+            vec![
+                "wsync.toml:3: feeds.f.api_key: environment variable `B` is not set\n  hint: set B in the environment wsync runs in (e.g. export B=...)",
+                "wsync.toml:4: feeds.f.api_secret_env: environment variable `S` is not set\n  hint: set S in the environment wsync runs in (e.g. export S=...)",
+            ]
+        );
+        let wsync = format!("{FEED}api_key = \"${{A}}${{B}}\"\napi_secret_env = \"S\"\n");
+        let (_, result) = load(&wsync, &[], &[("A", ""), ("B", " "), ("S", "  ")]);
+        assert_eq!(
+            result.expect_err("invalid"),
+            vec![
+                "wsync.toml:3: feeds.f.api_key: is empty\n  hint: give it a value, e.g. \"${VARIABLE}\"",
+                "wsync.toml:4: feeds.f.api_secret_env: environment variable `S` is empty\n  hint: set S to the value in the environment wsync runs in",
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let wsync =
+            format!("{FEED}api_key_file = \"secrets/key\"\napi_secret_file = \"secrets/none\"\n");
+        let (_, result) = load(&wsync, &[("secrets/key", "  the-key\n")], &[]);
+        let errors = result.expect_err("invalid");
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "wsync.toml:4: feeds.f.api_secret_file: cannot read file `secrets/none`: "
+            ),
+            "{}",
+            errors[0]
+        );
+        let (_, result) = load(
+            &wsync,
+            &[("secrets/key", "  the-key\n"), ("secrets/none", "s\n")],
+            &[],
+        );
+        let project = result.expect("valid");
+        assert_eq!(project.feeds["f"].api_key.expose(), "the-key");
+        assert_eq!(project.feeds["f"].api_secret.expose(), "s");
+    }
+
+    #[test]
+    fn url_scheme_is_checked_after_resolving_without_printing_it() {
+        let wsync = "[connections.a]\ntype = \"postgres\"\nurl_env = \"A\"\n\n[connections.b]\ntype = \"redshift\"\nurl_env = \"B\"\n\n[connections.c]\ntype = \"mysql\"\nurl = \"${C}\"\n";
+        let (_, result) = load(
+            wsync,
+            &[],
+            &[
+                ("A", "mysql://u:pw-a@h/db"),
+                ("B", "hunter2-not-a-url"),
+                ("C", "postgres://u:pw-c@h/db"),
+            ],
+        );
+        let errors = result.expect_err("invalid");
+        assert_eq!(
+            errors,
+            vec![
+                "wsync.toml:3: connections.a.url_env: the URL (from environment variable `A`) has scheme `mysql`, which does not fit connection type `postgres`\n  hint: use a URL like postgres://user:${PGPASSWORD}@host:5432/db, or change the connection's type",
+                "wsync.toml:7: connections.b.url_env: the URL (from environment variable `B`) does not start with postgres:// or postgresql://\n  hint: use a URL like postgres://user:${PGPASSWORD}@host:5432/db, or change the connection's type",
+                "wsync.toml:11: connections.c.url: the URL has scheme `postgres`, which does not fit connection type `mysql`\n  hint: use a URL like mysql://user:${MYSQL_PASSWORD}@host:3306/db, or change the connection's type",
+            ]
+        );
+        for e in &errors {
+            assert!(!e.contains("pw-") && !e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_are_normalised() {
+        let wsync = "[connections.m]\ntype = \"mariadb\"\nurl_env = \"M\"\n\n[connections.s]\ntype = \"sqlite\"\nurl_file = \"dsn\"\nseed_sql = \"seed.sql\"\n\n[connections.p]\ntype = \"postgres\"\nurl = \"postgresql://u@h/db\"\n";
+        let (dir, result) = load(
+            wsync,
+            &[
+                ("dsn", "sqlite:data/w.db?mode=rwc\n"),
+                ("seed.sql", "CREATE TABLE t (x INT);"),
+            ],
+            &[("M", "mariadb://u:p@h:3306/db")],
+        );
+        let project = result.expect("valid");
+        assert_eq!(project.connections["m"].kind, ConnectionKind::MySql);
+        assert_eq!(
+            project.connections["m"].url.expose(),
+            "mysql://u:p@h:3306/db"
+        );
+        let root = dir.path().canonicalize().expect("canonical");
+        let expected = format!("sqlite://{}/data/w.db?mode=rwc", project.root.display());
+        assert_eq!(project.connections["s"].url.expose(), expected);
+        assert_eq!(project.root.canonicalize().expect("canonical"), root);
+        assert_eq!(
+            project.connections["s"].seed_sql,
+            Some(project.root.join("seed.sql"))
+        );
+        assert_eq!(project.connections["p"].url.expose(), "postgresql://u@h/db");
+    }
+
+    #[test]
+    fn seed_script_must_exist() {
+        let wsync = "[connections.s]\ntype = \"sqlite\"\nurl = \"sqlite://w.db\"\nseed_sql = \"seed/demo.sql\"\n";
+        let (_, result) = load(wsync, &[], &[]);
+        assert_eq!(
+            result.expect_err("invalid"),
+            vec!["wsync.toml:4: connections.s.seed_sql: seed script `seed/demo.sql` does not exist\n  hint: create it, fix the path (relative paths start at the project folder), or remove seed_sql"]
+        );
+    }
+
+    #[test]
+    fn secrets_are_resolved_even_when_other_keys_are_wrong() {
+        let wsync = "[connections.a]\ntype = \"postgres\"\nurl_env = \"A\"\nchunk_rows = 0\n";
+        let (_, result) = load(wsync, &[], &[]);
+        let errors = result.expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("`A` is not set"));
+        assert!(errors[1].contains("chunk_rows"));
+    }
+}
