@@ -9,3 +9,5 @@ mod source_mysql;
 mod source_postgres;
 mod source_sqlite;
 mod support;
+
+mod config_errors;
