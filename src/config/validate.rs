@@ -911,12 +911,10 @@ fn validate_pipeline(
             m.to_owned()
         }
     };
+    // Create & Update is mParticle's default protection level, and the issue's.
     let input_protection = match &raw.input_protection {
         Some(v) => ctx.choice("input_protection", v, "input protection", INPUT_PROTECTIONS),
-        None => {
-            ctx.missing("input_protection", "add input_protection = \"create_and_update\", \"only_update\" or \"only_read\" (a dry run)");
-            None
-        }
+        None => Some(InputProtection::CreateAndUpdate),
     };
     let feed_names: Option<Vec<String>> = names.feeds.as_ref().map(|f| f.keys().cloned().collect());
     let feed = match (&raw.feed, input_protection) {

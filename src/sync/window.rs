@@ -6,7 +6,7 @@
 //! half-read. Watermarks are stored as text in the forms below and are never
 //! rounded.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike, Utc};
 
 use crate::config::model::IteratorDataType;
 use crate::source::IteratorValue;
@@ -45,6 +45,11 @@ pub fn parse(data_type: IteratorDataType, text: &str) -> Option<IteratorValue> {
 /// iterators. Integer sequences have no clock; their bound comes from the data
 /// (`MAX + 1` at run start), so this returns `None` for them.
 pub fn upper_at(data_type: IteratorDataType, now: DateTime<Utc>) -> Option<IteratorValue> {
+    // Databases keep microseconds; a bound finer than that would be stored as
+    // text the next run cannot compare exactly. Truncating moves it down, never up.
+    let now = now
+        .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now);
     Some(match data_type {
         IteratorDataType::TimestampTz => IteratorValue::TimestampTz(now),
         IteratorDataType::TimestampNtz => IteratorValue::Timestamp(now.naive_utc()),
@@ -65,7 +70,7 @@ mod tests {
         let cases = [
             (IteratorDataType::TimestampTz, "2024-05-01T12:30:00.123456Z"),
             (IteratorDataType::TimestampTz, "2024-05-01T12:30:00Z"),
-            (IteratorDataType::TimestampNtz, "2024-05-01T12:30:00.5"),
+            (IteratorDataType::TimestampNtz, "2024-05-01T12:30:00.500"),
             (IteratorDataType::Date, "2024-05-01"),
             (IteratorDataType::UnixMillis, "1714566600123"),
             (IteratorDataType::Integer, "-5"),
@@ -95,5 +100,12 @@ mod tests {
             "2024-05-01"
         );
         assert_eq!(upper_at(IteratorDataType::Integer, now), None);
+        let fine = DateTime::parse_from_rfc3339("2024-05-01T12:30:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            to_text(&upper_at(IteratorDataType::TimestampTz, fine).unwrap()),
+            "2024-05-01T12:30:00.123456Z"
+        );
     }
 }

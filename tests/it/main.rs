@@ -4,10 +4,12 @@
 //! `support::db`); the Events API is the in-process fake in
 //! `support::fake_mparticle`.
 
+mod cli;
+mod config_errors;
 mod fake_selftest;
 mod source_mysql;
 mod source_postgres;
 mod source_sqlite;
 mod support;
-
-mod config_errors;
+mod sync_mysql;
+mod sync_postgres;

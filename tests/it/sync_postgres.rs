@@ -84,7 +84,9 @@ async fn create_table(pool: &sqlx::PgPool, table: &str) {
 
 #[tokio::test]
 async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
-    let Some(pool) = db::postgres().await else { return };
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
     let table = db::unique_table("sync_pg");
     create_table(&pool, &table).await;
     let fake = FakeMparticle::start(KEY, SECRET).await;
@@ -92,7 +94,12 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
     let ctx = p.context().await;
 
     let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
-    assert_eq!(report.record.state, RunState::Success, "{:?}", report.record.error);
+    assert_eq!(
+        report.record.state,
+        RunState::Success,
+        "{:?}",
+        report.record.error
+    );
 
     let batches = fake.batches();
     assert_eq!(batches.len(), 2);
@@ -141,13 +148,25 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
     assert_eq!(requests[0].status, 202);
     let c = &report.record.counts;
     assert_eq!(
-        (c.records_extracted, c.records_mapped, c.event_batches_generated, c.batches_sent, c.rows_rejected),
+        (
+            c.records_extracted,
+            c.records_mapped,
+            c.event_batches_generated,
+            c.batches_sent,
+            c.rows_rejected
+        ),
         (3, 2, 2, 2, 1)
     );
-    assert_eq!(report.stats.values_dropped.get("non_finite_number"), Some(&3));
+    assert_eq!(
+        report.stats.values_dropped.get("non_finite_number"),
+        Some(&3)
+    );
     assert_eq!(report.stats.values_dropped.get("list_null_entry"), Some(&1));
     assert_eq!(report.stats.values_truncated.get("list_too_long"), Some(&1));
-    assert_eq!(report.stats.values_truncated.get("value_too_long"), Some(&1));
+    assert_eq!(
+        report.stats.values_truncated.get("value_too_long"),
+        Some(&1)
+    );
 
     // The rejected row is kept with its reason and its values.
     let rejected = read_jsonl(&report.files["rejected"]);
@@ -156,7 +175,10 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
     assert_eq!(rejected[0]["reason"], "no_identity");
     assert_eq!(rejected[0]["values"]["i2"], 7);
     assert_eq!(rejected[0]["values"]["name"], "no identity");
-    assert_eq!(rejected[0]["values"]["customer_id"], serde_json::Value::Null);
+    assert_eq!(
+        rejected[0]["values"]["customer_id"],
+        serde_json::Value::Null
+    );
 
     // The watermark moved to the run's window end.
     let watermark = ctx.state.watermark("people").await.unwrap();
@@ -166,7 +188,9 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
 
 #[tokio::test]
 async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
-    let Some(pool) = db::postgres().await else { return };
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
     let table = db::unique_table("sync_pg_inc");
     create_table(&pool, &table).await;
     let fake = FakeMparticle::start(KEY, SECRET).await;
@@ -196,7 +220,10 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     let failed = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
     assert_eq!(failed.record.state, RunState::Failed);
     let error = failed.record.error.clone().unwrap();
-    assert!(error.contains("HTTP 503") && error.contains("feed `fake`"), "{error}");
+    assert!(
+        error.contains("HTTP 503") && error.contains("feed `fake`"),
+        "{error}"
+    );
     assert_eq!(ctx.state.watermark("people").await.unwrap(), before);
 
     // The next run sends the row that failed.
@@ -210,7 +237,9 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
 
 #[tokio::test]
 async fn wrong_secret_fails_the_run_without_leaking_it() {
-    let Some(pool) = db::postgres().await else { return };
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
     let table = db::unique_table("sync_pg_auth");
     create_table(&pool, &table).await;
     let fake = FakeMparticle::start(KEY, SECRET).await;
@@ -221,7 +250,10 @@ async fn wrong_secret_fails_the_run_without_leaking_it() {
     let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
     assert_eq!(report.record.state, RunState::Failed);
     let error = report.record.error.unwrap();
-    assert!(error.contains("feed `fake`") && error.contains("api_key or api_secret is wrong"), "{error}");
+    assert!(
+        error.contains("feed `fake`") && error.contains("api_key or api_secret is wrong"),
+        "{error}"
+    );
     assert!(!error.contains(wrong));
     assert!(fake.batches().is_empty());
     assert_eq!(ctx.state.watermark("people").await.unwrap(), None);

@@ -1,0 +1,255 @@
+//! The `wsync` binary as a user meets it: the quickstart demo project, exit codes,
+//! error messages that name what to fix, and secrets that never show.
+
+use std::path::Path;
+
+use crate::support::db;
+use crate::support::project::{read_jsonl, TestProject};
+
+/// Copy the repository's demo project (wsync.toml, sql/, schedules/, seed/) into
+/// a temporary folder, as a new user's clone would have it.
+fn demo_project() -> TestProject {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = TestProject::new(&std::fs::read_to_string(repo.join("wsync.toml")).unwrap());
+    for folder in ["sql", "schedules", "seed"] {
+        for entry in std::fs::read_dir(repo.join(folder)).unwrap() {
+            let entry = entry.unwrap();
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            p.file(
+                &format!("{folder}/{}", entry.file_name().to_string_lossy()),
+                &text,
+            );
+        }
+    }
+    p
+}
+
+/// The value of one row of `wsync run`'s summary table.
+fn figure(stdout: &str, name: &str) -> Option<String> {
+    stdout.lines().find_map(|line| {
+        let cells: Vec<&str> = line.trim_matches('│').split('┆').map(str::trim).collect();
+        (cells.len() == 2 && cells[0] == name).then(|| cells[1].to_owned())
+    })
+}
+
+#[test]
+fn quickstart_runs_the_demo_as_a_dry_run() {
+    let p = demo_project();
+    let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Run 1 of pipeline `demo_users`: success (only_read: nothing was sent)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        figure(&stdout, "records_extracted").as_deref(),
+        Some("8"),
+        "{stdout}"
+    );
+    assert_eq!(
+        figure(&stdout, "records_mapped").as_deref(),
+        Some("7"),
+        "{stdout}"
+    );
+    assert_eq!(
+        figure(&stdout, "batches_sent").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
+
+    // The would-be batches: 8 demo rows, one without any identity.
+    let batches = read_jsonl(&p.root().join(".wsync/runs/demo_users/1/batches.jsonl"));
+    assert_eq!(batches.len(), 7);
+    let ada = &batches[0];
+    assert_eq!(ada["environment"], "development");
+    assert_eq!(ada["user_identities"]["customer_id"], "c-1001");
+    assert_eq!(ada["user_identities"]["email"], "ada@example.com");
+    assert_eq!(ada["user_attributes"]["$firstname"], "Ada");
+    assert_eq!(ada["user_attributes"]["source_system"], "wsync-demo");
+    assert!(
+        ada["user_attributes"].get("updated_at").is_none(),
+        "the iterator is not sent"
+    );
+    let rejected = read_jsonl(&p.root().join(".wsync/runs/demo_users/1/rejected.jsonl"));
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["reason"], "no_identity");
+    assert_eq!(rejected[0]["values"]["$firstname"], "Anonymous");
+
+    // only_read moves no watermark: a second run reads the same rows again.
+    let (code, stdout, _) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        figure(&stdout, "records_extracted").as_deref(),
+        Some("8"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = p.wsync(&["runs"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("success (dry run)"), "{stdout}");
+    let (code, stdout, _) = p.wsync(&["runs", "demo_users", "--json"], &[]);
+    assert_eq!(code, 0);
+    let runs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["pipeline_run_id"], 2);
+    assert_eq!(runs[0]["records_extracted"], 8);
+    assert_eq!(runs[0]["records_mapped"], 7);
+    assert_eq!(runs[0]["event_batches_generated"], 7);
+    assert_eq!(runs[0]["batches_sent"], 0);
+    assert_eq!(runs[0]["rows_rejected"], 1);
+}
+
+#[test]
+fn validate_and_preview_show_the_mapping_and_change_nothing() {
+    let p = demo_project();
+    let (code, stdout, stderr) = p.wsync(&["validate"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for expected in [
+        "user_identities.customer_id",
+        "user_identities.email",
+        "user_attributes.$firstname",
+        "not sent (iterator)",
+        "user_attributes.source_system",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
+    }
+    let (code, stdout, stderr) = p.wsync(&["preview", "demo_users", "--limit", "2"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let batches: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[1]["user_identities"]["customer_id"], "c-1002");
+    // Preview records no run.
+    let (_, stdout, _) = p.wsync(&["runs"], &[]);
+    assert!(stdout.contains("No runs recorded yet"), "{stdout}");
+}
+
+#[test]
+fn config_errors_exit_2_and_name_file_and_line() {
+    let p = demo_project();
+    p.file("schedules/broken.toml", "connection = \"demo\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\nsync_mode = [\n");
+    let (code, _, stderr) = p.wsync(&["validate"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("schedules/broken.toml:"), "{stderr}");
+
+    let p = demo_project();
+    let (code, _, stderr) = p.wsync(&["run", "nope"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no pipeline `nope`") && stderr.contains("demo_users"),
+        "{stderr}"
+    );
+
+    let p = demo_project();
+    p.file(
+        "wsync.toml",
+        "[connections.demo]\ntype = \"postgres\"\nurl_env = \"WSYNC_TEST_SURELY_UNSET\"\n",
+    );
+    let (code, _, stderr) = p.wsync(&["validate"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("WSYNC_TEST_SURELY_UNSET"), "{stderr}");
+
+    let (code, _, stderr) = p.wsync(&["frobnicate"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn a_model_that_is_not_a_single_select_is_refused() {
+    let p = demo_project();
+    p.model("users", "DELETE FROM customers");
+    let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stderr.contains("sql/users.sql"), "{stderr}");
+    // Nothing ran: the demo warehouse still has its 8 customers.
+    p.model(
+        "users",
+        "SELECT id AS customer_id, updated_at FROM customers",
+    );
+    let (code, stdout, _) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        figure(&stdout, "records_extracted").as_deref(),
+        Some("8"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sql_errors_fail_the_run_with_the_database_message() {
+    let p = demo_project();
+    p.model(
+        "users",
+        "SELECT id AS customer_id, updated_at FROM no_such_table",
+    );
+    let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stdout.contains("no_such_table"), "{stdout}");
+    let (_, stdout, _) = p.wsync(&["runs", "--json"], &[]);
+    assert!(
+        stdout.contains("\"pipeline_run_state\":\"failed\""),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_warehouse_password_is_reported_without_the_password() {
+    if db::mysql().await.is_none() {
+        return;
+    }
+    let password = "hunter2-wrong-pw";
+    let url = db::mysql_url().replacen("mysql://root@", &format!("mysql://root:{password}@"), 1);
+    let p =
+        TestProject::new("[connections.my]\ntype = \"mysql\"\nurl_env = \"WSYNC_TEST_BAD_URL\"\n");
+    p.model("m", "SELECT 1 AS customer_id");
+    p.pipeline(
+        "p",
+        "connection = \"my\"\ndata_model = \"m\"\ninput_protection = \"only_read\"\n",
+    );
+    let (code, stdout, stderr) = p.wsync(
+        &["--log", "trace", "run", "p"],
+        &[("WSYNC_TEST_BAD_URL", url.as_str())],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.to_lowercase().contains("access denied"), "{all}");
+    assert!(!all.contains(password), "{all}");
+    let (code, stdout, stderr) = p.wsync(&["validate"], &[("WSYNC_TEST_BAD_URL", url.as_str())]);
+    assert_eq!(code, 1);
+    assert!(!stdout.contains(password) && !stderr.contains(password));
+}
+
+#[tokio::test]
+async fn an_unsupported_column_type_names_the_column_and_the_cast() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("cli_money");
+    sqlx::query(&format!("CREATE TABLE {table} (id text, balance money)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let p = TestProject::new(&format!(
+        "[connections.pg]\ntype = \"postgres\"\nurl = \"{}\"\n",
+        db::postgres_url()
+    ));
+    p.model(
+        "m",
+        &format!("SELECT id AS customer_id, balance FROM {table}"),
+    );
+    p.pipeline(
+        "p",
+        "connection = \"pg\"\ndata_model = \"m\"\ninput_protection = \"only_read\"\n",
+    );
+    let (code, stdout, stderr) = p.wsync(&["validate", "p"], &[]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("balance") && stdout.to_lowercase().contains("money"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CAST(balance AS NUMERIC) AS balance"),
+        "the cast that fixes it: {stdout}"
+    );
+}
