@@ -56,3 +56,30 @@ impl fmt::Display for ConfigErrors {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering() {
+        let full = ConfigError {
+            file: "schedules/users.toml".into(),
+            key_path: "mappings[2].destination".into(),
+            line: Some(14),
+            message: "`emial` is not an mParticle identity type".into(),
+            hint: Some("did you mean `email`?".into()),
+        };
+        let bare = ConfigError {
+            file: "sql/users.sql".into(),
+            key_path: String::new(),
+            line: None,
+            message: "data model is empty".into(),
+            hint: None,
+        };
+        assert_eq!(
+            ConfigErrors(vec![full, bare]).to_string(),
+            "2 configuration errors:\n- schedules/users.toml:14: mappings[2].destination: `emial` is not an mParticle identity type\n  hint: did you mean `email`?\n- sql/users.sql: data model is empty\n"
+        );
+    }
+}

@@ -86,6 +86,10 @@ pub(crate) struct SourceFile {
     text: String,
     /// The span-keeping parse; `None` for non-TOML files and files that do not parse.
     doc: Option<ImDocument<String>>,
+    /// Key paths some unknown key was probably a typo of (`connections.pg.type`
+    /// for `typ`). A "missing required key" error there would only repeat the
+    /// "did you mean" one, so it is left out.
+    pub typo_targets: std::collections::BTreeSet<String>,
 }
 
 /// A node reached while walking a key path.
@@ -130,6 +134,7 @@ impl SourceFile {
             rel: rel.into(),
             text,
             doc,
+            typo_targets: Default::default(),
         }
     }
 
@@ -139,6 +144,7 @@ impl SourceFile {
             rel: rel.into(),
             text,
             doc: None,
+            typo_targets: Default::default(),
         }
     }
 

@@ -99,3 +99,52 @@ pub(crate) fn sort_errors(errors: &mut [ConfigError]) {
 pub fn process_env(name: &str) -> Option<OsString> {
     std::env::var_os(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(file: &str, line: Option<usize>) -> ConfigError {
+        ConfigError {
+            file: file.into(),
+            key_path: String::new(),
+            line,
+            message: String::new(),
+            hint: None,
+        }
+    }
+
+    #[test]
+    fn errors_sort_by_file_group_then_line() {
+        let mut errors = vec![
+            err("schedules/a.toml", Some(3)),
+            err("sql/x.sql", None),
+            err("wsync.toml", Some(9)),
+            err("schedules/a.toml", None),
+            err("wsync.toml", Some(2)),
+        ];
+        sort_errors(&mut errors);
+        let order: Vec<(String, Option<usize>)> = errors
+            .iter()
+            .map(|e| (e.file.display().to_string(), e.line))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("wsync.toml".into(), Some(2)),
+                ("wsync.toml".into(), Some(9)),
+                ("sql/x.sql".into(), None),
+                ("schedules/a.toml".into(), None),
+                ("schedules/a.toml".into(), Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn root_is_made_absolute_without_dot_parts() {
+        let root = absolute_root(Path::new("./proj/./x"));
+        assert!(root.is_absolute());
+        assert!(root.ends_with("proj/x"));
+        assert!(!root.components().any(|c| matches!(c, Component::CurDir)));
+    }
+}

@@ -300,15 +300,15 @@ fn read_toml<T: DeserializeOwned + ValidKeys>(
             raw: None,
         };
     };
-    let file = SourceFile::toml(rel, text);
-    let raw = parse_toml::<T>(&file, errors);
+    let mut file = SourceFile::toml(rel, text);
+    let raw = parse_toml::<T>(&mut file, errors);
     Parsed { file, raw }
 }
 
 /// Deserialize `file`'s text into `T`, reporting every unknown key and the first
 /// syntax or type error (serde cannot go on after one) with its line.
 pub(crate) fn parse_toml<T: DeserializeOwned + ValidKeys>(
-    file: &SourceFile,
+    file: &mut SourceFile,
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
     let mut unknown: Vec<Vec<Segment>> = Vec::new();
@@ -319,7 +319,9 @@ pub(crate) fn parse_toml<T: DeserializeOwned + ValidKeys>(
             unknown.push(segments);
         });
     for segments in unknown {
-        errors.push(unknown_key_error::<T>(file, &segments));
+        let (error, target) = unknown_key_error::<T>(file, &segments);
+        errors.push(error);
+        file.typo_targets.extend(target);
     }
     match result {
         Ok(raw) => Some(raw),
@@ -341,6 +343,10 @@ pub(crate) fn parse_toml<T: DeserializeOwned + ValidKeys>(
                     .message()
                     .trim()
                     .replace("expected i64", "expected an integer")
+                    .replace("expected a sequence", "expected an array")
+                    .replace("invalid type: sequence,", "invalid type: array,")
+                    .replace("expected a map", "expected a table")
+                    .replace("invalid type: map,", "invalid type: table,")
                     // One line per error: the renderer indents only the hint.
                     .replace('\n', "; "),
                 hint: Some(hint.to_owned()),
@@ -369,8 +375,12 @@ fn segments_of(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
     }
 }
 
-/// The "unknown key" error for `segments`, with the closest valid key when one is similar.
-fn unknown_key_error<T: ValidKeys>(file: &SourceFile, segments: &[Segment]) -> ConfigError {
+/// The "unknown key" error for `segments`, with the closest valid key when one
+/// is similar; also returns that key's path.
+fn unknown_key_error<T: ValidKeys>(
+    file: &SourceFile,
+    segments: &[Segment],
+) -> (ConfigError, Option<String>) {
     let key_path = render_path(segments);
     let (parent, last) = match segments.split_last() {
         Some((Segment::Key(last), parent)) => (parent, last.as_str()),
@@ -382,14 +392,23 @@ fn unknown_key_error<T: ValidKeys>(file: &SourceFile, segments: &[Segment]) -> C
     } else {
         format!("in `{}`", render_path(parent))
     };
-    let hint = match suggest::closest(last, valid.iter().copied()) {
+    let best = suggest::closest(last, valid.iter().copied());
+    let hint = match best {
         Some(best) => format!(
             "did you mean `{best}`? valid keys {where_}: {}",
             suggest::list(&valid)
         ),
         None => format!("remove it; valid keys {where_}: {}", suggest::list(&valid)),
     };
-    file.error(&key_path, format!("unknown key `{last}`"), Some(hint))
+    let target = best.map(|best| {
+        let mut path = parent.to_vec();
+        path.push(Segment::Key(best.to_owned()));
+        render_path(&path)
+    });
+    (
+        file.error(&key_path, format!("unknown key `{last}`"), Some(hint)),
+        target,
+    )
 }
 
 /// Which keys are valid below a given parent path of a file type.
@@ -464,9 +483,9 @@ mod tests {
     use super::*;
 
     fn parse<T: DeserializeOwned + ValidKeys>(text: &str) -> (Option<T>, Vec<String>) {
-        let file = SourceFile::toml("f.toml", text.to_owned());
+        let mut file = SourceFile::toml("f.toml", text.to_owned());
         let mut errors = Vec::new();
-        let raw = parse_toml::<T>(&file, &mut errors);
+        let raw = parse_toml::<T>(&mut file, &mut errors);
         (raw, errors.iter().map(ToString::to_string).collect())
     }
 

@@ -243,7 +243,9 @@ impl Ctx<'_> {
     }
 
     fn missing(&mut self, key_path: &str, hint: impl Into<String>) {
-        self.push(key_path, "missing required key", hint);
+        if !self.file.typo_targets.contains(key_path) {
+            self.push(key_path, "missing required key", hint);
+        }
     }
 
     /// Parse an enum-like string; `what` names it in the message.
@@ -1556,13 +1558,13 @@ environment = "development"
 
     fn project(wsync: &str, pipelines: &[(&str, &str)]) -> (RawProject, Vec<ConfigError>) {
         let mut errors = Vec::new();
-        let file = SourceFile::toml("wsync.toml", wsync.to_owned());
-        let raw = parse_toml(&file, &mut errors);
+        let mut file = SourceFile::toml("wsync.toml", wsync.to_owned());
+        let raw = parse_toml(&mut file, &mut errors);
         let pipelines = pipelines
             .iter()
             .map(|(id, text)| {
-                let file = SourceFile::toml(format!("schedules/{id}.toml"), (*text).to_owned());
-                let raw = parse_toml(&file, &mut errors);
+                let mut file = SourceFile::toml(format!("schedules/{id}.toml"), (*text).to_owned());
+                let raw = parse_toml(&mut file, &mut errors);
                 ((*id).to_owned(), Parsed { file, raw })
             })
             .collect();
