@@ -33,18 +33,27 @@ impl ManualClock {
 
     /// Move the clock to `at`.
     pub fn set(&self, at: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = at;
     }
 
     /// Move the clock forward.
     pub fn advance(&self, by: chrono::Duration) {
-        let mut now = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

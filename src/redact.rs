@@ -51,7 +51,14 @@ pub fn redact_url(raw: &str) -> String {
                         k.to_ascii_lowercase().as_str(),
                         "password" | "pass" | "pwd" | "sslpassword" | "token"
                     );
-                    (k.into_owned(), if secret { "****".to_owned() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret {
+                            "****".to_owned()
+                        } else {
+                            v.into_owned()
+                        },
+                    )
                 })
                 .collect();
             if !pairs.is_empty() {

@@ -1837,7 +1837,7 @@ api_secret = "x"
             vec![
                 "schedules/p.toml: connection: missing required key",
                 "schedules/p.toml: data_model: missing required key",
-                "schedules/p.toml: input_protection: missing required key",
+                "schedules/p.toml: feed: missing required key",
             ]
         );
     }

@@ -230,10 +230,22 @@ mod tests {
 
     #[test]
     fn customer_id_spellings_and_case() {
-        assert_eq!(IdentityType::from_column("customerid"), Some(IdentityType::CustomerId));
-        assert_eq!(IdentityType::from_column("Customer_ID"), Some(IdentityType::CustomerId));
-        assert_eq!(IdentityType::from_column("EMAIL"), Some(IdentityType::Email));
-        assert_eq!(IdentityType::from_column("other_id_10"), Some(IdentityType::OtherId(10)));
+        assert_eq!(
+            IdentityType::from_column("customerid"),
+            Some(IdentityType::CustomerId)
+        );
+        assert_eq!(
+            IdentityType::from_column("Customer_ID"),
+            Some(IdentityType::CustomerId)
+        );
+        assert_eq!(
+            IdentityType::from_column("EMAIL"),
+            Some(IdentityType::Email)
+        );
+        assert_eq!(
+            IdentityType::from_column("other_id_10"),
+            Some(IdentityType::OtherId(10))
+        );
         assert_eq!(IdentityType::from_column("other_id_11"), None);
         assert_eq!(IdentityType::from_column("alias"), None);
         assert_eq!(IdentityType::from_column("mpid"), None);
@@ -245,7 +257,10 @@ mod tests {
             assert_eq!(IdentityType::from_destination(t.as_str()), Some(t));
         }
         for d in DeviceIdType::ALL {
-            assert_eq!(DeviceIdType::from_column(&d.as_str().to_uppercase()), Some(d));
+            assert_eq!(
+                DeviceIdType::from_column(&d.as_str().to_uppercase()),
+                Some(d)
+            );
         }
     }
 }

@@ -177,7 +177,10 @@ pub struct SourceQuery {
 /// Build the Arrow schema for probed columns.
 pub fn arrow_schema(columns: &[ColumnInfo]) -> SchemaRef {
     Arc::new(arrow::datatypes::Schema::new(
-        columns.iter().map(ColumnInfo::arrow_field).collect::<Vec<_>>(),
+        columns
+            .iter()
+            .map(ColumnInfo::arrow_field)
+            .collect::<Vec<_>>(),
     ))
 }
 
