@@ -13,3 +13,4 @@ mod source_sqlite;
 mod support;
 mod sync_mysql;
 mod sync_postgres;
+mod sync_sqlite;

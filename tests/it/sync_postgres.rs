@@ -235,7 +235,8 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     assert_eq!(batches[2]["user_attributes"]["name"], "new");
 }
 
-#[tokio::test]
+// Multi-threaded: the fake must keep serving while this thread waits on the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_fails_the_run_without_leaking_it() {
     let Some(pool) = db::postgres().await else {
         return;
@@ -262,5 +263,9 @@ async fn wrong_secret_fails_the_run_without_leaking_it() {
     let (code, stdout, stderr) = p.wsync(&["--log", "debug", "run", "people"], &[]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stdout.contains("failed"), "{stdout}");
+    assert!(
+        stdout.contains("api_key or api_secret is wrong"),
+        "{stdout}"
+    );
     assert!(!stdout.contains(wrong) && !stderr.contains(wrong));
 }
