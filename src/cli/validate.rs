@@ -77,7 +77,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     t.add_row(vec![
                         "(static)".to_owned(),
                         String::new(),
-                        format!("{v:?}"),
+                        format!("static {v}"),
                         destination_path(d),
                     ]);
                 }

@@ -370,8 +370,6 @@ impl<'a> Attempt<'a> {
         }
 
         events::RunStarted {
-            pipeline: &self.pipeline.id,
-            run_id: self.run_id,
             window_start: lower.as_ref().map(window::to_text).as_deref(),
             window_end: upper.as_ref().map(window::to_text).as_deref(),
             dry_run: self.dry_run,

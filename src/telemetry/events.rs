@@ -4,12 +4,8 @@
 
 use tracing::{info, warn};
 
-/// A run began.
+/// A run began. (Pipeline id and run id come from the run's span.)
 pub struct RunStarted<'a> {
-    /// Pipeline id.
-    pub pipeline: &'a str,
-    /// Run id.
-    pub run_id: i64,
     /// Window start, if incremental.
     pub window_start: Option<&'a str>,
     /// Window end, if incremental.
@@ -22,8 +18,6 @@ impl RunStarted<'_> {
     /// Write the line.
     pub fn emit(&self) {
         info!(
-            pipeline = self.pipeline,
-            run_id = self.run_id,
             window_start = self.window_start,
             window_end = self.window_end,
             dry_run = self.dry_run,
