@@ -22,7 +22,10 @@ use crate::sink::files::JsonlFile;
 use crate::sink::{DeliveryError, EventsApiClient, PackedRequest, RequestPacker};
 use crate::source::guard::check_single_select;
 use crate::source::{ColumnInfo, IteratorFilter, SourceError, SourceQuery, Warehouse};
-use crate::state::{RunCounts, RunOutcome, RunRecord, RunState, StateError, StateStore};
+use crate::state::{
+    DeadLetterKind, NewDeadLetter, RunCounts, RunOutcome, RunRecord, RunState, StateError,
+    StateStore,
+};
 use crate::telemetry::events;
 
 pub mod window;
@@ -415,6 +418,30 @@ impl<'a> Attempt<'a> {
                 self.rejected
                     .write_rejected(rejected)
                     .map_err(|source| SyncError::File { path, source })?;
+            }
+            // A dry run moves nothing, dead letters included.
+            if !self.dry_run && !mapped.rejected.is_empty() {
+                let letters: Vec<NewDeadLetter> = mapped
+                    .rejected
+                    .iter()
+                    .map(|r| NewDeadLetter {
+                        kind: DeadLetterKind::Row,
+                        reason: r.reason.as_str().to_owned(),
+                        message: Some(format!("row {}: {}", r.row, r.detail)),
+                        source_request_id: None,
+                        payload: serde_json::Value::Object(r.values.clone()).to_string(),
+                    })
+                    .collect();
+                self.ctx
+                    .state
+                    .add_dead_letters(
+                        &self.pipeline.id,
+                        self.run_id,
+                        self.ctx.clock.now(),
+                        &letters,
+                    )
+                    .await?;
+                self.counts.dead_letters += letters.len() as u64;
             }
             for batch in &mapped.batches {
                 if let Some(file) = self.would_be.as_mut() {

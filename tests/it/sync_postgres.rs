@@ -180,6 +180,11 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
         serde_json::Value::Null
     );
 
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (0, 1)
+    );
+
     // The watermark moved to the run's window end.
     let watermark = ctx.state.watermark("people").await.unwrap();
     assert_eq!(watermark, report.record.data_interval_end);
