@@ -627,6 +627,8 @@ mod tests {
             null_policy: NullPolicy::Skip,
             limit_policy: LimitPolicy::Truncate,
             mappings: vec![],
+            retry_dead_letters: true,
+            export: None,
         }
     }
 

@@ -256,6 +256,8 @@ mod tests {
             null_policy: NullPolicy::Skip,
             limit_policy: LimitPolicy::Truncate,
             mappings,
+            retry_dead_letters: true,
+            export: None,
         }
     }
 
