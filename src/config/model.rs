@@ -456,6 +456,8 @@ pub struct Pipeline {
     pub mappings: Vec<Mapping>,
     /// Re-send dead-lettered batches of earlier runs at the start of a run.
     pub retry_dead_letters: bool,
+    /// Fail the run when more than this percentage of rows is rejected.
+    pub max_rejected_pct: Option<f64>,
     /// Parquet exports, if configured.
     pub export: Option<ExportSettings>,
 }

@@ -1058,6 +1058,17 @@ fn validate_pipeline(
         limit_policy,
         mappings,
         retry_dead_letters: raw.retry_dead_letters.unwrap_or(true),
+        max_rejected_pct: match raw.max_rejected_pct {
+            Some(p) if !(0.0..=100.0).contains(&p) => {
+                ctx.push(
+                    "max_rejected_pct",
+                    format!("must be a percentage between 0 and 100, not {p}"),
+                    "e.g. max_rejected_pct = 1.5",
+                );
+                None
+            }
+            other => other,
+        },
         export,
     }
 }

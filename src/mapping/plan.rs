@@ -257,6 +257,7 @@ mod tests {
             limit_policy: LimitPolicy::Truncate,
             mappings,
             retry_dead_letters: true,
+            max_rejected_pct: None,
             export: None,
         }
     }

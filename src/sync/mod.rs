@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::model::{InputProtection, Pipeline, Project, SyncMode};
-use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan};
+use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan, RejectedRow};
 use crate::sink::files::JsonlFile;
 use crate::sink::{DeliveryError, EventsApiClient, PackedRequest, RequestPacker};
 use crate::source::guard::check_single_select;
@@ -28,6 +28,7 @@ use crate::state::{
 };
 use crate::telemetry::events;
 
+pub mod report;
 pub mod window;
 
 /// Chunks buffered between the extractor and the mapper. Two keep the database
@@ -112,7 +113,14 @@ pub struct RunReport {
     pub request_bytes: u64,
     /// Files written.
     pub files: BTreeMap<&'static str, PathBuf>,
+    /// The mapping used, once the model was probed.
+    pub plan: Option<MappingPlan>,
+    /// The first few rejected rows of each reason.
+    pub samples: BTreeMap<&'static str, Vec<RejectedRow>>,
 }
+
+/// Rejected rows kept per reason for the run report.
+const SAMPLES_PER_REASON: usize = 3;
 
 /// Shared services a run needs.
 #[derive(Debug, Clone)]
@@ -309,6 +317,8 @@ struct Attempt<'a> {
     rejected: JsonlFile,
     would_be: Option<JsonlFile>,
     watermark: Option<String>,
+    plan: Option<MappingPlan>,
+    samples: BTreeMap<&'static str, Vec<RejectedRow>>,
 }
 
 impl<'a> Attempt<'a> {
@@ -331,6 +341,8 @@ impl<'a> Attempt<'a> {
             rejected: JsonlFile::new(dir.join("rejected.jsonl")),
             would_be: dry_run.then(|| JsonlFile::new(dir.join("batches.jsonl"))),
             watermark: None,
+            plan: None,
+            samples: BTreeMap::new(),
         }
     }
 
@@ -380,7 +392,9 @@ impl<'a> Attempt<'a> {
         .emit();
 
         let columns = warehouse.probe(&query).await?;
-        let mapper = Mapper::new(MappingPlan::new(&columns, self.pipeline)?, self.pipeline);
+        let plan = MappingPlan::new(&columns, self.pipeline)?;
+        self.plan = Some(plan.clone());
+        let mapper = Mapper::new(plan, self.pipeline);
         let client = match (&self.pipeline.feed, self.dry_run) {
             (Some(feed), false) => Some(EventsApiClient::new(&project.feeds[feed])?),
             _ => None,
@@ -414,6 +428,10 @@ impl<'a> Attempt<'a> {
             let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
             for rejected in &mapped.rejected {
+                let samples = self.samples.entry(rejected.reason.as_str()).or_default();
+                if samples.len() < SAMPLES_PER_REASON {
+                    samples.push(rejected.clone());
+                }
                 let path = self.rejected.path().to_owned();
                 self.rejected
                     .write_rejected(rejected)
@@ -495,6 +513,8 @@ impl<'a> Attempt<'a> {
             rejected,
             would_be,
             watermark,
+            plan,
+            samples,
             ..
         } = self;
         let mut files = BTreeMap::new();
@@ -596,12 +616,32 @@ impl<'a> Attempt<'a> {
             .ok_or(SyncError::State(StateError::Query(
                 sqlx::Error::RowNotFound,
             )))?;
-        Ok(RunReport {
+        let mut report = RunReport {
             record,
             stats,
             requests,
             request_bytes,
             files,
-        })
+            plan,
+            samples,
+        };
+        // The report file is part of the audit trail; failing to write it does
+        // not undo a run that already happened, so it is logged, not fatal.
+        let path = ctx
+            .project
+            .state
+            .runs_dir
+            .join(&pipeline.id)
+            .join(run_id.to_string())
+            .join("report.json");
+        match report::write(&report, pipeline, &path) {
+            Ok(()) => {
+                report.files.insert("report", path);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "Cannot write the run report.")
+            }
+        }
+        Ok(report)
     }
 }

@@ -274,3 +274,97 @@ async fn wrong_secret_fails_the_run_without_leaking_it() {
     );
     assert!(!stdout.contains(wrong) && !stderr.contains(wrong));
 }
+
+#[tokio::test]
+async fn an_only_read_report_matches_the_real_run_that_follows() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sync_pg_dry");
+    create_table(&pool, &table).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.pipeline(
+        "people_dry",
+        r#"
+connection = "pg"
+data_model = "people"
+input_protection = "only_read"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+"#,
+    );
+    let ctx = p.context().await;
+
+    let dry = wsync::sync::run(&ctx, "people_dry", "manual")
+        .await
+        .unwrap();
+    assert_eq!(dry.record.state, RunState::Success);
+    assert!(dry.record.dry_run);
+    assert!(fake.requests().is_empty(), "a dry run sends nothing");
+    assert_eq!(
+        ctx.state.watermark("people_dry").await.unwrap(),
+        None,
+        "and moves nothing"
+    );
+    assert_eq!(
+        ctx.state.count_dead_letters("people_dry").await.unwrap(),
+        (0, 0)
+    );
+    let would_be = read_jsonl(&dry.files["batches"]);
+
+    let real = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(real.record.state, RunState::Success);
+    let (d, r) = (&dry.record.counts, &real.record.counts);
+    assert_eq!(
+        (
+            d.records_extracted,
+            d.records_mapped,
+            d.event_batches_generated,
+            d.rows_rejected
+        ),
+        (
+            r.records_extracted,
+            r.records_mapped,
+            r.event_batches_generated,
+            r.rows_rejected
+        )
+    );
+    assert_eq!(
+        (dry.requests, dry.request_bytes),
+        (real.requests, real.request_bytes)
+    );
+    assert_eq!(dry.stats.values_dropped, real.stats.values_dropped);
+    assert_eq!(dry.stats.values_truncated, real.stats.values_truncated);
+    assert_eq!(dry.stats.columns, real.stats.columns);
+    assert_eq!(r.batches_sent, d.event_batches_generated);
+
+    // The would-be batches are the batches the fake then received, apart from the
+    // pipeline id that goes into source_request_id.
+    let received: Vec<_> = fake.batches().iter().map(without_id).collect();
+    let predicted: Vec<_> = would_be.iter().map(without_id).collect();
+    assert_eq!(predicted, received);
+
+    // The report file carries the per-column figures.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dry.files["report"]).unwrap()).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["rows_read"], 3);
+    assert_eq!(report["rejected_by_reason"]["no_identity"]["count"], 1);
+    assert_eq!(
+        report["rejected_by_reason"]["no_identity"]["samples"][0]["row"],
+        3
+    );
+    let name = report["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["column"] == "name")
+        .unwrap();
+    assert_eq!(name["longest_chars"], 5000);
+    assert_eq!(name["truncated"], 1);
+    assert_eq!(name["destination"], "user_attributes.name");
+}
