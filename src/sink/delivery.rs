@@ -431,9 +431,10 @@ impl Deliverer {
                     return Ok(Sent::Accepted);
                 }
                 Action::RateLimited(retry_after) => {
+                    // Close the gate before the counter shows the 429.
+                    inner.limiter.on_rate_limited(retry_after);
                     DeliveryFigures::add(&figures.responses_429, 1);
                     rate_limited += 1;
-                    inner.limiter.on_rate_limited(retry_after);
                     let wait = retry_after.unwrap_or_else(|| policy.backoff(rate_limited));
                     let limit = response
                         .as_ref()
