@@ -1,12 +1,15 @@
 //! The mParticle Events API client: `POST /v2/bulkevents` with HTTP Basic auth
 //! (the feed's key and secret).
 //!
-//! Plain delivery: one attempt per request. A failure fails the run cleanly and
-//! names the feed and what the server said; nothing here prints the key or secret.
+//! The client makes one attempt and returns what the server said
+//! ([`EventsApiClient::post`] → [`RawResponse`]); the retry policy
+//! ([`crate::sink::retry`]) and the [`crate::sink::delivery::Deliverer`] decide
+//! what to do with it. [`EventsApiClient::send`] is the plain one-attempt path.
+//! Nothing here prints the key or secret.
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, USER_AGENT};
+use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use reqwest::StatusCode;
 
 use crate::config::model::Feed;
@@ -19,8 +22,14 @@ pub const WSYNC_USER_AGENT: &str = concat!("wsync/", env!("CARGO_PKG_VERSION"));
 /// Longest server message kept in an error.
 const MAX_SERVER_MESSAGE: usize = 500;
 
+/// mParticle's proactive pacing header on throttled accounts (§3.4): the highest
+/// usage, in percent, across its speed and acceleration limits.
+pub const RATE_LIMIT_PERCENTAGE_USED: &str = "x-mp-rate-limit-percentage-used";
+/// On a 429, which limit was hit (`org|account|app|feed|workspace|acceleration`).
+pub const RATE_LIMIT_EXCEEDED: &str = "x-mp-rate-limit-exceeded";
+
 /// Why a request was not accepted.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliveryError {
     /// 401 or 403: the credentials are wrong.
     #[error(
@@ -54,6 +63,46 @@ pub enum DeliveryError {
         /// Whether it was the request timeout.
         timed_out: bool,
     },
+    /// A retryable failure (5xx, 408, timeout, connection, 429) kept recurring
+    /// until the attempts or the deadline ran out. Nothing of the request is lost:
+    /// the run fails before its checkpoint and the next run sends it again.
+    #[error(
+        "gave up on a request to the Events API of feed `{feed}` after {attempts} attempts in {elapsed_secs:.1} s: {last_cause}"
+    )]
+    RetriesExhausted {
+        /// Feed name.
+        feed: String,
+        /// Requests sent for this body.
+        attempts: u32,
+        /// Time since the first attempt.
+        elapsed_secs: f64,
+        /// The last failure.
+        last_cause: String,
+    },
+}
+
+impl DeliveryError {
+    /// Whether the whole run must stop (wrong credentials or endpoint) rather than
+    /// one request being given up on.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Unauthorized { .. } | Self::Rejected { .. })
+    }
+}
+
+/// One answer of the Events API, before any policy looked at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `Retry-After` header, as sent (seconds or an HTTP-date).
+    pub retry_after: Option<String>,
+    /// `X-mp-rate-limit-percentage-used`, when present and numeric.
+    pub rate_limit_percentage_used: Option<f64>,
+    /// `X-mp-rate-limit-exceeded` on a 429: which limit was hit.
+    pub rate_limit_exceeded: Option<String>,
+    /// What the server said: mParticle's error messages, else the body
+    /// (truncated, credentials scrubbed); empty for a 2xx.
+    pub message: String,
 }
 
 /// A client for one feed.
@@ -102,36 +151,82 @@ impl EventsApiClient {
         &self.url
     }
 
-    /// Send one packed request.
-    pub async fn send(&self, request: &PackedRequest) -> Result<Accepted, DeliveryError> {
-        let response = self
+    /// The feed's name (for errors and logs).
+    pub fn feed(&self) -> &str {
+        &self.feed
+    }
+
+    /// One attempt: POST `body` (already gzip-compressed when `gzip`) and return
+    /// whatever the server answered. `Err` is always [`DeliveryError::Transport`]:
+    /// no answer at all (refused, reset, closed before the response, timeout).
+    pub async fn post(&self, body: Vec<u8>, gzip: bool) -> Result<RawResponse, DeliveryError> {
+        let mut builder = self
             .http
             .post(&self.url)
             .basic_auth(self.api_key.expose(), Some(self.api_secret.expose()))
             .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, WSYNC_USER_AGENT)
-            .body(request.body.clone())
+            .header(USER_AGENT, WSYNC_USER_AGENT);
+        if gzip {
+            builder = builder.header(CONTENT_ENCODING, "gzip");
+        }
+        let response = builder
+            .body(body)
             .send()
             .await
             .map_err(|e| self.transport(&e))?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(Accepted {
-                status: status.as_u16(),
-            });
-        }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(DeliveryError::Unauthorized {
-                feed: self.feed.clone(),
-                status: status.as_u16(),
-            });
-        }
-        let body = response.text().await.unwrap_or_default();
-        Err(DeliveryError::Rejected {
-            feed: self.feed.clone(),
+        let headers = response.headers().clone();
+        // Reading the body to its end also returns the connection to the pool.
+        let text = match response.text().await {
+            Ok(text) => text,
+            // A 2xx whose body broke off was still accepted: the status is what counts.
+            Err(_) if status.is_success() => String::new(),
+            Err(e) => return Err(self.transport(&e)),
+        };
+        Ok(RawResponse {
             status: status.as_u16(),
-            message: self.server_message(&body),
+            retry_after: header_text(&headers, RETRY_AFTER.as_str()),
+            rate_limit_percentage_used: header_text(&headers, RATE_LIMIT_PERCENTAGE_USED)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite()),
+            rate_limit_exceeded: header_text(&headers, RATE_LIMIT_EXCEEDED),
+            message: if status.is_success() {
+                String::new()
+            } else {
+                self.server_message(&text)
+            },
         })
+    }
+
+    /// Send one packed request, once, uncompressed: any non-2xx answer is an error.
+    /// The [`crate::sink::delivery::Deliverer`] is the resilient path.
+    pub async fn send(&self, request: &PackedRequest) -> Result<Accepted, DeliveryError> {
+        let response = self.post(request.body.clone(), false).await?;
+        let status = response.status;
+        if (200..300).contains(&status) {
+            return Ok(Accepted { status });
+        }
+        if status == StatusCode::UNAUTHORIZED.as_u16() || status == StatusCode::FORBIDDEN.as_u16() {
+            return Err(self.unauthorized(status));
+        }
+        Err(self.rejected(status, response.message))
+    }
+
+    /// The error for a 401 or 403.
+    pub(crate) fn unauthorized(&self, status: u16) -> DeliveryError {
+        DeliveryError::Unauthorized {
+            feed: self.feed.clone(),
+            status,
+        }
+    }
+
+    /// The error for any other refusal that stops the run.
+    pub(crate) fn rejected(&self, status: u16, message: String) -> DeliveryError {
+        DeliveryError::Rejected {
+            feed: self.feed.clone(),
+            status,
+            message,
+        }
     }
 
     fn transport(&self, error: &reqwest::Error) -> DeliveryError {
@@ -148,6 +243,11 @@ impl EventsApiClient {
             message: scrub(&message, &[&self.api_key, &self.api_secret]),
             timed_out: error.is_timeout(),
         }
+    }
+
+    /// Scrubs the feed's credentials from any text bound for a log or error.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        scrub(text, &[&self.api_key, &self.api_secret])
     }
 
     /// mParticle's `{"errors":[{"message":…}]}` when present, else the raw body;
@@ -172,4 +272,12 @@ impl EventsApiClient {
         let cut = crate::mapping::limits::truncate_chars(&text, MAX_SERVER_MESSAGE);
         scrub(cut, &[&self.api_key, &self.api_secret])
     }
+}
+
+/// A header's value as text, if present and visible ASCII.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
 }

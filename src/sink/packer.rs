@@ -3,6 +3,11 @@
 //! Greedy: a request takes batches in order until the next one would break the
 //! 100-batch limit or make the body reach 256 KiB. A single batch is at most
 //! 128 KiB (the mapper guarantees it), so every batch fits in some request.
+//!
+//! A request remembers where each batch sits in its body, so delivery can split
+//! it (413) or bisect it (400) into smaller requests without mapping rows again.
+
+use std::ops::Range;
 
 use crate::mapping::limits::{MAX_BATCHES_PER_REQUEST, MAX_REQUEST_BYTES};
 use crate::mapping::EncodedBatch;
@@ -18,6 +23,69 @@ pub struct PackedRequest {
     pub source_request_ids: Vec<String>,
     /// Highest run row number among its batches.
     pub last_row: u64,
+    /// Byte range of each batch's JSON within `body`, in order.
+    pub spans: Vec<Range<usize>>,
+    /// Run row number of each batch, in order.
+    pub rows: Vec<u64>,
+}
+
+impl PackedRequest {
+    /// A request holding these batches, in this order.
+    pub fn from_batches<'a>(batches: impl IntoIterator<Item = &'a EncodedBatch>) -> Self {
+        let mut request = empty();
+        for batch in batches {
+            request.append(&batch.json, &batch.source_request_id, batch.row);
+        }
+        request
+    }
+
+    /// The JSON of batch `index` (as sent).
+    pub fn batch_json(&self, index: usize) -> &[u8] {
+        &self.body[self.spans[index].clone()]
+    }
+
+    /// A new request holding the batches at `indices` (a sub-range), with its own body.
+    pub fn slice(&self, indices: Range<usize>) -> Self {
+        let mut request = empty();
+        for i in indices {
+            request.append(
+                self.batch_json(i),
+                &self.source_request_ids[i],
+                self.rows[i],
+            );
+        }
+        request
+    }
+
+    /// The two halves of a request of at least two batches (the first half is the
+    /// smaller one when the count is odd), or `None` for a single batch.
+    pub fn halves(&self) -> Option<(Self, Self)> {
+        if self.batch_count < 2 {
+            return None;
+        }
+        let mid = self.batch_count / 2;
+        Some((self.slice(0..mid), self.slice(mid..self.batch_count)))
+    }
+
+    /// Appends one batch: the body is `[` + batches joined by `,` + `]`.
+    fn append(&mut self, json: &[u8], source_request_id: &str, row: u64) {
+        let body = &mut self.body;
+        if self.batch_count == 0 {
+            body.clear();
+            body.push(b'[');
+        } else {
+            body.pop();
+            body.push(b',');
+        }
+        let start = body.len();
+        body.extend_from_slice(json);
+        self.spans.push(start..body.len());
+        body.push(b']');
+        self.batch_count += 1;
+        self.source_request_ids.push(source_request_id.to_owned());
+        self.rows.push(row);
+        self.last_row = self.last_row.max(row);
+    }
 }
 
 /// Accumulates batches and hands out full requests.
@@ -51,21 +119,8 @@ impl RequestPacker {
         let full = self.current.batch_count > 0
             && (self.current.batch_count >= self.max_batches || grown > self.max_body_bytes);
         let done = if full { self.take() } else { None };
-        let body = &mut self.current.body;
-        if self.current.batch_count == 0 {
-            body.clear();
-            body.push(b'[');
-        } else {
-            body.pop();
-            body.push(b',');
-        }
-        body.extend_from_slice(&batch.json);
-        body.push(b']');
-        self.current.batch_count += 1;
         self.current
-            .source_request_ids
-            .push(batch.source_request_id.clone());
-        self.current.last_row = self.current.last_row.max(batch.row);
+            .append(&batch.json, &batch.source_request_id, batch.row);
         done
     }
 
@@ -84,6 +139,8 @@ fn empty() -> PackedRequest {
         batch_count: 0,
         source_request_ids: Vec::new(),
         last_row: 0,
+        spans: Vec::new(),
+        rows: Vec::new(),
     }
 }
 
@@ -132,6 +189,26 @@ mod tests {
         let big: Vec<_> = (1..=3).map(|r| batch(r, 128 * 1024)).collect();
         let requests = pack(&big, &mut RequestPacker::default());
         assert_eq!(requests.len(), 3);
+    }
+
+    #[test]
+    fn halves_and_slices_rebuild_exact_bodies() {
+        let batches: Vec<_> = (1..=5).map(|r| batch(r, 20 + r as usize)).collect();
+        let whole = PackedRequest::from_batches(&batches);
+        for (i, b) in batches.iter().enumerate() {
+            assert_eq!(whole.batch_json(i), b.json.as_slice());
+        }
+        let (a, b) = whole.halves().unwrap();
+        assert_eq!(a, PackedRequest::from_batches(&batches[..2]));
+        assert_eq!(b, PackedRequest::from_batches(&batches[2..]));
+        assert_eq!(b.source_request_ids, ["id3", "id4", "id5"]);
+        assert_eq!((a.last_row, b.last_row), (2, 5));
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&b.body).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(whole.slice(4..5).halves(), None);
+        // The packer and from_batches agree.
+        let mut packer = RequestPacker::default();
+        assert_eq!(pack(&batches, &mut packer), vec![whole]);
     }
 
     #[test]

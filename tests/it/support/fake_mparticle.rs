@@ -7,23 +7,34 @@
 //! hand; nothing reads the reference files at run time.
 //!
 //! Every accepted batch and every request's outcome is recorded for assertions.
-//! Faults (forced statuses today; rate limits, dropped connections and slow replies
-//! later) are queued with [`FakeMparticle::push_fault`] and consumed one per request.
+//! Faults (forced statuses, connections dropped after the body was applied, slow
+//! replies) are queued with [`FakeMparticle::push_fault`] and consumed one per
+//! request; a seeded random mix ([`FaultMix`]) can add more. Optional rules model
+//! the service's other refusals: a poison batch answered with 400
+//! ([`FakeMparticle::set_poison_rule`]), a smaller body limit answered with 413
+//! ([`FakeMparticle::set_max_body_bytes`]) and a batches-per-second limit
+//! answered with 429 ([`FakeMparticle::set_rate_limit`]).
+//!
+//! The fake serves each connection itself (hyper, not `axum::serve`) so it can
+//! close one without answering, the way a proxy dies after the service applied
+//! a request.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::time::Instant;
 
 /// A request body must be strictly smaller than this (256 KiB), §3.3 and §4.
 pub const MAX_REQUEST_BYTES: usize = 262_144;
@@ -221,13 +232,13 @@ pub struct RequestRecord {
     pub gzip: bool,
     /// The error message returned, if the answer was an error.
     pub error: Option<String>,
+    /// The connection was closed without an answer (after applying the batches).
+    pub dropped: bool,
+    /// When the request's body had been read.
+    pub received_at: Instant,
 }
 
 /// One injected misbehaviour, consumed by the next request (see [`FakeMparticle::push_fault`]).
-///
-/// Further faults plug in here as new variants, handled in `apply_fault`:
-/// dropped connections (close the socket without answering) and slow replies
-/// (sleep, then handle normally) are the ones planned next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
@@ -240,6 +251,42 @@ pub enum Fault {
         /// Extra response headers, e.g. `("Retry-After", "2")` for a 429 (§3.4).
         headers: Vec<(String, String)>,
     },
+    /// Handle the request normally (the batches are applied when valid), then
+    /// close the connection without answering: the client cannot know it landed.
+    DropAfterApply,
+    /// Sleep this long, then handle the request normally. Past the client's
+    /// timeout the client gives up first, and nothing is applied.
+    Slow {
+        /// How long to sleep before handling.
+        delay: Duration,
+    },
+}
+
+/// A seeded random fault mix, rolled for every request that has no queued fault.
+/// Shares are probabilities in `[0, 1]`; they must sum to at most 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultMix {
+    /// Seed of the random generator, so a failing run can be replayed.
+    pub seed: u64,
+    /// Share of requests answered 429 (with no `Retry-After` unless set below).
+    pub rate_limited: f64,
+    /// `Retry-After` seconds sent with the mix's 429s, if any.
+    pub retry_after_secs: Option<u64>,
+    /// Share of requests answered 503.
+    pub unavailable: f64,
+    /// Share of requests applied and then dropped without an answer.
+    pub dropped_after_apply: f64,
+}
+
+/// A batches-per-second limit like mParticle's account limit (§3.3): a token
+/// bucket holding one second of batches. A request that finds too few tokens is
+/// answered 429 with `Retry-After` (whole seconds, at least 1); accepted requests
+/// carry `X-mp-rate-limit-percentage-used`, the share of the bucket in use.
+#[derive(Debug, Clone)]
+struct FakeRateLimit {
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
 }
 
 /// Everything recorded and queued, behind one lock.
@@ -250,7 +297,15 @@ struct Recorded {
     seen_source_request_ids: HashSet<String>,
     duplicates: usize,
     faults: VecDeque<Fault>,
+    mix: Option<(FaultMix, fastrand::Rng)>,
+    poison_rule: bool,
+    max_body_bytes: Option<usize>,
+    rate_limit: Option<FakeRateLimit>,
 }
+
+/// Closes one connection without an answer (see [`Fault::DropAfterApply`]).
+#[derive(Clone)]
+struct ConnectionKill(Arc<Notify>);
 
 /// State shared between the test and the server task.
 struct Shared {
@@ -271,6 +326,8 @@ pub struct FakeMparticle {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Tells open connections to close when the fake is dropped.
+    closing: watch::Sender<bool>,
 }
 
 impl FakeMparticle {
@@ -290,18 +347,40 @@ impl FakeMparticle {
             .await
             .expect("bind the fake mParticle listener");
         let addr = listener.local_addr().expect("fake listener address");
-        let (tx, rx) = oneshot::channel::<()>();
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let (closing, closed) = watch::channel(false);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut rx => break,
+                };
+                let kill = ConnectionKill(Arc::new(Notify::new()));
+                let service = hyper_util::service::TowerToHyperService::new(
+                    app.clone().layer(Extension(kill.clone())),
+                );
+                let mut closed = closed.clone();
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    // Dropping the connection future closes the socket, answered or not.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = kill.0.notified() => {}
+                        _ = closed.wait_for(|c| *c) => {}
+                    }
+                });
+            }
         });
         FakeMparticle {
             addr,
             shared,
             shutdown: Some(tx),
+            closing,
         }
     }
 
@@ -331,6 +410,7 @@ impl FakeMparticle {
     /// Panics (in the test, not in the server task) on an invalid status or header.
     pub fn push_fault(&self, fault: Fault) {
         match &fault {
+            Fault::DropAfterApply | Fault::Slow { .. } => {}
             Fault::Status { status, headers } => {
                 StatusCode::from_u16(*status).expect("forced status is a valid HTTP status");
                 for (name, value) in headers {
@@ -354,6 +434,53 @@ impl FakeMparticle {
     pub fn pending_faults(&self) -> usize {
         self.shared.lock().faults.len()
     }
+
+    /// How many distinct `source_request_id`s were applied: what mParticle,
+    /// which applies each id once (§3.4), would have stored.
+    pub fn distinct_applied(&self) -> usize {
+        self.shared.lock().seen_source_request_ids.len()
+    }
+
+    /// The distinct `source_request_id`s applied.
+    pub fn applied_ids(&self) -> HashSet<String> {
+        self.shared.lock().seen_source_request_ids.clone()
+    }
+
+    /// Rolls a random fault for every request with no queued fault (`None` stops it).
+    ///
+    /// Panics (in the test) when the shares are not probabilities summing to at most 1.
+    pub fn set_fault_mix(&self, mix: Option<FaultMix>) {
+        if let Some(m) = &mix {
+            let shares = [m.rate_limited, m.unavailable, m.dropped_after_apply];
+            assert!(
+                shares.iter().all(|p| (0.0..=1.0).contains(p)) && shares.iter().sum::<f64>() <= 1.0,
+                "fault mix shares must be probabilities summing to at most 1"
+            );
+        }
+        self.shared.lock().mix = mix.map(|m| (m, fastrand::Rng::with_seed(m.seed)));
+    }
+
+    /// With the rule on, a request holding any batch whose
+    /// `user_attributes.poison` is `true` is answered 400, naming the batch.
+    pub fn set_poison_rule(&self, on: bool) {
+        self.shared.lock().poison_rule = on;
+    }
+
+    /// Bodies longer than this (on the wire) are answered 413, like a front
+    /// proxy with a smaller limit; `None` keeps only mParticle's 256 KiB rule.
+    pub fn set_max_body_bytes(&self, max: Option<usize>) {
+        self.shared.lock().max_body_bytes = max;
+    }
+
+    /// Limits accepted batches to `batches_per_sec` (a full one-second bucket at
+    /// the start); `None` removes the limit.
+    pub fn set_rate_limit(&self, batches_per_sec: Option<f64>) {
+        self.shared.lock().rate_limit = batches_per_sec.map(|rate| FakeRateLimit {
+            rate,
+            tokens: rate,
+            updated: Instant::now(),
+        });
+    }
 }
 
 impl Drop for FakeMparticle {
@@ -362,23 +489,26 @@ impl Drop for FakeMparticle {
             // The server may already be gone with its runtime; nothing to do then.
             let _ = tx.send(());
         }
+        self.closing.send_replace(true);
     }
 }
 
 async fn bulk_events(
     State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(&shared, Endpoint::Bulk, &headers, body).await
+    handle(&shared, Endpoint::Bulk, &headers, body, &kill).await
 }
 
 async fn single_event(
     State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(&shared, Endpoint::Single, &headers, body).await
+    handle(&shared, Endpoint::Single, &headers, body, &kill).await
 }
 
 /// A rejection: status, mParticle error code and message.
@@ -386,6 +516,8 @@ struct Rejection {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Extra response headers (a 429's `Retry-After`).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
@@ -394,6 +526,7 @@ impl Rejection {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
     }
 
@@ -408,26 +541,38 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
+async fn handle(
+    shared: &Shared,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+    kill: &ConnectionKill,
+) -> Response {
+    // Read the body before anything else so every record knows its size.
+    let raw = axum::body::to_bytes(body, READ_CAP_BYTES).await.ok();
     let mut record = RequestRecord {
         endpoint,
         status: 0,
         batch_count: 0,
-        body_bytes: 0,
+        body_bytes: raw.as_ref().map_or(READ_CAP_BYTES, |b| b.len()),
         gzip: content_encoding(headers).as_deref() == Some("gzip"),
         error: None,
+        dropped: false,
+        received_at: Instant::now(),
     };
 
-    // Read the body before anything else so every record knows its size.
-    let raw = axum::body::to_bytes(body, READ_CAP_BYTES).await.ok();
-    record.body_bytes = raw.as_ref().map_or(READ_CAP_BYTES, |b| b.len());
-
     // Fault plan first: a real outage or throttle answers before auth or validation.
-    let fault = shared.lock().faults.pop_front();
-    if let Some(fault) = fault {
-        let response = apply_fault(&fault, &mut record);
-        shared.lock().requests.push(record);
-        return response;
+    let fault = next_fault(shared);
+    let mut drop_after_apply = false;
+    match fault {
+        Some(Fault::DropAfterApply) => drop_after_apply = true,
+        Some(Fault::Slow { delay }) => tokio::time::sleep(delay).await,
+        Some(Fault::Status { status, headers }) => {
+            let response = apply_status(status, &headers, &mut record);
+            shared.lock().requests.push(record);
+            return response;
+        }
+        None => {}
     }
 
     let outcome = match raw {
@@ -435,9 +580,32 @@ async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: 
         None => Err(too_large(READ_CAP_BYTES)),
     };
 
+    match settle(shared, record, outcome, drop_after_apply) {
+        Some(response) => response,
+        None => {
+            // Applied, and now the connection dies before any answer.
+            kill.0.notify_one();
+            std::future::pending().await
+        }
+    }
+}
+
+/// Records the request (and its batches when accepted) and builds the answer;
+/// `None` when the connection must be dropped instead. Synchronous so the lock
+/// is never held across an await.
+fn settle(
+    shared: &Shared,
+    mut record: RequestRecord,
+    outcome: Result<Vec<Value>, Rejection>,
+    drop_after_apply: bool,
+) -> Option<Response> {
     let mut recorded = shared.lock();
+    let outcome = outcome.and_then(|batches| {
+        let used = take_rate_tokens(&mut recorded, batches.len())?;
+        Ok((batches, used))
+    });
     match outcome {
-        Ok(batches) => {
+        Ok((batches, percentage_used)) => {
             for batch in batches {
                 if let Some(Value::String(id)) = batch.get("source_request_id") {
                     if !recorded.seen_source_request_ids.insert(id.clone()) {
@@ -447,44 +615,116 @@ async fn handle(shared: &Shared, endpoint: Endpoint, headers: &HeaderMap, body: 
                 recorded.batches.push(batch);
             }
             record.status = StatusCode::ACCEPTED.as_u16();
+            record.dropped = drop_after_apply;
             recorded.requests.push(record);
+            if drop_after_apply {
+                return None;
+            }
             // §3.4: 202 Accepted; the fake sends an empty body.
-            StatusCode::ACCEPTED.into_response()
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Some(used) = percentage_used {
+                response.headers_mut().insert(
+                    "x-mp-rate-limit-percentage-used",
+                    HeaderValue::from(u16::from(used)),
+                );
+            }
+            Some(response)
         }
         Err(rejection) => {
             record.status = rejection.status.as_u16();
             record.error = Some(rejection.message.clone());
             recorded.requests.push(record);
-            error_response(rejection.status, rejection.code, &rejection.message)
+            let mut response = error_response(rejection.status, rejection.code, &rejection.message);
+            for (name, value) in rejection.headers {
+                response.headers_mut().insert(name, value);
+            }
+            Some(response)
         }
     }
 }
 
-/// Answers a queued fault. New fault kinds get their arm here.
-fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Response {
-    match fault {
-        Fault::Status { status, headers } => {
-            let status =
-                StatusCode::from_u16(*status).expect("forced status is a valid HTTP status");
-            record.status = status.as_u16();
-            let mut response = if status.is_success() {
-                status.into_response()
-            } else {
-                let message = format!("forced {} by the test's fault plan", status.as_u16());
-                record.error = Some(message.clone());
-                error_response(status, fault_code(status), &message)
-            };
-            for (name, value) in headers {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    response.headers_mut().append(name, value);
-                }
-            }
-            response
+/// The queued fault, else one rolled from the random mix, if any.
+fn next_fault(shared: &Shared) -> Option<Fault> {
+    let mut recorded = shared.lock();
+    if let Some(fault) = recorded.faults.pop_front() {
+        return Some(fault);
+    }
+    let (mix, rng) = recorded.mix.as_mut()?;
+    let roll = rng.f64();
+    if roll < mix.rate_limited {
+        let headers = mix
+            .retry_after_secs
+            .map(|s| vec![("Retry-After".to_owned(), s.to_string())])
+            .unwrap_or_default();
+        Some(Fault::Status {
+            status: 429,
+            headers,
+        })
+    } else if roll < mix.rate_limited + mix.unavailable {
+        Some(Fault::Status {
+            status: 503,
+            headers: Vec::new(),
+        })
+    } else if roll < mix.rate_limited + mix.unavailable + mix.dropped_after_apply {
+        Some(Fault::DropAfterApply)
+    } else {
+        None
+    }
+}
+
+/// Takes `batches` tokens from the rate limit, if one is set; returns the
+/// percentage of the bucket in use, or a 429 when too few tokens are left.
+fn take_rate_tokens(recorded: &mut Recorded, batches: usize) -> Result<Option<u8>, Rejection> {
+    let Some(limit) = recorded.rate_limit.as_mut() else {
+        return Ok(None);
+    };
+    let now = Instant::now();
+    let capacity = limit.rate;
+    limit.tokens =
+        (limit.tokens + limit.rate * now.duration_since(limit.updated).as_secs_f64()).min(capacity);
+    limit.updated = now;
+    let wanted = batches as f64;
+    if limit.tokens < wanted {
+        let wait = ((wanted - limit.tokens) / limit.rate).ceil().max(1.0);
+        let mut rejection = Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_REQUESTS",
+            format!("rate limit of {capacity} batches per second exceeded"),
+        );
+        rejection.headers = vec![
+            (header::RETRY_AFTER, HeaderValue::from(wait as u64)),
+            (
+                HeaderName::from_static("x-mp-rate-limit-exceeded"),
+                HeaderValue::from_static("account"),
+            ),
+        ];
+        return Err(rejection);
+    }
+    limit.tokens -= wanted;
+    let used = ((capacity - limit.tokens) / capacity * 100.0).round();
+    Ok(Some(used.clamp(0.0, 100.0) as u8))
+}
+
+/// Answers a forced status with its extra headers.
+fn apply_status(status: u16, headers: &[(String, String)], record: &mut RequestRecord) -> Response {
+    let status = StatusCode::from_u16(status).expect("forced status is a valid HTTP status");
+    record.status = status.as_u16();
+    let mut response = if status.is_success() {
+        status.into_response()
+    } else {
+        let message = format!("forced {} by the test's fault plan", status.as_u16());
+        record.error = Some(message.clone());
+        error_response(status, fault_code(status), &message)
+    };
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            response.headers_mut().append(name, value);
         }
     }
+    response
 }
 
 /// Error codes for forced statuses (mParticle publishes only BAD_REQUEST; the rest are ours).
@@ -527,6 +767,24 @@ fn check_request(
     batch_count: &mut usize,
 ) -> Result<Vec<Value>, Rejection> {
     check_auth(shared, headers)?;
+
+    // A front proxy with a smaller limit, when the test sets one.
+    let (proxy_limit, poison_rule) = {
+        let recorded = shared.lock();
+        (recorded.max_body_bytes, recorded.poison_rule)
+    };
+    if let Some(max) = proxy_limit {
+        if raw.len() > max {
+            return Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "request body is {} bytes; the proxy takes at most {max}",
+                    raw.len()
+                ),
+            ));
+        }
+    }
 
     // §3.3: the total request body must be < 256 KiB, on the wire...
     if raw.len() >= MAX_REQUEST_BYTES {
@@ -590,6 +848,12 @@ fn check_request(
     for (index, batch) in batches.iter().enumerate() {
         validate_batch(batch)
             .map_err(|rule| Rejection::bad_request(format!("batch[{index}]: {rule}")))?;
+        if poison_rule && batch["user_attributes"]["poison"] == Value::Bool(true) {
+            let id = batch["source_request_id"].as_str().unwrap_or("(none)");
+            return Err(Rejection::bad_request(format!(
+                "batch[{index}] (source_request_id {id}): user attribute \"poison\" is not allowed"
+            )));
+        }
     }
     Ok(batches)
 }
