@@ -24,6 +24,10 @@ url = "{url}"
 base_url = "{feed_url}"
 api_key = "{KEY}"
 api_secret = "{secret}"
+# Fast failures for the tests: two attempts, a millisecond of backoff, no pacing.
+retry_max_attempts = 2
+retry_initial_backoff_ms = 1
+rate_limit_per_sec = 0
 "#,
         url = db::postgres_url(),
     ));
@@ -213,7 +217,8 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     assert_eq!(fake.batches().len(), 2);
     assert_eq!(second.record.data_interval_start, watermark);
 
-    // A new row, and a server error: the run fails and the watermark stays.
+    // A new row, and a server that keeps failing: once retries are exhausted the
+    // run fails and the watermark stays.
     sqlx::query(&format!(
         "INSERT INTO {table} (customer_id, name, updated_at) VALUES ('c9', 'new', now())"
     ))
@@ -222,8 +227,11 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     .unwrap();
     let before = ctx.state.watermark("people").await.unwrap();
     fake.respond_with_status_once(503);
+    fake.respond_with_status_once(503);
     let failed = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
     assert_eq!(failed.record.state, RunState::Failed);
+    assert_eq!(failed.record.counts.responses_5xx, 2);
+    assert_eq!(failed.record.counts.retries, 1);
     let error = failed.record.error.clone().unwrap();
     assert!(
         error.contains("HTTP 503") && error.contains("feed `fake`"),
@@ -367,4 +375,56 @@ iterator_data_type = "timestamp_tz"
     assert_eq!(name["longest_chars"], 5000);
     assert_eq!(name["truncated"], 1);
     assert_eq!(name["destination"], "user_attributes.name");
+}
+
+#[tokio::test]
+async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
+    let Some(pool) = db::postgres().await else { return };
+    let table = db::unique_table("sync_pg_poison");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (customer_id text, poison boolean, updated_at timestamptz NOT NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} SELECT 'p' || g, g = 150, now() - interval '1 hour' FROM generate_series(1, 250) g"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_poison_rule(true);
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.model("people", &format!("SELECT customer_id, poison, updated_at FROM {table}"));
+    let ctx = p.context().await;
+
+    // A transient 503 on the way is retried, not fatal.
+    fake.respond_with_status_once(503);
+    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(report.record.state, RunState::Success, "{:?}", report.record.error);
+    let c = &report.record.counts;
+    assert_eq!((c.records_extracted, c.event_batches_generated, c.batches_sent), (250, 250, 249));
+    assert_eq!((c.responses_5xx, c.retries, c.dead_letters), (1, 1, 1));
+    let ids: std::collections::HashSet<String> = fake
+        .batches()
+        .iter()
+        .map(|b| b["user_identities"]["customer_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 249);
+    assert!(!ids.contains("p150"));
+
+    let letters = ctx.state.dead_letters("people", None, 10, 0).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "http_400");
+    assert!(letters[0].payload.contains("\"p150\""), "{}", letters[0].payload);
+    assert!(letters[0].message.as_deref().unwrap_or("").contains("poison"), "{:?}", letters[0].message);
+
+    // The next run re-sends it first; once the server accepts it, it is gone.
+    fake.set_poison_rule(false);
+    let next = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(next.record.state, RunState::Success);
+    assert_eq!(next.record.counts.batches_sent, 1);
+    assert_eq!(ctx.state.count_dead_letters("people").await.unwrap(), (0, 0));
+    assert!(fake.batches().iter().any(|b| b["user_identities"]["customer_id"] == "p150"));
 }
