@@ -101,6 +101,27 @@ fn print_summary(report: &RunReport) {
         ("values_dropped".into(), c.values_dropped.to_string()),
         ("values_truncated".into(), c.values_truncated.to_string()),
     ];
+    let rows = if r.dry_run {
+        rows
+    } else {
+        let mut rows = rows;
+        rows.extend([
+            (
+                "http requests (all attempts)".to_owned(),
+                format!("{} ({} bytes)", c.requests_sent, c.bytes_sent),
+            ),
+            ("retries".to_owned(), c.retries.to_string()),
+            ("429 answers".to_owned(), c.responses_429.to_string()),
+            ("5xx answers".to_owned(), c.responses_5xx.to_string()),
+            ("timeouts".to_owned(), c.timeouts.to_string()),
+            (
+                "rate-limit wait".to_owned(),
+                format!("{:.1} s", c.rate_limit_wait_ms as f64 / 1000.0),
+            ),
+            ("dead letters stored".to_owned(), c.dead_letters.to_string()),
+        ]);
+        rows
+    };
     for (k, v) in rows {
         t.add_row(vec![k, v]);
     }

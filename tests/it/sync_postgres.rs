@@ -379,7 +379,9 @@ iterator_data_type = "timestamp_tz"
 
 #[tokio::test]
 async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
-    let Some(pool) = db::postgres().await else { return };
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
     let table = db::unique_table("sync_pg_poison");
     sqlx::query(&format!(
         "CREATE TABLE {table} (customer_id text, poison boolean, updated_at timestamptz NOT NULL)"
@@ -396,20 +398,40 @@ async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
     let fake = FakeMparticle::start(KEY, SECRET).await;
     fake.set_poison_rule(true);
     let p = project(&table, &fake.base_url(), SECRET);
-    p.model("people", &format!("SELECT customer_id, poison, updated_at FROM {table}"));
+    p.model(
+        "people",
+        &format!("SELECT customer_id, poison, updated_at FROM {table}"),
+    );
     let ctx = p.context().await;
 
     // A transient 503 on the way is retried, not fatal.
     fake.respond_with_status_once(503);
     let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
-    assert_eq!(report.record.state, RunState::Success, "{:?}", report.record.error);
+    assert_eq!(
+        report.record.state,
+        RunState::Success,
+        "{:?}",
+        report.record.error
+    );
     let c = &report.record.counts;
-    assert_eq!((c.records_extracted, c.event_batches_generated, c.batches_sent), (250, 250, 249));
+    assert_eq!(
+        (
+            c.records_extracted,
+            c.event_batches_generated,
+            c.batches_sent
+        ),
+        (250, 250, 249)
+    );
     assert_eq!((c.responses_5xx, c.retries, c.dead_letters), (1, 1, 1));
     let ids: std::collections::HashSet<String> = fake
         .batches()
         .iter()
-        .map(|b| b["user_identities"]["customer_id"].as_str().unwrap().to_owned())
+        .map(|b| {
+            b["user_identities"]["customer_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(ids.len(), 249);
     assert!(!ids.contains("p150"));
@@ -417,14 +439,32 @@ async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
     let letters = ctx.state.dead_letters("people", None, 10, 0).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "http_400");
-    assert!(letters[0].payload.contains("\"p150\""), "{}", letters[0].payload);
-    assert!(letters[0].message.as_deref().unwrap_or("").contains("poison"), "{:?}", letters[0].message);
+    assert!(
+        letters[0].payload.contains("\"p150\""),
+        "{}",
+        letters[0].payload
+    );
+    assert!(
+        letters[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("poison"),
+        "{:?}",
+        letters[0].message
+    );
 
     // The next run re-sends it first; once the server accepts it, it is gone.
     fake.set_poison_rule(false);
     let next = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
     assert_eq!(next.record.state, RunState::Success);
     assert_eq!(next.record.counts.batches_sent, 1);
-    assert_eq!(ctx.state.count_dead_letters("people").await.unwrap(), (0, 0));
-    assert!(fake.batches().iter().any(|b| b["user_identities"]["customer_id"] == "p150"));
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (0, 0)
+    );
+    assert!(fake
+        .batches()
+        .iter()
+        .any(|b| b["user_identities"]["customer_id"] == "p150"));
 }
