@@ -6,6 +6,7 @@
 
 mod cli;
 mod config_errors;
+mod export;
 mod fake_selftest;
 mod source_mysql;
 mod source_postgres;
