@@ -16,6 +16,8 @@
 //!   conversion, mParticle's limits, deterministic `source_request_id`.
 //! - [`sink`]: where batches go: request packing and the Events API client, and
 //!   the JSONL files for would-be batches and rejected rows.
+//! - [`export`]: Parquet exports of a run's rows, batches and rejected rows,
+//!   written under a temporary name and renamed when complete.
 //! - [`state`]: the state store (SQLite): run records and watermarks.
 //! - [`sync`]: one pipeline run, extract → map → deliver → commit.
 //! - [`cli`]: the `wsync` command line (the only place that uses `anyhow`).
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod env_vars;
+pub mod export;
 pub mod mapping;
 pub mod redact;
 pub mod sink;

@@ -267,6 +267,7 @@ mod tests {
             name: name.into(),
             sql_type: "T".into(),
             kind,
+            decimal: None,
         }
     }
 

@@ -119,6 +119,11 @@ pub struct ColumnInfo {
     pub sql_type: String,
     /// How it is decoded.
     pub kind: ColumnKind,
+    /// `(precision, scale)` of a [`ColumnKind::Decimal`] column whose type
+    /// declares them (`NUMERIC(30,9)`), when the driver lets us learn them; `None`
+    /// for an unconstrained decimal, an expression, or any other kind. Exports use
+    /// it to write `Decimal128(p, s)`; the decoded Arrow type stays `Utf8`.
+    pub decimal: Option<(u8, i8)>,
 }
 
 impl ColumnInfo {

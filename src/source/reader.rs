@@ -185,23 +185,12 @@ impl Warehouse {
             url: &self.url,
             statement_timeout: self.statement_timeout,
         };
-        let described: Vec<(String, String, Result<ColumnKind, Unsupported>)> = match &mut self.conn
-        {
+        let described: Vec<Described> = match &mut self.conn {
             Conn::Pg { conn, read_only } => {
                 let conn: &mut PgConnection = conn;
                 in_pg_tx!(errs, model, conn, read_only, {
-                    (&mut *conn)
-                        .describe(&sql)
+                    pg_describe(&mut *conn, &sql)
                         .await
-                        .map(|d| {
-                            d.columns()
-                                .iter()
-                                .map(|c| {
-                                    let ti = c.type_info();
-                                    (c.name().to_owned(), ti.name().to_owned(), pg_kind(ti))
-                                })
-                                .collect()
-                        })
                         .map_err(|e| errs.query(model, &e))
                 })
             }
@@ -214,7 +203,10 @@ impl Warehouse {
                 .map(|c| {
                     let name = c.type_info().name().to_owned();
                     let kind = types::mysql_kind(&name);
-                    (c.name().to_owned(), name, kind)
+                    // sqlx keeps MySQL's DECIMAL(p,s) to itself (`max_size` and the
+                    // column definition's `decimals` are crate-private), so MySQL
+                    // decimals export as their exact text.
+                    (c.name().to_owned(), name, kind, None)
                 })
                 .collect(),
             Conn::Sqlite(conn) => conn
@@ -226,17 +218,19 @@ impl Warehouse {
                 .map(|c| {
                     let name = c.type_info().name().to_owned();
                     let kind = types::sqlite_kind(&name);
-                    (c.name().to_owned(), name, kind)
+                    (c.name().to_owned(), name, kind, None)
                 })
                 .collect(),
         };
         let mut columns = Vec::with_capacity(described.len());
         let mut unsupported = Vec::new();
-        for (name, sql_type, kind) in described {
+        for (name, sql_type, kind, decimal) in described {
             match kind {
                 Ok(kind) => columns.push(ColumnInfo {
                     name,
                     sql_type,
+                    // Only a scalar decimal carries its precision on.
+                    decimal: decimal.filter(|_| kind == ColumnKind::Decimal),
                     kind,
                 }),
                 Err(u) => unsupported.push(UnsupportedColumn {
@@ -524,6 +518,85 @@ async fn seed_sqlite(
         return Err(seed_err(message.to_lowercase_first()));
     }
     Ok(())
+}
+
+/// One probed column: name, reported type, kind (or why not) and the declared
+/// decimal `(precision, scale)` when known.
+type Described = (
+    String,
+    String,
+    Result<ColumnKind, Unsupported>,
+    Option<(u8, i8)>,
+);
+
+/// Describe `sql` on PostgreSQL, then look up the declared precision and scale of
+/// every `NUMERIC(p,s)` column that comes straight from a table column. The row
+/// description does carry the type modifier, but sqlx does not expose it, so it is
+/// read from `pg_attribute` (one query for all such columns; a domain column's
+/// modifier lives on the domain's `pg_type` row).
+async fn pg_describe(conn: &mut PgConnection, sql: &str) -> Result<Vec<Described>, sqlx::Error> {
+    let description = (&mut *conn).describe(sql).await?;
+    let mut described: Vec<Described> = description
+        .columns()
+        .iter()
+        .map(|c| {
+            let ti = c.type_info();
+            (c.name().to_owned(), ti.name().to_owned(), pg_kind(ti), None)
+        })
+        .collect();
+    // (column index, table oid, attribute number) of decimals with a table origin.
+    let origins: Vec<(usize, i64, i16)> = description
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(described[*i].2, Ok(ColumnKind::Decimal)))
+        .filter_map(|(i, c)| Some((i, i64::from(c.relation_id()?.0), c.relation_attribute_no()?)))
+        .collect();
+    if origins.is_empty() {
+        return Ok(described);
+    }
+    let relations: Vec<i64> = origins.iter().map(|o| o.1).collect();
+    let attributes: Vec<i16> = origins.iter().map(|o| o.2).collect();
+    let lookup = sqlx::query_as::<_, (i64, i16, i32)>(
+        "SELECT r.rel, r.att, CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE t.typtypmod END \
+         FROM unnest($1::int8[], $2::int2[]) AS r(rel, att) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = r.rel::oid AND a.attnum = r.att \
+         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid",
+    )
+    .bind(relations)
+    .bind(attributes)
+    .fetch_all(&mut *conn)
+    .await;
+    let typmods = match lookup {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Precision only refines exports (a decimal without it is written as its
+            // exact text), so a catalog that refuses the lookup must not fail the
+            // read. It is the last statement of this read-only transaction.
+            tracing::warn!(error = %e, "cannot read NUMERIC precision from pg_attribute; decimals export as text");
+            return Ok(described);
+        }
+    };
+    for (index, rel, att) in origins {
+        if let Some((_, _, typmod)) = typmods.iter().find(|t| t.0 == rel && t.1 == att) {
+            described[index].3 = numeric_typmod(*typmod);
+        }
+    }
+    Ok(described)
+}
+
+/// `(precision, scale)` from a PostgreSQL `numeric` type modifier: `-1` (or any
+/// value below the 4-byte header) means unconstrained. The scale is an 11-bit
+/// signed field (PostgreSQL 15 allows negative scales). `None` when either does
+/// not fit `(u8, i8)`.
+pub(crate) fn numeric_typmod(typmod: i32) -> Option<(u8, i8)> {
+    if typmod < 4 {
+        return None;
+    }
+    let t = typmod - 4;
+    let precision = (t >> 16) & 0xffff;
+    let scale = ((t & 0x7ff) ^ 1024) - 1024;
+    Some((u8::try_from(precision).ok()?, i8::try_from(scale).ok()?))
 }
 
 /// The table lookup for a PostgreSQL type, resolving what only the catalog knows:

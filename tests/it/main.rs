@@ -7,6 +7,7 @@
 mod cli;
 mod config_errors;
 mod delivery;
+mod export;
 mod fake_selftest;
 mod source_mysql;
 mod source_postgres;

@@ -1,0 +1,579 @@
+//! The three export datasets and their Arrow schemas.
+//!
+//! **`rows`**: the extracted rows with their SQL types kept. It is the source's
+//! record batch, column for column, except where Parquet can hold a truer type
+//! than the decode step's:
+//!
+//! | column kind                                  | source Arrow type      | export Arrow type                  |
+//! |----------------------------------------------|------------------------|------------------------------------|
+//! | decimal with declared `(p, s)`, `p ≤ 38`      | `Utf8` (exact text)    | `Decimal128(p, s)`                  |
+//! | decimal without (unconstrained, expression, MySQL, `p > 38`) | `Utf8` | `Utf8` (exact text)           |
+//! | timestamp with time zone                     | `Timestamp(µs, "UTC")` | `Timestamp(µs, "UTC")`             |
+//! | timestamp without                            | `Timestamp(µs)`        | `Timestamp(µs)`                    |
+//! | date                                         | `Date32`               | `Date32`                           |
+//! | time                                         | `Time64(µs)`           | `Time64(µs)`                       |
+//! | integers (`int2`/`int4`/`int8`, …)            | `Int64`                | `Int64`                            |
+//! | `BIGINT UNSIGNED`                            | `UInt64`               | `UInt64`                           |
+//! | `float4` / `float8`                          | `Float32` / `Float64`  | same (NaN and ±Infinity kept)      |
+//! | boolean                                      | `Boolean`              | `Boolean`                          |
+//! | text, uuid                                   | `Utf8`                 | `Utf8`                             |
+//! | json / jsonb                                 | `Utf8` (compact JSON)  | `Utf8` JSON text                   |
+//! | bytes                                        | `Binary`               | `Binary`                           |
+//! | arrays                                       | `List<element>`        | `List<element>` (decimal elements stay `Utf8`) |
+//!
+//! An unconstrained decimal stays text because no single `Decimal128(p, s)` holds
+//! every value such a column may hold (PostgreSQL allows 131072 digits before the
+//! point and 16383 after); picking one would round or drop values silently, while
+//! the text is exact and every reader can cast it. A `NaN`/`±Infinity` (which
+//! `Decimal128` cannot hold) or an out-of-range value in a constrained column
+//! becomes null and is counted ([`RowsDataset::decimals_nulled`]). Every field
+//! keeps the source's `wsync.sql_type` and `wsync.kind` metadata.
+//!
+//! **`batches`**: one row per mapped batch: `source_request_id`, `row`, `part`,
+//! `environment`, `mpid`, then one `Utf8` column per destination of the mapping
+//! plan (`user_identities.<type>`, `device_info.<type>`, `mp_deviceid`,
+//! `user_attributes.<name>`; static mappings included), and
+//! `deleted_user_attributes` (`List<Utf8>`). Attribute values are the JSON sent,
+//! as text: strings as they are, numbers and booleans as their JSON text, lists as
+//! JSON array text. A destination a batch does not carry is null.
+//!
+//! **`rejected`**: `row`, `reason`, `detail` and `values` (the row as a JSON
+//! object text).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Decimal128Builder, Int64Builder, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::ExportError;
+use crate::config::model::Destination;
+use crate::mapping::batch::{EncodedBatch, RejectedRow};
+use crate::mapping::identity::DeviceIdType;
+use crate::mapping::limits;
+use crate::mapping::plan::{destination_path, MappingPlan, Route};
+use crate::source::{ColumnInfo, ColumnKind};
+
+/// The largest precision `Decimal128` holds.
+const MAX_DECIMAL128_PRECISION: u8 = 38;
+
+/// The `Decimal128(p, s)` a column is exported as, if any (see the module doc).
+fn export_decimal(column: &ColumnInfo) -> Option<(u8, i8)> {
+    match (&column.kind, column.decimal) {
+        (ColumnKind::Decimal, Some((p, s)))
+            if (1..=MAX_DECIMAL128_PRECISION).contains(&p) && i16::from(s) <= i16::from(p) =>
+        {
+            Some((p, s))
+        }
+        _ => None,
+    }
+}
+
+/// The `rows` dataset's schema for probed `columns`.
+pub fn rows_schema(columns: &[ColumnInfo]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| {
+                let field = c.arrow_field();
+                match export_decimal(c) {
+                    Some((p, s)) => field.with_data_type(DataType::Decimal128(p, s)),
+                    None => field,
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Convert one extracted chunk to the `rows` schema (see [`RowsDataset`] to also
+/// count the decimals that could not be represented).
+pub fn rows_batch(chunk: &RecordBatch, columns: &[ColumnInfo]) -> Result<RecordBatch, ExportError> {
+    RowsDataset::new(columns).convert(chunk)
+}
+
+/// Converts extracted chunks to the `rows` dataset.
+#[derive(Debug, Clone)]
+pub struct RowsDataset {
+    /// The export schema.
+    schema: SchemaRef,
+    /// Per column, the decimal type it is parsed into, if any.
+    decimals: Vec<Option<(u8, i8)>>,
+    /// Constrained-decimal values written as null (NaN, ±Infinity, out of range).
+    nulled: u64,
+}
+
+impl RowsDataset {
+    /// The dataset for probed `columns` (the extracted chunks' columns, in order).
+    pub fn new(columns: &[ColumnInfo]) -> Self {
+        Self {
+            schema: rows_schema(columns),
+            decimals: columns.iter().map(export_decimal).collect(),
+            nulled: 0,
+        }
+    }
+
+    /// The export schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Decimal values written as null so far because `Decimal128` cannot hold
+    /// them (`NaN`, `±Infinity`, or out of the declared range).
+    pub fn decimals_nulled(&self) -> u64 {
+        self.nulled
+    }
+
+    /// Convert one chunk. Columns without a truer export type are shared, not
+    /// copied.
+    pub fn convert(&mut self, chunk: &RecordBatch) -> Result<RecordBatch, ExportError> {
+        let data_err = |message: String| ExportError::Data {
+            dataset: "rows",
+            message,
+        };
+        if chunk.num_columns() != self.decimals.len() {
+            return Err(data_err(format!(
+                "a chunk has {} columns, the probed model {}",
+                chunk.num_columns(),
+                self.decimals.len()
+            )));
+        }
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(chunk.num_columns());
+        for (i, decimal) in self.decimals.iter().enumerate() {
+            let column = chunk.column(i);
+            let Some((precision, scale)) = *decimal else {
+                arrays.push(column.clone());
+                continue;
+            };
+            let text = column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| {
+                    data_err(format!(
+                        "column `{}` is a decimal but arrived as {}",
+                        self.schema.field(i).name(),
+                        column.data_type()
+                    ))
+                })?;
+            let mut builder = Decimal128Builder::with_capacity(text.len());
+            for value in text {
+                match value {
+                    None => builder.append_null(),
+                    Some(v) => match parse_decimal(v, precision, scale) {
+                        Some(unscaled) => builder.append_value(unscaled),
+                        None => {
+                            self.nulled += 1;
+                            builder.append_null();
+                        }
+                    },
+                }
+            }
+            let array = builder
+                .finish()
+                .with_precision_and_scale(precision, scale)
+                .map_err(|e| data_err(e.to_string()))?;
+            arrays.push(Arc::new(array));
+        }
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| data_err(e.to_string()))
+    }
+}
+
+/// The unscaled `i128` of decimal text (`-12.50`, `123`, `.5`) at `scale`, if it
+/// fits `precision` digits exactly: `None` for `NaN`/`Infinity`, malformed text,
+/// more digits than the precision, or non-zero digits beyond the scale (a value is
+/// never rounded).
+pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    let text = text.trim();
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if !int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    // value = D × 10^-frac_len, so the unscaled value is D × 10^(scale - frac_len).
+    let frac_len = i64::try_from(frac_part.len()).ok()?;
+    let shift = i64::from(scale) - frac_len;
+    let total = int_part.len() + frac_part.len();
+    // Digits beyond the scale must all be zero: they are dropped, not rounded.
+    let drop = usize::try_from(-shift.min(0)).ok()?;
+    let keep = total.saturating_sub(drop);
+    let mut unscaled: i128 = 0;
+    for (i, b) in int_part.bytes().chain(frac_part.bytes()).enumerate() {
+        let d = i128::from(b - b'0');
+        if i < keep {
+            unscaled = unscaled.checked_mul(10)?.checked_add(d)?;
+        } else if d != 0 {
+            return None;
+        }
+    }
+    if shift > 0 {
+        let factor = 10i128.checked_pow(u32::try_from(shift).ok()?)?;
+        unscaled = unscaled.checked_mul(factor)?;
+    }
+    if unscaled >= 10i128.checked_pow(u32::from(precision))? {
+        return None;
+    }
+    Some(if negative { -unscaled } else { unscaled })
+}
+
+/// The parts of a batch JSON the `batches` dataset reads.
+#[derive(Deserialize)]
+struct BatchJson<'a> {
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    mpid: Option<i64>,
+    #[serde(default)]
+    user_identities: HashMap<String, String>,
+    #[serde(default)]
+    device_info: HashMap<String, String>,
+    #[serde(default)]
+    mp_deviceid: Option<String>,
+    #[serde(default, borrow)]
+    user_attributes: HashMap<String, &'a RawValue>,
+    #[serde(default)]
+    deleted_user_attributes: Vec<String>,
+}
+
+/// Builds the `batches` dataset from encoded batches.
+#[derive(Debug)]
+pub struct BatchesDataset {
+    schema: SchemaRef,
+    /// Rows per record batch yielded.
+    batch_rows: usize,
+    /// Identity type name → index into `values`.
+    identities: HashMap<String, usize>,
+    /// Device id type name (inside `device_info`) → index into `values`.
+    devices: HashMap<String, usize>,
+    /// Index of `mp_deviceid` in `values`, if the plan sends it.
+    mp_deviceid: Option<usize>,
+    /// Attribute name as sent (full and, if different, limit-truncated) → index.
+    attributes: HashMap<String, usize>,
+    source_request_id: StringBuilder,
+    row: UInt64Builder,
+    part: UInt32Builder,
+    environment: StringBuilder,
+    mpid: Int64Builder,
+    /// One builder per destination column, in schema order.
+    values: Vec<StringBuilder>,
+    deleted: ListBuilder<StringBuilder>,
+    /// Rows buffered in the builders.
+    pending: usize,
+    /// Scratch: this batch's value per destination column.
+    scratch: Vec<Option<String>>,
+}
+
+impl BatchesDataset {
+    /// The dataset for `plan` (every destination of its columns and statics
+    /// becomes a column), yielding record batches of `batch_rows` rows (0 is
+    /// taken as 1).
+    pub fn new(plan: &MappingPlan, batch_rows: usize) -> Self {
+        let destinations = plan
+            .columns
+            .iter()
+            .filter_map(|c| match &c.route {
+                Route::Send(d) => Some(d),
+                Route::Iterator | Route::Ignored => None,
+            })
+            .chain(plan.statics.iter().map(|(d, _)| d))
+            .filter(|d| !matches!(d, Destination::Mpid));
+        let mut fields = vec![
+            Field::new("source_request_id", DataType::Utf8, false),
+            Field::new("row", DataType::UInt64, false),
+            Field::new("part", DataType::UInt32, false),
+            Field::new("environment", DataType::Utf8, true),
+            Field::new("mpid", DataType::Int64, true),
+        ];
+        let (mut identities, mut devices, mut attributes) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
+        let mut mp_deviceid = None;
+        let mut count = 0;
+        for destination in destinations {
+            let index = count;
+            match destination {
+                Destination::Identity(t) => {
+                    identities.insert(t.as_str().to_owned(), index);
+                }
+                Destination::Device(DeviceIdType::MpDeviceId) => mp_deviceid = Some(index),
+                Destination::Device(t) => {
+                    devices.insert(t.as_str().to_owned(), index);
+                }
+                Destination::Attribute(name) => {
+                    // The mapper cuts over-long names (limit policy `truncate`);
+                    // the batch then carries the cut name.
+                    let cut = limits::truncate_chars(name, limits::MAX_ATTRIBUTE_NAME_CHARS);
+                    attributes.insert(cut.to_owned(), index);
+                    attributes.insert(name.clone(), index);
+                }
+                Destination::Mpid => continue,
+            }
+            fields.push(Field::new(
+                destination_path(destination),
+                DataType::Utf8,
+                true,
+            ));
+            count += 1;
+        }
+        fields.push(Field::new(
+            "deleted_user_attributes",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ));
+        Self {
+            schema: Arc::new(Schema::new(fields)),
+            batch_rows: batch_rows.max(1),
+            identities,
+            devices,
+            mp_deviceid,
+            attributes,
+            source_request_id: StringBuilder::new(),
+            row: UInt64Builder::new(),
+            part: UInt32Builder::new(),
+            environment: StringBuilder::new(),
+            mpid: Int64Builder::new(),
+            values: (0..count).map(|_| StringBuilder::new()).collect(),
+            deleted: ListBuilder::new(StringBuilder::new()),
+            pending: 0,
+            scratch: vec![None; count],
+        }
+    }
+
+    /// The dataset's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Add one batch; returns a record batch when `batch_rows` rows are buffered.
+    /// A batch naming a destination the plan does not have is an error (the plan
+    /// and the mapper disagree).
+    pub fn push(&mut self, batch: &EncodedBatch) -> Result<Option<RecordBatch>, ExportError> {
+        let data_err = |message: String| ExportError::Data {
+            dataset: "batches",
+            message,
+        };
+        let parsed: BatchJson<'_> = serde_json::from_slice(&batch.json).map_err(|e| {
+            data_err(format!(
+                "batch of row {} part {} is not valid batch JSON: {e}",
+                batch.row, batch.part
+            ))
+        })?;
+        let unknown = |what: &str, name: &str| {
+            data_err(format!(
+                "batch of row {} carries {what} `{name}`, which the mapping plan does not send",
+                batch.row
+            ))
+        };
+        for (name, value) in parsed.user_identities {
+            let i = *self
+                .identities
+                .get(&name)
+                .ok_or_else(|| unknown("user identity", &name))?;
+            self.scratch[i] = Some(value);
+        }
+        for (name, value) in parsed.device_info {
+            let i = *self
+                .devices
+                .get(&name)
+                .ok_or_else(|| unknown("device id", &name))?;
+            self.scratch[i] = Some(value);
+        }
+        if let Some(value) = parsed.mp_deviceid {
+            let i = self
+                .mp_deviceid
+                .ok_or_else(|| unknown("device id", "mp_deviceid"))?;
+            self.scratch[i] = Some(value);
+        }
+        for (name, raw) in parsed.user_attributes {
+            let i = *self
+                .attributes
+                .get(&name)
+                .ok_or_else(|| unknown("user attribute", &name))?;
+            let json = raw.get();
+            // A string is stored unquoted; anything else as the exact JSON sent.
+            let text = if json.starts_with('"') {
+                serde_json::from_str::<String>(json).map_err(|e| data_err(e.to_string()))?
+            } else {
+                json.to_owned()
+            };
+            self.scratch[i] = Some(text);
+        }
+        self.source_request_id
+            .append_value(&batch.source_request_id);
+        self.row.append_value(batch.row);
+        self.part.append_value(batch.part);
+        self.environment.append_option(parsed.environment);
+        self.mpid.append_option(parsed.mpid);
+        for (builder, value) in self.values.iter_mut().zip(self.scratch.iter_mut()) {
+            builder.append_option(value.take());
+        }
+        for name in &parsed.deleted_user_attributes {
+            self.deleted.values().append_value(name);
+        }
+        self.deleted.append(true);
+        self.pending += 1;
+        if self.pending >= self.batch_rows {
+            self.flush()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The buffered rows as a record batch, or `None` when there are none. Call
+    /// once more after the last [`BatchesDataset::push`].
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>, ExportError> {
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        self.pending = 0;
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.source_request_id.finish()),
+            Arc::new(self.row.finish()),
+            Arc::new(self.part.finish()),
+            Arc::new(self.environment.finish()),
+            Arc::new(self.mpid.finish()),
+        ];
+        arrays.extend(
+            self.values
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        arrays.push(Arc::new(self.deleted.finish()));
+        RecordBatch::try_new(self.schema.clone(), arrays)
+            .map(Some)
+            .map_err(|e| ExportError::Data {
+                dataset: "batches",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Builds the `rejected` dataset from rejected rows.
+#[derive(Debug)]
+pub struct RejectedDataset {
+    schema: SchemaRef,
+    batch_rows: usize,
+    row: UInt64Builder,
+    reason: StringBuilder,
+    detail: StringBuilder,
+    values: StringBuilder,
+    pending: usize,
+}
+
+impl RejectedDataset {
+    /// The dataset, yielding record batches of `batch_rows` rows (0 is taken as 1).
+    pub fn new(batch_rows: usize) -> Self {
+        Self {
+            schema: Arc::new(Schema::new(vec![
+                Field::new("row", DataType::UInt64, false),
+                Field::new("reason", DataType::Utf8, false),
+                Field::new("detail", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, false),
+            ])),
+            batch_rows: batch_rows.max(1),
+            row: UInt64Builder::new(),
+            reason: StringBuilder::new(),
+            detail: StringBuilder::new(),
+            values: StringBuilder::new(),
+            pending: 0,
+        }
+    }
+
+    /// The dataset's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Add one rejected row; returns a record batch when `batch_rows` rows are
+    /// buffered.
+    pub fn push(&mut self, rejected: &RejectedRow) -> Result<Option<RecordBatch>, ExportError> {
+        let values = serde_json::to_string(&rejected.values).map_err(|e| ExportError::Data {
+            dataset: "rejected",
+            message: format!("row {}: {e}", rejected.row),
+        })?;
+        self.row.append_value(rejected.row);
+        self.reason.append_value(rejected.reason.as_str());
+        self.detail.append_value(&rejected.detail);
+        self.values.append_value(values);
+        self.pending += 1;
+        if self.pending >= self.batch_rows {
+            self.flush()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The buffered rows as a record batch, or `None` when there are none. Call
+    /// once more after the last [`RejectedDataset::push`].
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>, ExportError> {
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        self.pending = 0;
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.row.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.detail.finish()),
+            Arc::new(self.values.finish()),
+        ];
+        RecordBatch::try_new(self.schema.clone(), arrays)
+            .map(Some)
+            .map_err(|e| ExportError::Data {
+                dataset: "rejected",
+                message: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_parse_exactly_or_not_at_all() {
+        assert_eq!(parse_decimal("12.50", 12, 2), Some(1250));
+        assert_eq!(parse_decimal("-0.01", 10, 2), Some(-1));
+        assert_eq!(parse_decimal("12.5", 12, 2), Some(1250));
+        assert_eq!(parse_decimal("7", 5, 2), Some(700));
+        assert_eq!(parse_decimal(".5", 5, 2), Some(50));
+        assert_eq!(parse_decimal("12.500", 12, 2), Some(1250));
+        assert_eq!(parse_decimal("12.501", 12, 2), None, "never rounded");
+        assert_eq!(
+            parse_decimal("123456789012345678901.123456789", 30, 9),
+            Some(123_456_789_012_345_678_901_123_456_789)
+        );
+        assert_eq!(parse_decimal("1000.00", 5, 2), None, "out of precision");
+        assert_eq!(parse_decimal("999.99", 5, 2), Some(99_999));
+        assert_eq!(parse_decimal("12300", 5, -2), Some(123));
+        assert_eq!(parse_decimal("12345", 5, -2), None);
+        for bad in [
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "",
+            "-",
+            ".",
+            "1e5",
+            "1.2.3",
+            "--1",
+        ] {
+            assert_eq!(parse_decimal(bad, 30, 9), None, "{bad}");
+        }
+        let max = "9".repeat(38);
+        assert_eq!(parse_decimal(&max, 38, 0), Some(10i128.pow(38) - 1));
+        assert_eq!(parse_decimal(&format!("{max}9"), 38, 0), None);
+    }
+}
