@@ -57,6 +57,7 @@ async fn scenario(name: &str, client_rate: f64) -> Result<(), Box<dyn Error>> {
         api_secret: Secret::new(SECRET),
         environment: Environment::Production,
         request_timeout: Duration::from_secs(10),
+        delivery: wsync::config::model::DeliverySettings::default(),
     };
     let deliverer = Deliverer::new(
         EventsApiClient::new(&feed)?,

@@ -13,6 +13,7 @@ use crate::env_vars::EnvVars;
 use crate::sync::SyncError;
 use crate::telemetry::{self, LogFormat};
 
+mod dead_letters;
 mod output;
 mod preview;
 mod run;
@@ -50,6 +51,9 @@ pub enum Command {
     Run(run::Args),
     /// Show run history, newest first.
     Runs(runs::Args),
+    /// Inspect or purge a pipeline's dead letters.
+    #[command(name = "dead-letters")]
+    DeadLetters(dead_letters::Args),
 }
 
 /// An error whose exit code is 2: the user must fix the config or the command line.
@@ -86,6 +90,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preview(args) => preview::execute(&cli.config, args).await,
         Command::Run(args) => run::execute(&cli.config, args).await,
         Command::Runs(args) => runs::execute(&cli.config, args).await,
+        Command::DeadLetters(args) => dead_letters::execute(&cli.config, args).await,
     }
 }
 

@@ -15,6 +15,10 @@ use super::output::table;
 pub struct Args {
     /// Pipeline id (file stem under schedules/).
     pub pipeline: String,
+    /// Exit 1 when more than this percentage of the rows read is rejected (a CI
+    /// gate for `only_read` runs); overrides the pipeline's `max_rejected_pct`.
+    #[arg(long, value_name = "P")]
+    pub max_rejected_pct: Option<f64>,
 }
 
 /// Run and print the summary; exit 1 when the run failed.
@@ -26,13 +30,32 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         state,
         clock: Arc::new(SystemClock),
     };
+    let gate = match args.max_rejected_pct {
+        Some(p) if !(0.0..=100.0).contains(&p) => {
+            return Err(super::UsageError(format!(
+                "--max-rejected-pct must be between 0 and 100, not {p}"
+            ))
+            .into())
+        }
+        Some(p) => Some(p),
+        None => ctx.pipeline(&args.pipeline)?.max_rejected_pct,
+    };
     let report = crate::sync::run(&ctx, &args.pipeline, "manual").await?;
     print_summary(&report);
-    if report.record.state == RunState::Success {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::from(1))
+    if report.record.state != RunState::Success {
+        return Ok(ExitCode::from(1));
     }
+    if let Some(limit) = gate {
+        let pct = crate::sync::report::rejected_pct(&report);
+        if pct > limit {
+            println!(
+                "gate: {pct:.2}% of the rows read were rejected, above the limit of {limit}%; exit 1"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        println!("gate: {pct:.2}% of the rows read were rejected, within the limit of {limit}%");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(report: &RunReport) {
@@ -78,6 +101,27 @@ fn print_summary(report: &RunReport) {
         ("values_dropped".into(), c.values_dropped.to_string()),
         ("values_truncated".into(), c.values_truncated.to_string()),
     ];
+    let rows = if r.dry_run {
+        rows
+    } else {
+        let mut rows = rows;
+        rows.extend([
+            (
+                "http requests (all attempts)".to_owned(),
+                format!("{} ({} bytes)", c.requests_sent, c.bytes_sent),
+            ),
+            ("retries".to_owned(), c.retries.to_string()),
+            ("429 answers".to_owned(), c.responses_429.to_string()),
+            ("5xx answers".to_owned(), c.responses_5xx.to_string()),
+            ("timeouts".to_owned(), c.timeouts.to_string()),
+            (
+                "rate-limit wait".to_owned(),
+                format!("{:.1} s", c.rate_limit_wait_ms as f64 / 1000.0),
+            ),
+            ("dead letters stored".to_owned(), c.dead_letters.to_string()),
+        ]);
+        rows
+    };
     for (k, v) in rows {
         t.add_row(vec![k, v]);
     }
@@ -91,10 +135,19 @@ fn print_summary(report: &RunReport) {
         t.add_row(vec![format!("  truncated: {reason}"), n.to_string()]);
     }
     println!("{t}");
+    if r.dry_run {
+        print_columns(report);
+    }
+    for (reason, rows) in &report.samples {
+        for row in rows {
+            println!("  sample {reason}: row {}: {}", row.row, row.detail);
+        }
+    }
     for (name, path) in &report.files {
         let what = match *name {
             "batches" => "Would-be batches",
             "rejected" => "Rejected rows",
+            "report" => "Report",
             other => other,
         };
         println!("{what}: {}", path.display());
@@ -102,4 +155,46 @@ fn print_summary(report: &RunReport) {
     if let Some(error) = &r.error {
         println!("error: {error}");
     }
+}
+
+/// Per column: where it goes, what it held, what limits did to it.
+fn print_columns(report: &RunReport) {
+    let Some(plan) = &report.plan else { return };
+    let mut t = table(&[
+        "column",
+        "SQL type",
+        "goes to",
+        "nulls",
+        "longest",
+        "truncated",
+        "dropped",
+    ]);
+    for (i, column) in plan.columns.iter().enumerate() {
+        let stats = report.stats.columns.get(i).cloned().unwrap_or_default();
+        let read = stats.values + stats.nulls;
+        let null_share = if read == 0 {
+            0.0
+        } else {
+            stats.nulls as f64 * 100.0 / read as f64
+        };
+        let destination = match &column.route {
+            crate::mapping::plan::Route::Send(d) => crate::mapping::plan::destination_path(d),
+            crate::mapping::plan::Route::Iterator => "not sent (iterator)".to_owned(),
+            crate::mapping::plan::Route::Ignored => "not sent (ignored)".to_owned(),
+        };
+        t.add_row(vec![
+            column.name.clone(),
+            column.sql_type.clone(),
+            destination,
+            format!("{null_share:.1}%"),
+            if stats.longest_chars > 0 {
+                stats.longest_chars.to_string()
+            } else {
+                String::new()
+            },
+            stats.truncated.to_string(),
+            stats.dropped.to_string(),
+        ]);
+    }
+    println!("{t}");
 }

@@ -143,6 +143,87 @@ pub struct Feed {
     pub environment: Environment,
     /// Timeout for one HTTP request.
     pub request_timeout: Duration,
+    /// Pacing, concurrency and retries.
+    pub delivery: DeliverySettings,
+}
+
+/// How requests to a feed are paced and retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverySettings {
+    /// Batches per second; 0 = no pacing.
+    pub rate_limit_per_sec: u32,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Gzip request bodies.
+    pub gzip: bool,
+    /// Attempts per request for retryable failures.
+    pub retry_max_attempts: u32,
+    /// First backoff.
+    pub retry_initial_backoff: Duration,
+    /// Longest backoff.
+    pub retry_max_backoff: Duration,
+    /// Total time a request may spend retrying.
+    pub retry_deadline: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: 270,
+            max_in_flight: 4,
+            gzip: false,
+            retry_max_attempts: 8,
+            retry_initial_backoff: Duration::from_millis(250),
+            retry_max_backoff: Duration::from_secs(30),
+            retry_deadline: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A Parquet dataset a run can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExportDataset {
+    /// The extracted rows, SQL types kept.
+    Rows,
+    /// The mapped batches, identities and attributes as columns.
+    Batches,
+    /// The rejected rows with their reason.
+    Rejected,
+}
+
+impl ExportDataset {
+    /// The config spelling (also `{dataset}` in path templates).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rows => "rows",
+            Self::Batches => "batches",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportCompression {
+    /// zstd (default).
+    Zstd,
+    /// Snappy.
+    Snappy,
+    /// None.
+    None,
+}
+
+/// A pipeline's `[export]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    /// Path template, relative to the project root unless absolute.
+    pub path: String,
+    /// Datasets to write, without duplicates.
+    pub datasets: Vec<ExportDataset>,
+    /// Codec.
+    pub compression: ExportCompression,
+    /// Rows per row group.
+    pub row_group_rows: usize,
 }
 
 /// A data model: one SELECT statement.
@@ -373,4 +454,19 @@ pub struct Pipeline {
     pub limit_policy: LimitPolicy,
     /// Explicit field transformations, in file order.
     pub mappings: Vec<Mapping>,
+    /// Re-send dead-lettered batches of earlier runs at the start of a run.
+    pub retry_dead_letters: bool,
+    /// Fail the run when more than this percentage of rows is rejected.
+    pub max_rejected_pct: Option<f64>,
+    /// Parquet exports, if configured.
+    pub export: Option<ExportSettings>,
+}
+
+impl Pipeline {
+    /// A pipeline with no feed that writes exports: it reads and exports, sends nothing.
+    pub fn export_only(&self) -> bool {
+        self.feed.is_none()
+            && self.export.is_some()
+            && self.input_protection != InputProtection::OnlyRead
+    }
 }

@@ -103,6 +103,21 @@ pub(crate) struct RawFeed {
     pub environment: Option<String>,
     /// Timeout for one Events API request, in seconds.
     pub request_timeout_secs: Option<i64>,
+    /// Pace: batches per second sent to this feed (mParticle's default account
+    /// limit is 270); 0 turns pacing off.
+    pub rate_limit_per_sec: Option<i64>,
+    /// Requests in flight at once.
+    pub max_in_flight: Option<i64>,
+    /// Compress request bodies with gzip.
+    pub gzip: Option<bool>,
+    /// Attempts per request for retryable failures (429 waits do not count).
+    pub retry_max_attempts: Option<i64>,
+    /// First backoff, in milliseconds (exponential, full jitter).
+    pub retry_initial_backoff_ms: Option<i64>,
+    /// Longest backoff, in seconds.
+    pub retry_max_backoff_secs: Option<i64>,
+    /// Give up on a request after this many seconds of retrying.
+    pub retry_deadline_secs: Option<i64>,
 }
 
 /// `schedules/ID.toml`: one pipeline.
@@ -133,6 +148,27 @@ pub(crate) struct RawPipeline {
     pub schedule: Option<RawSchedule>,
     /// `[[mappings]]`, in file order.
     pub mappings: Vec<RawMapping>,
+    /// Re-send the dead-lettered batches of earlier runs first.
+    pub retry_dead_letters: Option<bool>,
+    /// Fail the run (exit 1) when more than this percentage of rows is rejected.
+    pub max_rejected_pct: Option<f64>,
+    /// `[export]`: Parquet files written by each run.
+    pub export: Option<RawExport>,
+}
+
+/// `[export]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table")]
+pub(crate) struct RawExport {
+    /// Path template, relative to the project; `{pipeline}`, `{run_id}`, `{date}`,
+    /// `{window_start}`, `{window_end}`, `{dataset}`.
+    pub path: Option<String>,
+    /// Which of `rows`, `batches`, `rejected` to write.
+    pub datasets: Option<Vec<String>>,
+    /// `zstd`, `snappy` or `none`.
+    pub compression: Option<String>,
+    /// Rows per Parquet row group.
+    pub row_group_rows: Option<i64>,
 }
 
 /// `[sync_mode]`.
@@ -507,7 +543,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings",
+                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export",
                 "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]

@@ -192,6 +192,7 @@ impl Resolver<'_> {
             api_secret: Secret::new(api_secret?),
             environment: f.environment,
             request_timeout: f.request_timeout,
+            delivery: f.delivery,
         })
     }
 

@@ -15,13 +15,13 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use super::error::ConfigError;
 use super::locate::SourceFile;
 use super::model::{
-    ConnectionKind, DataModel, Destination, Environment, Frequency, InputProtection,
-    IteratorDataType, LimitPolicy, Mapping, NullPolicy, Pipeline, Pod, Schedule, StateConfig,
-    StaticValue, SyncMode,
+    ConnectionKind, DataModel, DeliverySettings, Destination, Environment, ExportCompression,
+    ExportDataset, ExportSettings, Frequency, InputProtection, IteratorDataType, LimitPolicy,
+    Mapping, NullPolicy, Pipeline, Pod, Schedule, StateConfig, StaticValue, SyncMode,
 };
 use super::raw::{
-    RawConnection, RawDefaults, RawFeed, RawMapping, RawPipeline, RawProject, RawSchedule,
-    RawState, RawSyncMode,
+    RawConnection, RawDefaults, RawExport, RawFeed, RawMapping, RawPipeline, RawProject,
+    RawSchedule, RawState, RawSyncMode,
 };
 use super::suggest;
 use crate::mapping::identity::{DeviceIdType, IdentityType};
@@ -210,6 +210,8 @@ pub(crate) struct PendingFeed {
     pub environment: Environment,
     /// HTTP timeout.
     pub request_timeout: Duration,
+    /// Pacing and retries.
+    pub delivery: DeliverySettings,
     /// Whether every check on this feed passed.
     pub valid: bool,
 }
@@ -307,6 +309,33 @@ impl Ctx<'_> {
                     key_path,
                     format!("must be more than 0 seconds, not {n}"),
                     "use e.g. 30",
+                );
+                fallback
+            }
+        }
+    }
+
+    /// An integer in `range` (inclusive), or `fallback` when absent.
+    fn int_in<T: TryFrom<i64> + Copy>(
+        &mut self,
+        key_path: &str,
+        value: Option<i64>,
+        fallback: T,
+        range: std::ops::RangeInclusive<i64>,
+        hint: &str,
+    ) -> T {
+        match value {
+            None => fallback,
+            Some(n) if range.contains(&n) => T::try_from(n).unwrap_or(fallback),
+            Some(n) => {
+                self.push(
+                    key_path,
+                    format!(
+                        "must be between {} and {}, not {n}",
+                        range.start(),
+                        range.end()
+                    ),
+                    hint,
                 );
                 fallback
             }
@@ -714,6 +743,48 @@ fn validate_feed(
         raw.request_timeout_secs,
         defaults.request_timeout,
     );
+    let d = DeliverySettings::default();
+    let delivery = DeliverySettings {
+        rate_limit_per_sec: ctx.int_in(
+            &format!("{base}.rate_limit_per_sec"),
+            raw.rate_limit_per_sec,
+            d.rate_limit_per_sec,
+            0..=100_000,
+            "mParticle's default account limit is 270 batches per second; 0 turns pacing off",
+        ),
+        max_in_flight: ctx.int_in(
+            &format!("{base}.max_in_flight"),
+            raw.max_in_flight,
+            d.max_in_flight,
+            1..=64,
+            "the default is 4",
+        ),
+        gzip: raw.gzip.unwrap_or(d.gzip),
+        retry_max_attempts: ctx.int_in(
+            &format!("{base}.retry_max_attempts"),
+            raw.retry_max_attempts,
+            d.retry_max_attempts,
+            1..=100,
+            "the default is 8",
+        ),
+        retry_initial_backoff: Duration::from_millis(ctx.int_in(
+            &format!("{base}.retry_initial_backoff_ms"),
+            raw.retry_initial_backoff_ms,
+            250,
+            1..=60_000,
+            "the default is 250 ms",
+        )),
+        retry_max_backoff: ctx.seconds(
+            &format!("{base}.retry_max_backoff_secs"),
+            raw.retry_max_backoff_secs,
+            d.retry_max_backoff,
+        ),
+        retry_deadline: ctx.seconds(
+            &format!("{base}.retry_deadline_secs"),
+            raw.retry_deadline_secs,
+            d.retry_deadline,
+        ),
+    };
     PendingFeed {
         name: name.to_owned(),
         base_url,
@@ -721,6 +792,7 @@ fn validate_feed(
         api_secret,
         environment,
         request_timeout,
+        delivery,
         valid: ctx.errors.len() == before,
     }
 }
@@ -919,13 +991,16 @@ fn validate_pipeline(
         None => Some(InputProtection::CreateAndUpdate),
     };
     let feed_names: Option<Vec<String>> = names.feeds.as_ref().map(|f| f.keys().cloned().collect());
+    let export = raw.export.as_ref().map(|e| validate_export(ctx, e));
     let feed = match (&raw.feed, input_protection) {
         (None, Some(InputProtection::OnlyRead)) | (None, None) => None,
+        // An export-only pipeline: reads and writes Parquet, sends nothing.
+        (None, Some(_)) if export.is_some() => None,
         (None, Some(_)) => {
             ctx.missing(
                 "feed",
                 format!(
-                    "add feed = \"NAME\" (available: {}), or set input_protection = \"only_read\" for a dry run",
+                    "add feed = \"NAME\" (available: {}), set input_protection = \"only_read\" for a dry run, or add an [export] section for an export-only pipeline",
                     feed_names.as_deref().map(suggest::list).unwrap_or_default()
                 ),
             );
@@ -982,6 +1057,98 @@ fn validate_pipeline(
         null_policy,
         limit_policy,
         mappings,
+        retry_dead_letters: raw.retry_dead_letters.unwrap_or(true),
+        max_rejected_pct: match raw.max_rejected_pct {
+            Some(p) if !(0.0..=100.0).contains(&p) => {
+                ctx.push(
+                    "max_rejected_pct",
+                    format!("must be a percentage between 0 and 100, not {p}"),
+                    "e.g. max_rejected_pct = 1.5",
+                );
+                None
+            }
+            other => other,
+        },
+        export,
+    }
+}
+
+/// `[export]`: path template, datasets, compression, row group size.
+fn validate_export(ctx: &mut Ctx<'_>, raw: &RawExport) -> ExportSettings {
+    const DATASETS: &[(&str, ExportDataset)] = &[
+        ("rows", ExportDataset::Rows),
+        ("batches", ExportDataset::Batches),
+        ("rejected", ExportDataset::Rejected),
+    ];
+    const COMPRESSIONS: &[(&str, ExportCompression)] = &[
+        ("zstd", ExportCompression::Zstd),
+        ("snappy", ExportCompression::Snappy),
+        ("none", ExportCompression::None),
+    ];
+    let path = raw
+        .path
+        .clone()
+        .unwrap_or_else(|| "exports/{pipeline}/{run_id}/{dataset}.parquet".to_owned());
+    if !path.contains("{dataset}") {
+        ctx.push(
+            "export.path",
+            format!("`{path}` has no `{{dataset}}`, so the datasets would overwrite each other"),
+            "put {dataset} in the file name, e.g. \"exports/{pipeline}/{run_id}/{dataset}.parquet\"",
+        );
+    }
+    if !path.contains("{run_id}") {
+        ctx.push(
+            "export.path",
+            format!("`{path}` has no `{{run_id}}`, so every run would overwrite the last one"),
+            "put {run_id} in the path, e.g. \"exports/{pipeline}/{run_id}/{dataset}.parquet\"",
+        );
+    }
+    let mut datasets = Vec::new();
+    match &raw.datasets {
+        None => {
+            datasets = vec![
+                ExportDataset::Rows,
+                ExportDataset::Batches,
+                ExportDataset::Rejected,
+            ]
+        }
+        Some(list) => {
+            for (i, name) in list.iter().enumerate() {
+                if let Some(d) =
+                    ctx.choice(&format!("export.datasets[{i}]"), name, "dataset", DATASETS)
+                {
+                    if !datasets.contains(&d) {
+                        datasets.push(d);
+                    }
+                }
+            }
+            if list.is_empty() {
+                ctx.push(
+                    "export.datasets",
+                    "is empty",
+                    "list at least one of \"rows\", \"batches\", \"rejected\"",
+                );
+            }
+        }
+    }
+    let compression = match &raw.compression {
+        Some(c) => ctx
+            .choice("export.compression", c, "compression", COMPRESSIONS)
+            .unwrap_or(ExportCompression::Zstd),
+        None => ExportCompression::Zstd,
+    };
+    let row_group_rows = ctx.int_in(
+        "export.row_group_rows",
+        raw.row_group_rows,
+        100_000usize,
+        1..=10_000_000,
+        "the default is 100000 rows; smaller groups use less memory",
+    );
+    ExportSettings {
+        path,
+        datasets,
+        compression,
+        row_group_rows,
     }
 }
 
@@ -1613,6 +1780,58 @@ environment = "development"
     const HEAD: &str = "connection = \"pg\"\ndata_model = \"users\"\nfeed = \"main\"\ninput_protection = \"create_and_update\"\n";
 
     #[test]
+    fn export_section_and_export_only_pipelines() {
+        let body = "connection = \"pg\"\ndata_model = \"users\"\n[export]\ndatasets = [\"rows\", \"rejected\", \"rows\"]\ncompression = \"snappy\"\nrow_group_rows = 5000\n";
+        let (v, errors) = check(WSYNC, &[("p", body)], false);
+        assert_eq!(errors, Vec::<String>::new());
+        let p = &v.pipelines["p"];
+        assert!(p.export_only());
+        let export = p.export.as_ref().unwrap();
+        assert_eq!(
+            export.datasets,
+            vec![ExportDataset::Rows, ExportDataset::Rejected]
+        );
+        assert_eq!(export.compression, ExportCompression::Snappy);
+        assert_eq!(export.row_group_rows, 5000);
+        assert_eq!(export.path, "exports/{pipeline}/{run_id}/{dataset}.parquet");
+
+        let errors = pipeline_errors(&format!("{HEAD}[export]\npath = \"out/{{pipeline}}.parquet\"\ndatasets = [\"everything\"]\ncompression = \"lz4\"\nrow_group_rows = 0\n"));
+        assert_eq!(
+            errors,
+            vec![
+                "schedules/p.toml:6: export.path: `out/{pipeline}.parquet` has no `{dataset}`, so the datasets would overwrite each other",
+                "schedules/p.toml:6: export.path: `out/{pipeline}.parquet` has no `{run_id}`, so every run would overwrite the last one",
+                "schedules/p.toml:7: export.datasets[0]: `everything` is not a valid dataset",
+                "schedules/p.toml:8: export.compression: `lz4` is not a valid compression",
+                "schedules/p.toml:9: export.row_group_rows: must be between 1 and 10000000, not 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn delivery_knobs_are_range_checked() {
+        let wsync = WSYNC.replace(
+            "[feeds.main]",
+            "[feeds.main]\nrate_limit_per_sec = -1\nmax_in_flight = 100\ngzip = true\nretry_max_attempts = 0\n",
+        );
+        let (_, errors) = check(&wsync, &[("p", HEAD)], false);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0]
+                .contains("feeds.main.rate_limit_per_sec: must be between 0 and 100000, not -1"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("feeds.main.max_in_flight: must be between 1 and 64, not 100"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].contains("feeds.main.retry_max_attempts: must be between 1 and 100, not 0"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn valid_wsync_and_inheritance() {
         let (v, errors) = check(WSYNC, &[("p", HEAD), ("q", "connection = \"pg\"\ndata_model = \"users\"\nfeed = \"dev\"\ninput_protection = \"only_update\"\n"), ("r", "connection = \"pg\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\n")], false);
         assert_eq!(errors, Vec::<String>::new());
@@ -1826,7 +2045,7 @@ api_secret = "x"
         assert_eq!(
             with_hints,
             vec![
-                "schedules/p.toml: feed: missing required key\n  hint: add feed = \"NAME\" (available: dev, main), or set input_protection = \"only_read\" for a dry run",
+                "schedules/p.toml: feed: missing required key\n  hint: add feed = \"NAME\" (available: dev, main), set input_protection = \"only_read\" for a dry run, or add an [export] section for an export-only pipeline",
                 "schedules/p.toml:1: connection: connection `pgg` is not defined in wsync.toml\n  hint: did you mean `pg`? available: pg",
                 "schedules/p.toml:2: data_model: data model `orders` not found\n  hint: create sql/orders.sql (available: users)",
             ]

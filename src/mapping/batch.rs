@@ -92,6 +92,23 @@ pub struct MapStats {
     pub values_dropped: BTreeMap<&'static str, u64>,
     /// Values cut to a limit, by reason.
     pub values_truncated: BTreeMap<&'static str, u64>,
+    /// Per column of the plan, in plan order.
+    pub columns: Vec<ColumnStats>,
+}
+
+/// What one column held over a run, for reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnStats {
+    /// Non-NULL values read.
+    pub values: u64,
+    /// NULLs read.
+    pub nulls: u64,
+    /// Longest text value, in characters (text-like columns only).
+    pub longest_chars: usize,
+    /// Values of this column truncated in sent rows.
+    pub truncated: u64,
+    /// Values of this column dropped in sent rows.
+    pub dropped: u64,
 }
 
 impl MapStats {
@@ -149,6 +166,8 @@ struct RowParts<'a> {
     /// Values dropped or truncated in this row; counted only if the row is sent,
     /// so a rejected row's values do not inflate the counters.
     adjustments: Vec<Adjustment>,
+    /// The plan column of each adjustment (`None` for static mappings).
+    adjustment_columns: Vec<Option<usize>>,
 }
 
 /// One value dropped or truncated, by reason.
@@ -189,6 +208,7 @@ impl Mapper {
             .iter()
             .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
             .collect::<Result<Vec<_>, _>>()?;
+        column_stats(&self.plan, chunk, stats);
         let mut out = MappedChunk::default();
         for row in 0..chunk.num_rows() {
             let row_number = first_row + row as u64;
@@ -196,10 +216,23 @@ impl Mapper {
             match self.map_row(&readers, row) {
                 Ok(parts) => match self.encode(&parts, row_number, stats) {
                     Ok(batches) => {
-                        for adjustment in &parts.adjustments {
+                        for (adjustment, column) in
+                            parts.adjustments.iter().zip(&parts.adjustment_columns)
+                        {
+                            let column = column.and_then(|c| stats.columns.get_mut(c));
                             match *adjustment {
-                                Adjustment::Dropped(why) => stats.drop_value(why),
-                                Adjustment::Truncated(why) => stats.truncate_value(why),
+                                Adjustment::Dropped(why) => {
+                                    if let Some(c) = column {
+                                        c.dropped += 1;
+                                    }
+                                    stats.drop_value(why);
+                                }
+                                Adjustment::Truncated(why) => {
+                                    if let Some(c) = column {
+                                        c.truncated += 1;
+                                    }
+                                    stats.truncate_value(why);
+                                }
                             }
                         }
                         stats.rows_mapped += 1;
@@ -244,9 +277,16 @@ impl Mapper {
         row: usize,
     ) -> Result<RowParts<'a>, (RejectReason, String)> {
         let mut parts = RowParts::default();
-        for (column, reader) in self.plan.columns.iter().zip(readers) {
+        for (index, (column, reader)) in self.plan.columns.iter().zip(readers).enumerate() {
             let Route::Send(destination) = &column.route else {
                 continue;
+            };
+            // Tag this column's adjustments, whichever way the match below exits.
+            let tag = |parts: &mut RowParts<'_>| {
+                let missing = parts.adjustments.len() - parts.adjustment_columns.len();
+                parts
+                    .adjustment_columns
+                    .extend(std::iter::repeat_n(Some(index), missing));
             };
             match reader.cell(row) {
                 Cell::Null => {
@@ -268,9 +308,12 @@ impl Mapper {
                             .adjustments
                             .push(Adjustment::Dropped(reason::LIST_NULL_ENTRY));
                     }
-                    self.place(destination, value, &column.name, &mut parts)?;
+                    let placed = self.place(destination, value, &column.name, &mut parts);
+                    tag(&mut parts);
+                    placed?;
                 }
             }
+            tag(&mut parts);
         }
         for (destination, value) in &self.plan.statics {
             let value = match value {
@@ -280,6 +323,10 @@ impl Mapper {
                 StaticValue::Bool(b) => Value::Bool(*b),
             };
             self.place(destination, value, "static mapping", &mut parts)?;
+            let missing = parts.adjustments.len() - parts.adjustment_columns.len();
+            parts
+                .adjustment_columns
+                .extend(std::iter::repeat_n(None, missing));
         }
         if parts.identities.is_empty() && parts.mpid.is_none() && parts.devices.is_empty() {
             return Err((
@@ -568,6 +615,30 @@ pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
     hex::encode(&digest[..ID_HEX_LEN / 2])
 }
 
+/// Column-wise counts for a chunk: NULLs from the Arrow null bitmaps and the
+/// longest text value from the offsets, so no per-row work is added.
+fn column_stats(plan: &MappingPlan, chunk: &RecordBatch, stats: &mut MapStats) {
+    use arrow::array::{Array, AsArray};
+    if stats.columns.len() != plan.columns.len() {
+        stats.columns = vec![ColumnStats::default(); plan.columns.len()];
+    }
+    for (column, out) in plan.columns.iter().zip(stats.columns.iter_mut()) {
+        let array = chunk.column(column.index);
+        let nulls = array.null_count() as u64;
+        out.nulls += nulls;
+        out.values += array.len() as u64 - nulls;
+        if let Some(text) = array.as_string_opt::<i32>() {
+            let offsets = text.value_offsets();
+            let longest = (0..text.len())
+                .max_by_key(|&i| offsets[i + 1] - offsets[i])
+                .filter(|&i| !text.is_null(i));
+            if let Some(i) = longest {
+                out.longest_chars = out.longest_chars.max(text.value(i).chars().count());
+            }
+        }
+    }
+}
+
 /// A row's values by column name as JSON, for the rejected-rows file.
 fn row_values(
     plan: &MappingPlan,
@@ -627,6 +698,9 @@ mod tests {
             null_policy: NullPolicy::Skip,
             limit_policy: LimitPolicy::Truncate,
             mappings: vec![],
+            retry_dead_letters: true,
+            max_rejected_pct: None,
+            export: None,
         }
     }
 
@@ -847,6 +921,21 @@ mod tests {
         assert_eq!(tags.len(), 1000);
         assert_eq!(tags[0].as_str().unwrap().len(), 512);
         assert_eq!(stats.truncated_total(), 4);
+        // Per column: `bio` (plan column 1) read once, 5000 characters, truncated once.
+        assert_eq!(
+            stats.columns[1],
+            ColumnStats {
+                values: 1,
+                nulls: 0,
+                longest_chars: 5000,
+                truncated: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            stats.columns[3].truncated, 2,
+            "tags: list and entry truncated"
+        );
 
         let mut p = pipeline();
         p.limit_policy = LimitPolicy::Reject;

@@ -256,6 +256,9 @@ mod tests {
             null_policy: NullPolicy::Skip,
             limit_policy: LimitPolicy::Truncate,
             mappings,
+            retry_dead_letters: true,
+            max_rejected_pct: None,
+            export: None,
         }
     }
 

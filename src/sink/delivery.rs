@@ -567,6 +567,7 @@ mod tests {
             api_secret: Secret::new("s"),
             environment: Environment::Development,
             request_timeout: Duration::from_secs(5),
+            delivery: crate::config::model::DeliverySettings::default(),
         };
         let config = DeliveryConfig {
             rate_per_sec: None,

@@ -14,6 +14,10 @@ use sqlx::{Row, SqlitePool};
 
 use crate::redact::redact_url;
 
+pub mod dead_letters;
+
+pub use dead_letters::{DeadLetter, DeadLetterKind, NewDeadLetter};
+
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -89,6 +93,18 @@ pub struct RunCounts {
     pub values_dropped: u64,
     /// Values truncated.
     pub values_truncated: u64,
+    /// Requests re-sent after a retryable failure.
+    pub retries: u64,
+    /// 429 answers.
+    pub responses_429: u64,
+    /// 5xx answers.
+    pub responses_5xx: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Time spent waiting on rate limits, in milliseconds.
+    pub rate_limit_wait_ms: u64,
+    /// Dead letters stored by the run (refused batches and rejected rows).
+    pub dead_letters: u64,
 }
 
 /// A stored run.
@@ -138,7 +154,7 @@ pub struct RunOutcome {
 /// The SQLite state store.
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl StateStore {
@@ -220,7 +236,8 @@ impl StateStore {
             "UPDATE pipeline_runs SET state = ?, end_date = ?, records_extracted = ?, \
              records_mapped = ?, event_batches_generated = ?, batches_sent = ?, requests_sent = ?, \
              bytes_sent = ?, rows_rejected = ?, values_dropped = ?, values_truncated = ?, files = ?, \
-             error = ? WHERE id = ?",
+             error = ?, retries = ?, responses_429 = ?, responses_5xx = ?, timeouts = ?, \
+             rate_limit_wait_ms = ?, dead_letters = ? WHERE id = ?",
         )
         .bind(outcome.state.as_str())
         .bind(now.to_rfc3339())
@@ -235,6 +252,12 @@ impl StateStore {
         .bind(to_i64(c.values_truncated))
         .bind(outcome.files.to_string())
         .bind(&outcome.error)
+        .bind(to_i64(c.retries))
+        .bind(to_i64(c.responses_429))
+        .bind(to_i64(c.responses_5xx))
+        .bind(to_i64(c.timeouts))
+        .bind(to_i64(c.rate_limit_wait_ms))
+        .bind(to_i64(c.dead_letters))
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
@@ -302,7 +325,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn parse_time(s: &str) -> DateTime<Utc> {
+pub(crate) fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map_or(DateTime::UNIX_EPOCH, |t| t.with_timezone(&Utc))
 }
 
@@ -330,6 +353,12 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StateError> {
             rows_rejected: to_u64(row.try_get("rows_rejected")?),
             values_dropped: to_u64(row.try_get("values_dropped")?),
             values_truncated: to_u64(row.try_get("values_truncated")?),
+            retries: to_u64(row.try_get("retries")?),
+            responses_429: to_u64(row.try_get("responses_429")?),
+            responses_5xx: to_u64(row.try_get("responses_5xx")?),
+            timeouts: to_u64(row.try_get("timeouts")?),
+            rate_limit_wait_ms: to_u64(row.try_get("rate_limit_wait_ms")?),
+            dead_letters: to_u64(row.try_get("dead_letters")?),
         },
         files: serde_json::from_str(row.try_get::<&str, _>("files")?)
             .unwrap_or(serde_json::Value::Null),

@@ -17,14 +17,21 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::model::{InputProtection, Pipeline, Project, SyncMode};
-use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan};
+use crate::mapping::EncodedBatch;
+use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan, RejectedRow};
+use crate::sink::delivery::{Deliverer, DeliveryConfig, RequestOutcome};
 use crate::sink::files::JsonlFile;
+use crate::sink::retry::RetryPolicy;
 use crate::sink::{DeliveryError, EventsApiClient, PackedRequest, RequestPacker};
 use crate::source::guard::check_single_select;
 use crate::source::{ColumnInfo, IteratorFilter, SourceError, SourceQuery, Warehouse};
-use crate::state::{RunCounts, RunOutcome, RunRecord, RunState, StateError, StateStore};
+use crate::state::{
+    DeadLetterKind, NewDeadLetter, RunCounts, RunOutcome, RunRecord, RunState, StateError,
+    StateStore,
+};
 use crate::telemetry::events;
 
+pub mod report;
 pub mod window;
 
 /// Chunks buffered between the extractor and the mapper. Two keep the database
@@ -72,6 +79,9 @@ pub enum SyncError {
     /// State store failure.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A wsync bug surfaced at run time (a task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A run file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     File {
@@ -109,7 +119,14 @@ pub struct RunReport {
     pub request_bytes: u64,
     /// Files written.
     pub files: BTreeMap<&'static str, PathBuf>,
+    /// The mapping used, once the model was probed.
+    pub plan: Option<MappingPlan>,
+    /// The first few rejected rows of each reason.
+    pub samples: BTreeMap<&'static str, Vec<RejectedRow>>,
 }
+
+/// Rejected rows kept per reason for the run report.
+const SAMPLES_PER_REASON: usize = 3;
 
 /// Shared services a run needs.
 #[derive(Debug, Clone)]
@@ -306,6 +323,39 @@ struct Attempt<'a> {
     rejected: JsonlFile,
     would_be: Option<JsonlFile>,
     watermark: Option<String>,
+    plan: Option<MappingPlan>,
+    samples: BTreeMap<&'static str, Vec<RejectedRow>>,
+    deliverer: Option<Deliverer>,
+    /// `source_request_id`s acknowledged so far.
+    acknowledged_ids: Vec<String>,
+    /// Dead-lettered batches of earlier runs delivered by this one.
+    dead_letters_redelivered: u64,
+}
+
+/// A request being delivered: its body size and its task.
+type InFlight = (
+    usize,
+    tokio::task::JoinHandle<Result<RequestOutcome, DeliveryError>>,
+);
+
+/// Dead-lettered batches re-sent at the start of one run, at most.
+const MAX_DEAD_LETTER_RETRIES: u32 = 10_000;
+
+/// The deliverer for a feed's settings.
+pub fn deliverer_for(feed: &crate::config::model::Feed) -> Result<Deliverer, SyncError> {
+    let d = &feed.delivery;
+    let config = DeliveryConfig {
+        rate_per_sec: (d.rate_limit_per_sec > 0).then(|| f64::from(d.rate_limit_per_sec)),
+        max_in_flight: d.max_in_flight,
+        gzip: d.gzip,
+        retry: RetryPolicy {
+            max_attempts: d.retry_max_attempts,
+            initial_backoff: d.retry_initial_backoff,
+            max_backoff: d.retry_max_backoff,
+            deadline: d.retry_deadline,
+        },
+    };
+    Ok(Deliverer::new(EventsApiClient::new(feed)?, config))
 }
 
 impl<'a> Attempt<'a> {
@@ -328,6 +378,11 @@ impl<'a> Attempt<'a> {
             rejected: JsonlFile::new(dir.join("rejected.jsonl")),
             would_be: dry_run.then(|| JsonlFile::new(dir.join("batches.jsonl"))),
             watermark: None,
+            plan: None,
+            samples: BTreeMap::new(),
+            deliverer: None,
+            acknowledged_ids: Vec::new(),
+            dead_letters_redelivered: 0,
         }
     }
 
@@ -377,17 +432,23 @@ impl<'a> Attempt<'a> {
         .emit();
 
         let columns = warehouse.probe(&query).await?;
-        let mapper = Mapper::new(MappingPlan::new(&columns, self.pipeline)?, self.pipeline);
-        let client = match (&self.pipeline.feed, self.dry_run) {
-            (Some(feed), false) => Some(EventsApiClient::new(&project.feeds[feed])?),
+        let plan = MappingPlan::new(&columns, self.pipeline)?;
+        self.plan = Some(plan.clone());
+        let mapper = Mapper::new(plan, self.pipeline);
+        self.deliverer = match (&self.pipeline.feed, self.dry_run) {
+            (Some(feed), false) => Some(deliverer_for(&project.feeds[feed])?),
             _ => None,
         };
+        let deliverer = self.deliverer.clone();
+        if let (Some(d), true) = (&deliverer, self.pipeline.retry_dead_letters) {
+            self.retry_dead_letters(d).await?;
+        }
         let chunk_rows = project.connections[&self.pipeline.connection].chunk_rows;
 
         let (tx, rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
         let (extracted, consumed) = tokio::join!(
             warehouse.extract(&query, &columns, chunk_rows, tx),
-            self.consume(rx, &mapper, client.as_ref())
+            self.consume(rx, &mapper, deliverer.as_ref())
         );
         // A delivery failure drops the receiver, which ends extraction early; the
         // delivery error is the one worth reporting.
@@ -401,9 +462,26 @@ impl<'a> Attempt<'a> {
 
     async fn consume(
         &mut self,
+        rx: mpsc::Receiver<RecordBatch>,
+        mapper: &Mapper,
+        deliverer: Option<&Deliverer>,
+    ) -> Result<(), SyncError> {
+        let mut in_flight = Vec::new();
+        let result = self
+            .consume_chunks(rx, mapper, deliverer, &mut in_flight)
+            .await;
+        // Whatever happened, wait for the requests already on the wire so their
+        // outcome (acknowledged or dead letter) is recorded.
+        let drained = self.reap(&mut in_flight, true).await;
+        result.and(drained)
+    }
+
+    async fn consume_chunks(
+        &mut self,
         mut rx: mpsc::Receiver<RecordBatch>,
         mapper: &Mapper,
-        client: Option<&EventsApiClient>,
+        deliverer: Option<&Deliverer>,
+        in_flight: &mut Vec<InFlight>,
     ) -> Result<(), SyncError> {
         let mut packer = RequestPacker::default();
         let mut next_row = 1u64;
@@ -411,10 +489,29 @@ impl<'a> Attempt<'a> {
             let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
             for rejected in &mapped.rejected {
+                let samples = self.samples.entry(rejected.reason.as_str()).or_default();
+                if samples.len() < SAMPLES_PER_REASON {
+                    samples.push(rejected.clone());
+                }
                 let path = self.rejected.path().to_owned();
                 self.rejected
                     .write_rejected(rejected)
                     .map_err(|source| SyncError::File { path, source })?;
+            }
+            // A dry run moves nothing, dead letters included.
+            if !self.dry_run && !mapped.rejected.is_empty() {
+                let letters: Vec<NewDeadLetter> = mapped
+                    .rejected
+                    .iter()
+                    .map(|r| NewDeadLetter {
+                        kind: DeadLetterKind::Row,
+                        reason: r.reason.as_str().to_owned(),
+                        message: Some(format!("row {}: {}", r.row, r.detail)),
+                        source_request_id: None,
+                        payload: serde_json::Value::Object(r.values.clone()).to_string(),
+                    })
+                    .collect();
+                self.store_dead_letters(&letters).await?;
             }
             for batch in &mapped.batches {
                 if let Some(file) = self.would_be.as_mut() {
@@ -423,36 +520,173 @@ impl<'a> Attempt<'a> {
                         .map_err(|source| SyncError::File { path, source })?;
                 }
                 if let Some(request) = packer.push(batch) {
-                    self.deliver(request, client).await?;
+                    self.deliver(request, deliverer, in_flight).await?;
                 }
             }
         }
         if let Some(request) = packer.take() {
-            self.deliver(request, client).await?;
+            self.deliver(request, deliverer, in_flight).await?;
         }
         Ok(())
     }
 
+    /// Hand a request to the deliverer (waiting for an in-flight slot: the
+    /// backpressure that reaches the extractor), or only count it in a dry run.
     async fn deliver(
         &mut self,
         request: PackedRequest,
-        client: Option<&EventsApiClient>,
+        deliverer: Option<&Deliverer>,
+        in_flight: &mut Vec<InFlight>,
     ) -> Result<(), SyncError> {
-        if let Some(client) = client {
-            let accepted = client.send(&request).await?;
-            events::RequestAcknowledged {
-                batches: request.batch_count,
-                bytes: request.body.len(),
-                status: accepted.status,
-            }
-            .emit();
-            self.counts.batches_sent += request.batch_count as u64;
-            self.counts.requests_sent += 1;
-            self.counts.bytes_sent += request.body.len() as u64;
-        }
         self.requests += 1;
         self.request_bytes += request.body.len() as u64;
+        let Some(deliverer) = deliverer else {
+            return Ok(());
+        };
+        let bytes = request.body.len();
+        in_flight.push((bytes, deliverer.submit(request).await?));
+        self.reap(in_flight, false).await
+    }
+
+    /// Record the outcome of finished requests (all of them when `all`, waiting).
+    /// The first delivery error is returned after every outcome was recorded.
+    async fn reap(&mut self, in_flight: &mut Vec<InFlight>, all: bool) -> Result<(), SyncError> {
+        let mut first_error = None;
+        let mut i = 0;
+        while i < in_flight.len() {
+            if !all && !in_flight[i].1.is_finished() {
+                i += 1;
+                continue;
+            }
+            let (bytes, handle) = in_flight.swap_remove(i);
+            match handle.await {
+                Ok(Ok(outcome)) => {
+                    events::RequestAcknowledged {
+                        batches: outcome.acknowledged.len(),
+                        bytes,
+                        status: 202,
+                    }
+                    .emit();
+                    self.counts.batches_sent += outcome.acknowledged.len() as u64;
+                    self.acknowledged_ids.extend(outcome.acknowledged);
+                    let letters: Vec<NewDeadLetter> = outcome
+                        .dead_letters
+                        .iter()
+                        .map(|d| NewDeadLetter {
+                            kind: DeadLetterKind::Batch,
+                            reason: format!("http_{}", d.status),
+                            message: Some(format!("row {}: {}", d.row, d.message)),
+                            source_request_id: Some(d.source_request_id.clone()),
+                            payload: String::from_utf8_lossy(&d.batch).into_owned(),
+                        })
+                        .collect();
+                    if let Err(e) = self.store_dead_letters(&letters).await {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(SyncError::Delivery(e));
+                }
+                Err(join) => {
+                    first_error.get_or_insert(SyncError::Internal(format!(
+                        "a delivery task ended abnormally: {join}"
+                    )));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn store_dead_letters(&mut self, letters: &[NewDeadLetter]) -> Result<(), SyncError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .state
+            .add_dead_letters(
+                &self.pipeline.id,
+                self.run_id,
+                self.ctx.clock.now(),
+                letters,
+            )
+            .await?;
+        self.counts.dead_letters += letters.len() as u64;
         Ok(())
+    }
+
+    /// Re-send the batches earlier runs left as dead letters, before the new rows.
+    /// Those acknowledged now are removed; those refused again stay (their
+    /// attempt count goes up).
+    async fn retry_dead_letters(&mut self, deliverer: &Deliverer) -> Result<(), SyncError> {
+        let letters = self
+            .ctx
+            .state
+            .dead_letters(
+                &self.pipeline.id,
+                Some(DeadLetterKind::Batch),
+                MAX_DEAD_LETTER_RETRIES,
+                0,
+            )
+            .await?;
+        if letters.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            count = letters.len(),
+            "Re-sending dead-lettered batches first."
+        );
+        let batches: Vec<EncodedBatch> = letters
+            .iter()
+            .map(|l| EncodedBatch {
+                row: 0,
+                part: 0,
+                source_request_id: l.source_request_id.clone().unwrap_or_default(),
+                json: l.payload.clone().into_bytes(),
+            })
+            .collect();
+        let mut packer = RequestPacker::default();
+        let mut in_flight = Vec::new();
+        let before = self.acknowledged_ids.len();
+        let mut result = Ok(());
+        for batch in &batches {
+            if let Some(request) = packer.push(batch) {
+                result = self.deliver_retry(request, deliverer, &mut in_flight).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            if let Some(request) = packer.take() {
+                result = self.deliver_retry(request, deliverer, &mut in_flight).await;
+            }
+        }
+        let drained = self.reap(&mut in_flight, true).await;
+        let delivered: std::collections::HashSet<&String> =
+            self.acknowledged_ids[before..].iter().collect();
+        let ids: Vec<i64> = letters
+            .iter()
+            .filter(|l| {
+                l.source_request_id
+                    .as_ref()
+                    .is_some_and(|id| delivered.contains(id))
+            })
+            .map(|l| l.id)
+            .collect();
+        self.ctx.state.remove_dead_letters(&ids).await?;
+        self.dead_letters_redelivered += ids.len() as u64;
+        result.and(drained)
+    }
+
+    async fn deliver_retry(
+        &mut self,
+        request: PackedRequest,
+        deliverer: &Deliverer,
+        in_flight: &mut Vec<InFlight>,
+    ) -> Result<(), SyncError> {
+        let bytes = request.body.len();
+        in_flight.push((bytes, deliverer.submit(request).await?));
+        self.reap(in_flight, false).await
     }
 
     /// Close the files, record the outcome (and watermark), report.
@@ -468,8 +702,29 @@ impl<'a> Attempt<'a> {
             rejected,
             would_be,
             watermark,
+            plan,
+            samples,
+            deliverer,
+            dead_letters_redelivered,
             ..
         } = self;
+        if let Some(d) = &deliverer {
+            let f = d.figures();
+            counts.requests_sent = f.requests;
+            counts.bytes_sent = f.bytes_sent;
+            counts.retries = f.retries;
+            counts.responses_429 = f.responses_429;
+            counts.responses_5xx = f.responses_5xx;
+            counts.timeouts = f.timeouts;
+            counts.rate_limit_wait_ms =
+                u64::try_from(f.rate_limit_wait.as_millis()).unwrap_or(u64::MAX);
+        }
+        if dead_letters_redelivered > 0 {
+            tracing::info!(
+                count = dead_letters_redelivered,
+                "Dead-lettered batches delivered."
+            );
+        }
         let mut files = BTreeMap::new();
         let mut error = result.err().map(|e| e.to_string());
         let mut close = |name: &'static str, file: JsonlFile| {
@@ -569,12 +824,32 @@ impl<'a> Attempt<'a> {
             .ok_or(SyncError::State(StateError::Query(
                 sqlx::Error::RowNotFound,
             )))?;
-        Ok(RunReport {
+        let mut report = RunReport {
             record,
             stats,
             requests,
             request_bytes,
             files,
-        })
+            plan,
+            samples,
+        };
+        // The report file is part of the audit trail; failing to write it does
+        // not undo a run that already happened, so it is logged, not fatal.
+        let path = ctx
+            .project
+            .state
+            .runs_dir
+            .join(&pipeline.id)
+            .join(run_id.to_string())
+            .join("report.json");
+        match report::write(&report, pipeline, &path) {
+            Ok(()) => {
+                report.files.insert("report", path);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "Cannot write the run report.")
+            }
+        }
+        Ok(report)
     }
 }

@@ -253,3 +253,32 @@ async fn an_unsupported_column_type_names_the_column_and_the_cast() {
         "the cast that fixes it: {stdout}"
     );
 }
+
+#[test]
+fn max_rejected_pct_gates_the_exit_code() {
+    let p = demo_project();
+    // The demo rejects 1 of 8 rows: 12.5%.
+    let (code, stdout, _) = p.wsync(&["run", "demo_users", "--max-rejected-pct", "5"], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("gate: 12.50% of the rows read were rejected, above the limit of 5%"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = p.wsync(&["run", "demo_users", "--max-rejected-pct", "20"], &[]);
+    assert_eq!(code, 0, "{stdout}");
+    // The pipeline setting gates too, and the flag overrides it.
+    let pipeline = std::fs::read_to_string(p.root().join("schedules/demo_users.toml")).unwrap();
+    p.pipeline(
+        "demo_users",
+        &pipeline.replace(
+            "input_protection",
+            "max_rejected_pct = 10\ninput_protection",
+        ),
+    );
+    let (code, _, _) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 1);
+    let (code, _, _) = p.wsync(&["run", "demo_users", "--max-rejected-pct", "50"], &[]);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = p.wsync(&["run", "demo_users", "--max-rejected-pct", "150"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+}

@@ -177,7 +177,7 @@ fn errors_in_wsync_toml_and_two_pipelines_are_reported_together() {
 - schedules/a.toml:8: schedule.expression: cron expression `0 * * *` has 4 fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)
   hint: write 5 fields: minute hour day-of-month month day-of-week, e.g. "0 */15 * * *"
 - schedules/b.toml: feed: missing required key
-  hint: add feed = "NAME" (available: main), or set input_protection = "only_read" for a dry run
+  hint: add feed = "NAME" (available: main), set input_protection = "only_read" for a dry run, or add an [export] section for an export-only pipeline
 - schedules/b.toml:2: data_model: data model `orders` not found
   hint: create sql/orders.sql (available: users)
 - schedules/b.toml:8: mappings[0].destination: `emial` is not an mParticle identity type
@@ -213,7 +213,7 @@ fn unknown_keys_are_all_reported_with_suggestions() {
 - wsync.toml:8: connections.pg.chunk_row: unknown key `chunk_row`
   hint: did you mean `chunk_rows`? valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows
 - schedules/a.toml:1: conection: unknown key `conection`
-  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings
+  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export
 - schedules/a.toml:7: sync_mode.iterator_feild: unknown key `iterator_feild`
   hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from
 - schedules/a.toml:13: mappings[0].colour: unknown key `colour`

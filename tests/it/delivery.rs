@@ -29,6 +29,7 @@ fn client(fake: &FakeMparticle, secret: &str, timeout: Duration) -> EventsApiCli
         api_secret: Secret::new(secret),
         environment: Environment::Development,
         request_timeout: timeout,
+        delivery: wsync::config::model::DeliverySettings::default(),
     };
     EventsApiClient::new(&feed).unwrap()
 }

@@ -24,6 +24,10 @@ url = "{url}"
 base_url = "{feed_url}"
 api_key = "{KEY}"
 api_secret = "{secret}"
+# Fast failures for the tests: two attempts, a millisecond of backoff, no pacing.
+retry_max_attempts = 2
+retry_initial_backoff_ms = 1
+rate_limit_per_sec = 0
 "#,
         url = db::postgres_url(),
     ));
@@ -180,6 +184,11 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
         serde_json::Value::Null
     );
 
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (0, 1)
+    );
+
     // The watermark moved to the run's window end.
     let watermark = ctx.state.watermark("people").await.unwrap();
     assert_eq!(watermark, report.record.data_interval_end);
@@ -208,7 +217,8 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     assert_eq!(fake.batches().len(), 2);
     assert_eq!(second.record.data_interval_start, watermark);
 
-    // A new row, and a server error: the run fails and the watermark stays.
+    // A new row, and a server that keeps failing: once retries are exhausted the
+    // run fails and the watermark stays.
     sqlx::query(&format!(
         "INSERT INTO {table} (customer_id, name, updated_at) VALUES ('c9', 'new', now())"
     ))
@@ -217,8 +227,11 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     .unwrap();
     let before = ctx.state.watermark("people").await.unwrap();
     fake.respond_with_status_once(503);
+    fake.respond_with_status_once(503);
     let failed = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
     assert_eq!(failed.record.state, RunState::Failed);
+    assert_eq!(failed.record.counts.responses_5xx, 2);
+    assert_eq!(failed.record.counts.retries, 1);
     let error = failed.record.error.clone().unwrap();
     assert!(
         error.contains("HTTP 503") && error.contains("feed `fake`"),
@@ -268,4 +281,190 @@ async fn wrong_secret_fails_the_run_without_leaking_it() {
         "{stdout}"
     );
     assert!(!stdout.contains(wrong) && !stderr.contains(wrong));
+}
+
+#[tokio::test]
+async fn an_only_read_report_matches_the_real_run_that_follows() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sync_pg_dry");
+    create_table(&pool, &table).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.pipeline(
+        "people_dry",
+        r#"
+connection = "pg"
+data_model = "people"
+input_protection = "only_read"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+"#,
+    );
+    let ctx = p.context().await;
+
+    let dry = wsync::sync::run(&ctx, "people_dry", "manual")
+        .await
+        .unwrap();
+    assert_eq!(dry.record.state, RunState::Success);
+    assert!(dry.record.dry_run);
+    assert!(fake.requests().is_empty(), "a dry run sends nothing");
+    assert_eq!(
+        ctx.state.watermark("people_dry").await.unwrap(),
+        None,
+        "and moves nothing"
+    );
+    assert_eq!(
+        ctx.state.count_dead_letters("people_dry").await.unwrap(),
+        (0, 0)
+    );
+    let would_be = read_jsonl(&dry.files["batches"]);
+
+    let real = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(real.record.state, RunState::Success);
+    let (d, r) = (&dry.record.counts, &real.record.counts);
+    assert_eq!(
+        (
+            d.records_extracted,
+            d.records_mapped,
+            d.event_batches_generated,
+            d.rows_rejected
+        ),
+        (
+            r.records_extracted,
+            r.records_mapped,
+            r.event_batches_generated,
+            r.rows_rejected
+        )
+    );
+    assert_eq!(
+        (dry.requests, dry.request_bytes),
+        (real.requests, real.request_bytes)
+    );
+    assert_eq!(dry.stats.values_dropped, real.stats.values_dropped);
+    assert_eq!(dry.stats.values_truncated, real.stats.values_truncated);
+    assert_eq!(dry.stats.columns, real.stats.columns);
+    assert_eq!(r.batches_sent, d.event_batches_generated);
+
+    // The would-be batches are the batches the fake then received, apart from the
+    // pipeline id that goes into source_request_id.
+    let received: Vec<_> = fake.batches().iter().map(without_id).collect();
+    let predicted: Vec<_> = would_be.iter().map(without_id).collect();
+    assert_eq!(predicted, received);
+
+    // The report file carries the per-column figures.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dry.files["report"]).unwrap()).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["rows_read"], 3);
+    assert_eq!(report["rejected_by_reason"]["no_identity"]["count"], 1);
+    assert_eq!(
+        report["rejected_by_reason"]["no_identity"]["samples"][0]["row"],
+        3
+    );
+    let name = report["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["column"] == "name")
+        .unwrap();
+    assert_eq!(name["longest_chars"], 5000);
+    assert_eq!(name["truncated"], 1);
+    assert_eq!(name["destination"], "user_attributes.name");
+}
+
+#[tokio::test]
+async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sync_pg_poison");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (customer_id text, poison boolean, updated_at timestamptz NOT NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} SELECT 'p' || g, g = 150, now() - interval '1 hour' FROM generate_series(1, 250) g"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_poison_rule(true);
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.model(
+        "people",
+        &format!("SELECT customer_id, poison, updated_at FROM {table}"),
+    );
+    let ctx = p.context().await;
+
+    // A transient 503 on the way is retried, not fatal.
+    fake.respond_with_status_once(503);
+    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(
+        report.record.state,
+        RunState::Success,
+        "{:?}",
+        report.record.error
+    );
+    let c = &report.record.counts;
+    assert_eq!(
+        (
+            c.records_extracted,
+            c.event_batches_generated,
+            c.batches_sent
+        ),
+        (250, 250, 249)
+    );
+    assert_eq!((c.responses_5xx, c.retries, c.dead_letters), (1, 1, 1));
+    let ids: std::collections::HashSet<String> = fake
+        .batches()
+        .iter()
+        .map(|b| {
+            b["user_identities"]["customer_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 249);
+    assert!(!ids.contains("p150"));
+
+    let letters = ctx.state.dead_letters("people", None, 10, 0).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "http_400");
+    assert!(
+        letters[0].payload.contains("\"p150\""),
+        "{}",
+        letters[0].payload
+    );
+    assert!(
+        letters[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("poison"),
+        "{:?}",
+        letters[0].message
+    );
+
+    // The next run re-sends it first; once the server accepts it, it is gone.
+    fake.set_poison_rule(false);
+    let next = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    assert_eq!(next.record.state, RunState::Success);
+    assert_eq!(next.record.counts.batches_sent, 1);
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (0, 0)
+    );
+    assert!(fake
+        .batches()
+        .iter()
+        .any(|b| b["user_identities"]["customer_id"] == "p150"));
 }

@@ -148,6 +148,30 @@ async fn sqlite_rows_reach_the_fake_exactly_and_secrets_stay_hidden() {
     );
     assert!(stdout.contains("dropped: invalid_device_id"), "{stdout}");
 
+    // The rejected row is also a dead letter of the pipeline, kept once however
+    // often it is rejected again, until purged.
+    let (code, list, _) = p.wsync(&["dead-letters", "list", "people", "--json"], &env);
+    assert_eq!(code, 0);
+    let letters: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{list}");
+    assert_eq!(letters[0]["kind"], "row");
+    assert_eq!(letters[0]["reason"], "no_identity");
+    assert_eq!(letters[0]["run_id"], 1);
+    assert_eq!(letters[0]["payload"]["bio"], "nobody");
+    let (code, list, _) = p.wsync(&["dead-letters", "list", "people"], &env);
+    assert_eq!(code, 0);
+    assert!(
+        list.contains("0 refused batch(es), 1 rejected row(s)"),
+        "{list}"
+    );
+
+    let (code, purged, _) = p.wsync(&["dead-letters", "purge", "people"], &env);
+    assert_eq!(code, 0);
+    assert!(purged.contains("Purged 1 dead letter(s)"), "{purged}");
+
     // No secret in the output (at trace level), the run records or the run files.
     let mut haystack = format!("{stdout}{stderr}");
     let (_, runs, _) = p.wsync(&["runs", "--json"], &env);
