@@ -489,7 +489,6 @@ impl Deliverer {
                     return Err(fatal.get_or_insert(error).clone());
                 }
                 Action::Split | Action::Bisect | Action::Reject => {
-                    inner.limiter.on_accepted(None);
                     return Ok(Sent::Refused {
                         action,
                         status,
@@ -530,5 +529,105 @@ fn describe(reason: RetryReason, message: Option<&str>) -> String {
     match message {
         Some(m) if !m.is_empty() => format!("{reason}: {m}"),
         _ => reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::{Environment, Feed};
+    use crate::mapping::EncodedBatch;
+    use crate::redact::Secret;
+
+    /// A server answering 400 to any request holding a batch with `"bad":true`,
+    /// 202 otherwise; returns its base URL.
+    async fn picky_server() -> String {
+        use axum::http::StatusCode;
+        async fn bulk(body: axum::body::Bytes) -> (StatusCode, String) {
+            let batches: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            if batches.iter().any(|b| b["bad"] == true) {
+                let message = r#"{"errors":[{"code":"BAD_REQUEST","message":"bad batch"}]}"#;
+                (StatusCode::BAD_REQUEST, message.to_owned())
+            } else {
+                (StatusCode::ACCEPTED, String::new())
+            }
+        }
+        let app = axum::Router::new().route("/v2/bulkevents", axum::routing::post(bulk));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn deliverer(base_url: String) -> Deliverer {
+        let feed = Feed {
+            name: "unit".to_owned(),
+            base_url,
+            api_key: Secret::new("k"),
+            api_secret: Secret::new("s"),
+            environment: Environment::Development,
+            request_timeout: Duration::from_secs(5),
+            delivery: crate::config::model::DeliverySettings::default(),
+        };
+        let config = DeliveryConfig {
+            rate_per_sec: None,
+            ..DeliveryConfig::default()
+        };
+        Deliverer::new(EventsApiClient::new(&feed).unwrap(), config)
+    }
+
+    fn request(count: u64, bad: &[u64]) -> PackedRequest {
+        let batches: Vec<EncodedBatch> = (0..count)
+            .map(|row| EncodedBatch {
+                row,
+                part: 0,
+                source_request_id: format!("id{row}"),
+                json: format!(r#"{{"row":{row},"bad":{}}}"#, bad.contains(&row)).into_bytes(),
+            })
+            .collect();
+        PackedRequest::from_batches(&batches)
+    }
+
+    #[tokio::test]
+    async fn bisect_isolates_exactly_the_bad_indices() {
+        let deliverer = deliverer(picky_server().await);
+        for bad in [
+            vec![],
+            vec![0],
+            vec![36],
+            vec![0, 17, 18, 36],
+            (0..37).collect(),
+        ] {
+            let outcome = deliverer.deliver(request(37, &bad)).await.unwrap();
+            let dead: Vec<u64> = outcome.dead_letters.iter().map(|d| d.row).collect();
+            assert_eq!(dead, bad);
+            let good: Vec<String> = (0..37)
+                .filter(|r| !bad.contains(r))
+                .map(|r| format!("id{r}"))
+                .collect();
+            assert_eq!(outcome.acknowledged, good, "in request order");
+            assert!(outcome
+                .dead_letters
+                .iter()
+                .all(|d| d.status == 400 && d.message == "bad batch"));
+            for d in &outcome.dead_letters {
+                assert_eq!(
+                    d.batch,
+                    format!(r#"{{"row":{},"bad":true}}"#, d.row).into_bytes()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_bad_batch_costs_about_two_requests_per_halving() {
+        let deliverer = deliverer(picky_server().await);
+        deliverer.deliver(request(100, &[42])).await.unwrap();
+        // 1 + 2 per level over ceil(log2(100)) = 7 levels.
+        assert!(
+            deliverer.figures().requests <= 15,
+            "{:?}",
+            deliverer.figures()
+        );
     }
 }

@@ -41,7 +41,8 @@ pub enum DeliveryError {
         /// 401 or 403.
         status: u16,
     },
-    /// Any other non-2xx answer.
+    /// A non-2xx answer that stops the run: from [`EventsApiClient::send`], any;
+    /// from the `Deliverer`, a wrong endpoint (404, 405, 501).
     #[error("the Events API answered HTTP {status} for feed `{feed}`: {message}")]
     Rejected {
         /// Feed name.
@@ -79,14 +80,6 @@ pub enum DeliveryError {
         /// The last failure.
         last_cause: String,
     },
-}
-
-impl DeliveryError {
-    /// Whether the whole run must stop (wrong credentials or endpoint) rather than
-    /// one request being given up on.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Unauthorized { .. } | Self::Rejected { .. })
-    }
 }
 
 /// One answer of the Events API, before any policy looked at it.

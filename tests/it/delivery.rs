@@ -456,7 +456,7 @@ async fn fifty_thousand_batches_through_a_fault_storm_lose_nothing() {
     let (fake, deliverer) = setup(8, 30).await;
     fake.set_poison_rule(true);
     fake.set_fault_mix(Some(FaultMix {
-        seed: 0x5eed_4,
+        seed: 0x5eed,
         rate_limited: 0.10,
         retry_after_secs: None,
         unavailable: 0.05,
