@@ -317,6 +317,9 @@ fn pipeline(null_policy: NullPolicy) -> Pipeline {
         null_policy,
         limit_policy: LimitPolicy::Truncate,
         mappings: Vec::new(),
+        retry_dead_letters: true,
+        max_rejected_pct: None,
+        export: None,
     }
 }
 
