@@ -14,6 +14,7 @@ use crate::sync::SyncError;
 use crate::telemetry::{self, LogFormat};
 
 mod dead_letters;
+mod export;
 mod output;
 mod preview;
 mod run;
@@ -51,6 +52,9 @@ pub enum Command {
     Run(run::Args),
     /// Show run history, newest first.
     Runs(runs::Args),
+    /// Write a pipeline's model to one Parquet file (SQL types kept). Sends
+    /// nothing, records nothing.
+    Export(export::Args),
     /// Inspect or purge a pipeline's dead letters.
     #[command(name = "dead-letters")]
     DeadLetters(dead_letters::Args),
@@ -91,6 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::execute(&cli.config, args).await,
         Command::Runs(args) => runs::execute(&cli.config, args).await,
         Command::DeadLetters(args) => dead_letters::execute(&cli.config, args).await,
+        Command::Export(args) => export::execute(&cli.config, args).await,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::state::{
 };
 use crate::telemetry::events;
 
+pub mod exports;
 pub mod report;
 pub mod window;
 
@@ -79,6 +80,9 @@ pub enum SyncError {
     /// State store failure.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A Parquet export failed.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// A wsync bug surfaced at run time (a task panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -330,6 +334,10 @@ struct Attempt<'a> {
     acknowledged_ids: Vec<String>,
     /// Dead-lettered batches of earlier runs delivered by this one.
     dead_letters_redelivered: u64,
+    /// Parquet exports being written.
+    exports: Option<exports::RunExports>,
+    /// Export files finished by a successful run: (dataset, file).
+    exported: Vec<(&'static str, crate::export::ExportedFile)>,
 }
 
 /// A request being delivered: its body size and its task.
@@ -383,6 +391,8 @@ impl<'a> Attempt<'a> {
             deliverer: None,
             acknowledged_ids: Vec::new(),
             dead_letters_redelivered: 0,
+            exports: None,
+            exported: Vec::new(),
         }
     }
 
@@ -433,6 +443,25 @@ impl<'a> Attempt<'a> {
 
         let columns = warehouse.probe(&query).await?;
         let plan = MappingPlan::new(&columns, self.pipeline)?;
+        if let Some(settings) = &self.pipeline.export {
+            let run_id = self.run_id.to_string();
+            let (start, end) = (
+                lower.as_ref().map(window::to_text),
+                upper.as_ref().map(window::to_text),
+            );
+            self.exports = Some(exports::RunExports::create(
+                &exports::ExportTarget {
+                    settings,
+                    root: &project.root,
+                    pipeline: &self.pipeline.id,
+                    run_id: &run_id,
+                    date: self.ctx.clock.now().date_naive(),
+                    window: (start.as_deref(), end.as_deref()),
+                },
+                &columns,
+                &plan,
+            )?);
+        }
         self.plan = Some(plan.clone());
         let mapper = Mapper::new(plan, self.pipeline);
         self.deliverer = match (&self.pipeline.feed, self.dry_run) {
@@ -454,6 +483,9 @@ impl<'a> Attempt<'a> {
         // delivery error is the one worth reporting.
         consumed?;
         self.counts.records_extracted = extracted?;
+        if let Some(exports) = self.exports.take() {
+            self.exported = exports.finish()?;
+        }
         if query.filter.is_some() && !self.dry_run {
             self.watermark = upper.as_ref().map(window::to_text);
         }
@@ -488,6 +520,15 @@ impl<'a> Attempt<'a> {
         while let Some(chunk) = rx.recv().await {
             let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
+            if let Some(exports) = self.exports.as_mut() {
+                exports.chunk(&chunk)?;
+                for batch in &mapped.batches {
+                    exports.batch(batch)?;
+                }
+                for rejected in &mapped.rejected {
+                    exports.rejected(rejected)?;
+                }
+            }
             for rejected in &mapped.rejected {
                 let samples = self.samples.entry(rejected.reason.as_str()).or_default();
                 if samples.len() < SAMPLES_PER_REASON {
@@ -706,6 +747,7 @@ impl<'a> Attempt<'a> {
             samples,
             deliverer,
             dead_letters_redelivered,
+            exported,
             ..
         } = self;
         if let Some(d) = &deliverer {
@@ -742,6 +784,21 @@ impl<'a> Attempt<'a> {
         close("rejected", rejected);
         if let Some(file) = would_be {
             close("batches", file);
+        }
+        let mut export_files = Vec::new();
+        for (dataset, file) in &exported {
+            files.insert(
+                match *dataset {
+                    "rows" => "export_rows",
+                    "batches" => "export_batches",
+                    _ => "export_rejected",
+                },
+                file.path.clone(),
+            );
+            export_files.push(serde_json::json!({
+                "dataset": dataset, "path": file.path.display().to_string(),
+                "rows": file.rows, "bytes": file.bytes,
+            }));
         }
 
         counts.records_mapped = stats.rows_mapped;
@@ -787,8 +844,8 @@ impl<'a> Attempt<'a> {
         let outcome = RunOutcome {
             state,
             counts: counts.clone(),
-            files: serde_json::Value::Object(
-                files
+            files: {
+                let mut map: serde_json::Map<String, serde_json::Value> = files
                     .iter()
                     .map(|(k, v)| {
                         (
@@ -796,8 +853,12 @@ impl<'a> Attempt<'a> {
                             serde_json::Value::String(v.display().to_string()),
                         )
                     })
-                    .collect(),
-            ),
+                    .collect();
+                if !export_files.is_empty() {
+                    map.insert("exports".to_owned(), serde_json::Value::Array(export_files));
+                }
+                serde_json::Value::Object(map)
+            },
             error: error.clone(),
             watermark: if state == RunState::Success {
                 watermark
@@ -852,4 +913,35 @@ impl<'a> Attempt<'a> {
         }
         Ok(report)
     }
+}
+
+/// `wsync export`: the whole model (no window) as one Parquet file of the `rows`
+/// dataset at `out`. Sends nothing and records nothing.
+pub async fn export_once(
+    project: &Project,
+    pipeline: &Pipeline,
+    out: &std::path::Path,
+    compression: crate::export::Compression,
+) -> Result<crate::export::ExportedFile, SyncError> {
+    let (mut warehouse, query) = open(project, pipeline, None).await?;
+    let columns = warehouse.probe(&query).await?;
+    let mut data = crate::export::RowsDataset::new(&columns);
+    let options = crate::export::ExportOptions {
+        compression,
+        ..crate::export::ExportOptions::default()
+    };
+    let mut file = crate::export::ParquetFile::create(out, data.schema(), &options)?;
+    let chunk_rows = project.connections[&pipeline.connection].chunk_rows;
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
+    let write = async {
+        while let Some(chunk) = rx.recv().await {
+            file.write(&data.convert(&chunk)?)?;
+        }
+        Ok::<_, SyncError>(())
+    };
+    let (extracted, written) =
+        tokio::join!(warehouse.extract(&query, &columns, chunk_rows, tx), write);
+    written?;
+    extracted?;
+    Ok(file.finish()?)
 }

@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod delivery;
 mod export;
+mod export_runs;
 mod fake_selftest;
 mod source_mysql;
 mod source_postgres;
