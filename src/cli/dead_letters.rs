@@ -1,4 +1,4 @@
-//! `wsync dead-letters list|purge PIPELINE`: rows rejected before sending and
+//! `wsync dead-letters list|retry|purge PIPELINE`: rows rejected before sending and
 //! batches the Events API refused, kept until retried or purged.
 
 use std::path::Path;
@@ -30,6 +30,12 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Re-send a pipeline's refused batches now (rejected rows need a fix at
+    /// the source and are not re-sent).
+    Retry {
+        /// Pipeline id.
+        pipeline: String,
+    },
     /// Delete all of a pipeline's dead letters.
     Purge {
         /// Pipeline id.
@@ -41,7 +47,9 @@ pub enum Action {
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
     let pipeline = match &args.action {
-        Action::List { pipeline, .. } | Action::Purge { pipeline } => pipeline.clone(),
+        Action::List { pipeline, .. } | Action::Retry { pipeline } | Action::Purge { pipeline } => {
+            pipeline.clone()
+        }
     };
     if !project.pipelines.contains_key(&pipeline) {
         return Err(crate::sync::SyncError::UnknownPipeline {
@@ -103,6 +111,20 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             println!("{t}");
             if letters.iter().any(|l| l.kind == DeadLetterKind::Row) {
                 println!("Rejected rows need a fix in the warehouse or the model; `--json` shows their values.");
+            }
+        }
+        Action::Retry { .. } => {
+            let ctx = crate::sync::SyncContext {
+                project: std::sync::Arc::new(project),
+                state,
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
+            };
+            let (delivered, refused) = crate::sync::retry_dead_letters_now(&ctx, &pipeline).await?;
+            println!(
+                "Pipeline `{pipeline}`: {delivered} dead-lettered batch(es) delivered and removed, {refused} refused again and kept."
+            );
+            if refused > 0 {
+                return Ok(ExitCode::from(1));
             }
         }
         Action::Purge { .. } => {

@@ -945,3 +945,83 @@ pub async fn export_once(
     extracted?;
     Ok(file.finish()?)
 }
+
+/// `wsync dead-letters retry`: re-send a pipeline's dead-lettered batches now.
+/// Returns (delivered, still refused). Delivered ones are removed; refused ones
+/// stay with one more attempt counted.
+pub async fn retry_dead_letters_now(
+    ctx: &SyncContext,
+    pipeline_id: &str,
+) -> Result<(u64, u64), SyncError> {
+    let pipeline = ctx.pipeline(pipeline_id)?;
+    let Some(feed) = &pipeline.feed else {
+        return Err(SyncError::Unsupported {
+            pipeline: pipeline.id.clone(),
+            message: "it has no feed to send to; purge its dead letters or add a feed".to_owned(),
+        });
+    };
+    let deliverer = deliverer_for(&ctx.project.feeds[feed])?;
+    let letters = ctx
+        .state
+        .dead_letters(
+            &pipeline.id,
+            Some(DeadLetterKind::Batch),
+            MAX_DEAD_LETTER_RETRIES,
+            0,
+        )
+        .await?;
+    let batches: Vec<EncodedBatch> = letters
+        .iter()
+        .map(|l| EncodedBatch {
+            row: 0,
+            part: 0,
+            source_request_id: l.source_request_id.clone().unwrap_or_default(),
+            json: l.payload.clone().into_bytes(),
+        })
+        .collect();
+    let mut packer = RequestPacker::default();
+    let mut handles = Vec::new();
+    for batch in &batches {
+        if let Some(request) = packer.push(batch) {
+            handles.push(deliverer.submit(request).await?);
+        }
+    }
+    if let Some(request) = packer.take() {
+        handles.push(deliverer.submit(request).await?);
+    }
+    let mut delivered = std::collections::HashSet::new();
+    let mut refused = Vec::new();
+    let mut first_error = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(outcome)) => {
+                delivered.extend(outcome.acknowledged);
+                refused.extend(outcome.dead_letters);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(SyncError::Delivery(e));
+            }
+            Err(e) => {
+                first_error.get_or_insert(SyncError::Internal(e.to_string()));
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    let mut bumped = Vec::new();
+    for letter in &letters {
+        let Some(id) = &letter.source_request_id else {
+            continue;
+        };
+        if delivered.contains(id) {
+            removed.push(letter.id);
+        } else if let Some(r) = refused.iter().find(|r| &r.source_request_id == id) {
+            bumped.push((letter.id, format!("HTTP {}: {}", r.status, r.message)));
+        }
+    }
+    ctx.state.remove_dead_letters(&removed).await?;
+    ctx.state.bump_dead_letters(&bumped).await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok((removed.len() as u64, bumped.len() as u64)),
+    }
+}

@@ -454,6 +454,14 @@ async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
         letters[0].message
     );
 
+    // `wsync dead-letters retry`: still refused, so kept with one more attempt.
+    let (delivered, refused) = wsync::sync::retry_dead_letters_now(&ctx, "people")
+        .await
+        .unwrap();
+    assert_eq!((delivered, refused), (0, 1));
+    let letters = ctx.state.dead_letters("people", None, 10, 0).await.unwrap();
+    assert_eq!(letters[0].attempts, 2);
+
     // The next run re-sends it first; once the server accepts it, it is gone.
     fake.set_poison_rule(false);
     let next = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
