@@ -89,6 +89,12 @@ async fn run(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
 
     let mut dataset = RowsDataset::new(&columns);
+    let types: Vec<String> = dataset
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
     let mut file = ParquetFile::create(&path, dataset.schema(), &ExportOptions::default())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     // Parquet encoding is CPU work: it runs on a blocking thread while the
@@ -104,6 +110,7 @@ async fn run(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     let seconds = started.elapsed().as_secs_f64();
 
     println!("export_memory: table {table}, {} columns", columns.len());
+    println!("columns:        {}", types.join(", "));
     println!("rows read:      {read}");
     println!("rows written:   {}", done.rows);
     println!("seconds:        {seconds:.2}");

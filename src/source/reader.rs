@@ -1102,3 +1102,20 @@ fn sqlite_iterator(
             .map(IteratorValue::Integer),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::numeric_typmod;
+
+    #[test]
+    fn numeric_typmods() {
+        let typmod = |p: i32, s: i32| ((p << 16) | (s & 0x7ff)) + 4;
+        assert_eq!(numeric_typmod(typmod(30, 9)), Some((30, 9)));
+        assert_eq!(numeric_typmod(typmod(12, 2)), Some((12, 2)));
+        assert_eq!(numeric_typmod(typmod(5, 0)), Some((5, 0)));
+        // PostgreSQL 15's negative scales.
+        assert_eq!(numeric_typmod(typmod(3, -2)), Some((3, -2)));
+        assert_eq!(numeric_typmod(-1), None, "unconstrained");
+        assert_eq!(numeric_typmod(typmod(1000, 0)), None, "precision beyond u8");
+    }
+}
