@@ -14,12 +14,14 @@
 //!   type table per dialect; the single-SELECT guard.
 //! - [`mapping`]: Arrow rows → mParticle batches: column classification, value
 //!   conversion, mParticle's limits, deterministic `source_request_id`.
-//! - [`sink`]: where batches go: request packing and the Events API client, and
-//!   the JSONL files for would-be batches and rejected rows.
+//! - [`sink`]: where batches go: request packing, the Events API client, and
+//!   resilient delivery (one retry policy, pacing with a shared 429 gate, bounded
+//!   requests in flight, splitting and bisecting); the JSONL run files.
 //! - [`export`]: Parquet exports of a run's rows, batches and rejected rows,
 //!   written under a temporary name and renamed when complete.
-//! - [`state`]: the state store (SQLite): run records and watermarks.
-//! - [`sync`]: one pipeline run, extract → map → deliver → commit.
+//! - [`state`]: the state store (SQLite): run records, watermarks, dead letters.
+//! - [`sync`]: one pipeline run, extract → map → deliver → commit, its windows,
+//!   exports and report.
 //! - [`cli`]: the `wsync` command line (the only place that uses `anyhow`).
 //! - [`telemetry`]: tracing setup and the typed log events.
 //! - [`clock`], [`redact`], [`env_vars`]: injected time, secret handling, and the
