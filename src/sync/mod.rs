@@ -235,6 +235,8 @@ pub async fn run(
                 .to_owned(),
         });
     }
+    // Refused before a run record exists: a model that is not a single SELECT is
+    // a config error, not a failed run.
     let model = &ctx.project.models[&pipeline.data_model];
     check_single_select(&model.sql).map_err(|e| SyncError::Refused {
         model: model.name.clone(),
@@ -287,8 +289,7 @@ pub async fn run(
     let span = tracing::info_span!("run", pipeline = %pipeline.id, run_id);
     let mut attempt = Attempt::new(ctx, &pipeline, run_id, dry_run);
     let result = attempt.execute(lower, upper).instrument(span.clone()).await;
-    let _entered = span.enter();
-    attempt.finish(result).await
+    attempt.finish(result).instrument(span).await
 }
 
 /// Connect and build the query for a pipeline, with an optional iterator filter.
