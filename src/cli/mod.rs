@@ -67,6 +67,15 @@ pub struct UsageError(pub String);
 
 /// Parse the command line, run, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a closed pipe (`wsync runs | head`)
+    // would panic. The default action ends the process quietly instead, as
+    // `grep` or `ls` do.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; it only
+    // resets one signal disposition to the system default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format, cli.log.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
