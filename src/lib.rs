@@ -34,6 +34,7 @@ pub mod env_vars;
 pub mod export;
 pub mod mapping;
 pub mod redact;
+pub mod scheduler;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -114,11 +114,11 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Action::Retry { .. } => {
-            let ctx = crate::sync::SyncContext {
-                project: std::sync::Arc::new(project),
+            let ctx = crate::sync::SyncContext::new(
+                std::sync::Arc::new(project),
                 state,
-                clock: std::sync::Arc::new(crate::clock::SystemClock),
-            };
+                std::sync::Arc::new(crate::clock::SystemClock),
+            );
             let (delivered, refused) = crate::sync::retry_dead_letters_now(&ctx, &pipeline).await?;
             println!(
                 "Pipeline `{pipeline}`: {delivered} dead-lettered batch(es) delivered and removed, {refused} refused again and kept."

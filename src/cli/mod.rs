@@ -13,12 +13,16 @@ use crate::env_vars::EnvVars;
 use crate::sync::SyncError;
 use crate::telemetry::{self, LogFormat};
 
+mod backfill;
+mod daemon;
 mod dead_letters;
 mod export;
 mod output;
+mod pause;
 mod preview;
 mod run;
 mod runs;
+mod status;
 mod validate;
 
 /// wsync: sync warehouse rows to mParticle profiles.
@@ -50,6 +54,16 @@ pub enum Command {
     Preview(preview::Args),
     /// Run a pipeline once now and print a summary.
     Run(run::Args),
+    /// Run every active pipeline on its schedule until SIGTERM or SIGINT.
+    Daemon(daemon::Args),
+    /// Show each pipeline's state, schedule, last run, next run and watermark.
+    Status(status::Args),
+    /// Stop scheduling a pipeline (recorded in the state store).
+    Pause(pause::Args),
+    /// Schedule a paused pipeline again.
+    Resume(pause::Args),
+    /// Replay a range of the iterator without moving the watermark.
+    Backfill(backfill::Args),
     /// Show run history, newest first.
     Runs(runs::Args),
     /// Write a pipeline's model to one Parquet file (SQL types kept). Sends
@@ -102,6 +116,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::execute(&cli.config, args).await,
         Command::Preview(args) => preview::execute(&cli.config, args).await,
         Command::Run(args) => run::execute(&cli.config, args).await,
+        Command::Daemon(args) => daemon::execute(&cli.config, args).await,
+        Command::Status(args) => status::execute(&cli.config, args).await,
+        Command::Pause(args) => pause::execute(&cli.config, args, true).await,
+        Command::Resume(args) => pause::execute(&cli.config, args, false).await,
+        Command::Backfill(args) => backfill::execute(&cli.config, args).await,
         Command::Runs(args) => runs::execute(&cli.config, args).await,
         Command::DeadLetters(args) => dead_letters::execute(&cli.config, args).await,
         Command::Export(args) => export::execute(&cli.config, args).await,
@@ -111,6 +130,56 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Load the project, turning config errors into the error the CLI reports.
 pub(crate) fn load(root: &std::path::Path) -> anyhow::Result<crate::config::model::Project> {
     Ok(crate::config::load(root)?)
+}
+
+/// Load the project, open its state store and build a run context whose
+/// shutdown token is cancelled by SIGTERM or SIGINT. A second signal ends the
+/// process at once (exit 130), for an operator who does not want to wait.
+pub(crate) async fn context(root: &std::path::Path) -> anyhow::Result<crate::sync::SyncContext> {
+    let project = load(root)?;
+    let state = crate::state::StateStore::open(project.state.url.expose()).await?;
+    let ctx = crate::sync::SyncContext::new(
+        std::sync::Arc::new(project),
+        state,
+        std::sync::Arc::new(crate::clock::SystemClock),
+    );
+    let token = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        let mut signals = 0;
+        while wait_for_signal().await {
+            signals += 1;
+            if signals > 1 {
+                eprintln!(
+                    "second signal: exiting now; the run will be resumed from its last checkpoint"
+                );
+                std::process::exit(130);
+            }
+            token.cancel();
+        }
+    });
+    Ok(ctx)
+}
+
+/// The next SIGTERM or SIGINT; `false` if signals cannot be received.
+async fn wait_for_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return false;
+        };
+        tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
 
 /// `error: …` then one `  caused by: …` line per source.

@@ -2,11 +2,9 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use crate::clock::SystemClock;
-use crate::state::{RunState, StateStore};
-use crate::sync::{RunReport, SyncContext};
+use crate::state::RunState;
+use crate::sync::{RunKind, RunReport};
 
 use super::output::table;
 
@@ -23,13 +21,20 @@ pub struct Args {
 
 /// Run and print the summary; exit 1 when the run failed.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let project = super::load(root)?;
-    let state = StateStore::open(project.state.url.expose()).await?;
-    let ctx = SyncContext {
-        project: Arc::new(project),
-        state,
-        clock: Arc::new(SystemClock),
-    };
+    let ctx = super::context(root).await?;
+    let pipeline = ctx.pipeline(&args.pipeline)?;
+    if pipeline.paused || ctx.state.paused(&pipeline.id).await? {
+        return Err(super::UsageError(format!(
+            "pipeline `{}` is paused ({}); resume it first, or replay a range with `wsync backfill`",
+            pipeline.id,
+            if pipeline.paused {
+                format!("paused = true in {}", pipeline.path.display())
+            } else {
+                format!("`wsync pause {}`; `wsync resume {}` undoes it", pipeline.id, pipeline.id)
+            }
+        ))
+        .into());
+    }
     let gate = match args.max_rejected_pct {
         Some(p) if !(0.0..=100.0).contains(&p) => {
             return Err(super::UsageError(format!(
@@ -40,7 +45,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Some(p),
         None => ctx.pipeline(&args.pipeline)?.max_rejected_pct,
     };
-    let report = crate::sync::run(&ctx, &args.pipeline, "manual").await?;
+    let report = crate::sync::run(&ctx, &args.pipeline, RunKind::Manual).await?;
     print_summary(&report);
     if report.record.state != RunState::Success {
         return Ok(ExitCode::from(1));
@@ -58,7 +63,8 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(report: &RunReport) {
+/// The run's outcome as a table, then its files and error.
+pub(crate) fn print_summary(report: &RunReport) {
     let r = &report.record;
     let c = &r.counts;
     let mode = if r.dry_run {
@@ -72,6 +78,17 @@ fn print_summary(report: &RunReport) {
         r.pipeline_id,
         r.state.as_str()
     );
+    if let Some((start, end)) = r.interval {
+        println!("Interval: [{}, {})", start.to_rfc3339(), end.to_rfc3339());
+    }
+    if let Some(from) = r.resumed_from {
+        println!("Resumed run {from} from its checkpoint.");
+    }
+    if let Some(checkpoint) = &r.checkpoint {
+        if r.state != RunState::Success {
+            println!("Checkpoint: {checkpoint} (the next run starts here)");
+        }
+    }
     if r.data_interval_start.is_some() || r.data_interval_end.is_some() {
         println!(
             "Window: [{}, {})",

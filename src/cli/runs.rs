@@ -57,6 +57,10 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 "end_date": r.end_date.map(|t| t.to_rfc3339()),
                 "data_interval_start": r.data_interval_start,
                 "data_interval_end": r.data_interval_end,
+                "interval_start": r.interval.map(|i| i.0.to_rfc3339()),
+                "interval_end": r.interval.map(|i| i.1.to_rfc3339()),
+                "checkpoint": r.checkpoint,
+                "resumed_from": r.resumed_from,
                 "records_extracted": r.counts.records_extracted,
                 "records_mapped": r.counts.records_mapped,
                 "event_batches_generated": r.counts.event_batches_generated,
@@ -113,10 +117,10 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 e.as_deref().unwrap_or("+∞")
             ),
         };
-        let state = if r.dry_run {
-            format!("{} (dry run)", r.state.as_str())
-        } else {
-            r.state.as_str().to_owned()
+        let state = match (r.dry_run, r.run_type.as_str()) {
+            (true, _) => format!("{} (dry run)", r.state.as_str()),
+            (false, "manual") => r.state.as_str().to_owned(),
+            (false, other) => format!("{} ({other})", r.state.as_str()),
         };
         t.add_row(vec![
             r.id.to_string(),

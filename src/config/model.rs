@@ -21,6 +21,8 @@ pub struct Project {
     pub root: PathBuf,
     /// Where run records and watermarks live.
     pub state: StateConfig,
+    /// How runs are carried out and scheduled.
+    pub daemon: DaemonSettings,
     /// Warehouse connections by name.
     pub connections: BTreeMap<String, Connection>,
     /// mParticle input feeds by name.
@@ -29,6 +31,27 @@ pub struct Project {
     pub models: BTreeMap<String, DataModel>,
     /// Pipelines by id (the file stem under `schedules/`).
     pub pipelines: BTreeMap<String, Pipeline>,
+}
+
+/// `[daemon]`: how runs are carried out and scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// Runs of different pipelines at the same time (a pipeline never overlaps itself).
+    pub max_concurrent_runs: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests get to finish.
+    pub shutdown_grace: std::time::Duration,
+    /// Rows between checkpoints of an incremental run.
+    pub checkpoint_rows: u64,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 2,
+            shutdown_grace: std::time::Duration::from_secs(30),
+            checkpoint_rows: 50_000,
+        }
+    }
 }
 
 /// The state store: run history and watermarks.
@@ -303,6 +326,11 @@ pub enum SyncMode {
         iterator_data_type: IteratorDataType,
         /// Lower bound of the very first window; unbounded when absent.
         from: Option<String>,
+        /// Margin re-read below the watermark: seconds for time-like iterators,
+        /// values for an integer sequence. 0 = none.
+        lag: i64,
+        /// Zone in which `timestamp_ntz` and `date` iterator values are read.
+        time_zone: chrono_tz::Tz,
     },
 }
 
@@ -319,6 +347,18 @@ pub enum Frequency {
     Monthly,
 }
 
+impl Frequency {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hourly => "hourly",
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+        }
+    }
+}
+
 /// When a pipeline runs.
 #[derive(Debug, Clone)]
 pub enum Schedule {
@@ -330,6 +370,9 @@ pub enum Schedule {
         start: DateTime<Utc>,
         /// No run after this instant.
         end: Option<DateTime<Utc>>,
+        /// How far back missed intervals are caught up, in days; `None` =
+        /// mParticle's limit for the frequency.
+        catch_up_days: Option<u32>,
     },
     /// A cron expression evaluated in a time zone.
     Cron {

@@ -28,6 +28,20 @@ pub(crate) struct RawWsync {
     pub connections: BTreeMap<String, RawConnection>,
     /// `[feeds.NAME]`: mParticle input feeds.
     pub feeds: BTreeMap<String, RawFeed>,
+    /// `[daemon]`: how runs are carried out and scheduled.
+    pub daemon: Option<RawDaemon>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table")]
+pub(crate) struct RawDaemon {
+    /// Runs of different pipelines at the same time.
+    pub max_concurrent_runs: Option<i64>,
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT, in seconds.
+    pub shutdown_grace_secs: Option<i64>,
+    /// Rows between checkpoints of an incremental run.
+    pub checkpoint_rows: Option<i64>,
 }
 
 /// `[state]`.
@@ -184,6 +198,11 @@ pub(crate) struct RawSyncMode {
     pub iterator_data_type: Option<String>,
     /// Incremental only: first lower bound (a string, an integer or a TOML date/time).
     pub from: Option<toml::Value>,
+    /// Incremental only: margin re-read below the watermark (seconds, or values
+    /// for an integer sequence).
+    pub lag: Option<i64>,
+    /// Incremental only: zone of `timestamp_ntz` and `date` iterators.
+    pub iterator_time_zone: Option<String>,
 }
 
 /// `[schedule]`.
@@ -203,6 +222,8 @@ pub(crate) struct RawSchedule {
     pub expression: Option<String>,
     /// Cron only: IANA zone, default `UTC`.
     pub time_zone: Option<String>,
+    /// Interval only: how far back missed intervals are caught up, in days.
+    pub catch_up_days: Option<i64>,
 }
 
 /// `[[mappings]]`.
@@ -459,6 +480,7 @@ impl ValidKeys for RawWsync {
             [] => fields_of::<RawWsync>(),
             [Segment::Key(k)] if k == "state" => fields_of::<RawState>(),
             [Segment::Key(k)] if k == "defaults" => fields_of::<RawDefaults>(),
+            [Segment::Key(k)] if k == "daemon" => fields_of::<RawDaemon>(),
             [Segment::Key(k), _] if k == "connections" => fields_of::<RawConnection>(),
             [Segment::Key(k), _] if k == "feeds" => fields_of::<RawFeed>(),
             _ => Vec::new(),
@@ -530,7 +552,14 @@ mod tests {
         assert_eq!(fields_of::<RawState>(), vec!["url", "runs_dir"]);
         assert_eq!(
             fields_of::<RawSyncMode>(),
-            vec!["type", "iterator_field", "iterator_data_type", "from"]
+            vec![
+                "type",
+                "iterator_field",
+                "iterator_data_type",
+                "from",
+                "lag",
+                "iterator_time_zone"
+            ]
         );
     }
 
@@ -544,7 +573,7 @@ mod tests {
             errors,
             vec![
                 "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export",
-                "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from",
+                "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]
         );

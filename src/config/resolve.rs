@@ -55,6 +55,7 @@ pub(crate) fn resolve(
     Some(Project {
         root: root.to_path_buf(),
         state: validated.state?,
+        daemon: validated.daemon,
         connections,
         feeds,
         models: validated.models,

@@ -15,12 +15,12 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use super::error::ConfigError;
 use super::locate::SourceFile;
 use super::model::{
-    ConnectionKind, DataModel, DeliverySettings, Destination, Environment, ExportCompression,
-    ExportDataset, ExportSettings, Frequency, InputProtection, IteratorDataType, LimitPolicy,
-    Mapping, NullPolicy, Pipeline, Pod, Schedule, StateConfig, StaticValue, SyncMode,
+    ConnectionKind, DaemonSettings, DataModel, DeliverySettings, Destination, Environment,
+    ExportCompression, ExportDataset, ExportSettings, Frequency, InputProtection, IteratorDataType,
+    LimitPolicy, Mapping, NullPolicy, Pipeline, Pod, Schedule, StateConfig, StaticValue, SyncMode,
 };
 use super::raw::{
-    RawConnection, RawDefaults, RawExport, RawFeed, RawMapping, RawPipeline, RawProject,
+    RawConnection, RawDaemon, RawDefaults, RawExport, RawFeed, RawMapping, RawPipeline, RawProject,
     RawSchedule, RawState, RawSyncMode,
 };
 use super::suggest;
@@ -222,6 +222,8 @@ pub(crate) struct PendingFeed {
 pub(crate) struct Validated {
     /// State store settings, when valid.
     pub state: Option<StateConfig>,
+    /// `[daemon]` settings.
+    pub daemon: DaemonSettings,
     /// Connections by name order.
     pub connections: Vec<PendingConnection>,
     /// Feeds by name order.
@@ -373,6 +375,7 @@ const NAME_HINT: &str = "names may only use letters, digits, `_` and `-`";
 pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigError>) -> Validated {
     let mut out = Validated {
         state: None,
+        daemon: DaemonSettings::default(),
         connections: Vec::new(),
         feeds: Vec::new(),
         models: BTreeMap::new(),
@@ -389,6 +392,7 @@ pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigErr
         };
         defaults = validate_defaults(&mut ctx, wsync.defaults.as_ref());
         out.state = validate_state(&mut ctx, root, wsync.state.as_ref());
+        out.daemon = validate_daemon(&mut ctx, wsync.daemon.as_ref());
         for (name, c) in &wsync.connections {
             out.connections
                 .push(validate_connection(&mut ctx, root, &defaults, name, c));
@@ -491,6 +495,32 @@ fn validate_defaults(ctx: &mut Ctx<'_>, raw: Option<&RawDefaults>) -> Defaults {
         d.request_timeout,
     );
     d
+}
+
+fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings {
+    let d = DaemonSettings::default();
+    let Some(raw) = raw else { return d };
+    DaemonSettings {
+        max_concurrent_runs: ctx.int_in(
+            "daemon.max_concurrent_runs",
+            raw.max_concurrent_runs,
+            d.max_concurrent_runs,
+            1..=64,
+            "use a number from 1 to 64; the default is 2",
+        ),
+        shutdown_grace: ctx.seconds(
+            "daemon.shutdown_grace_secs",
+            raw.shutdown_grace_secs,
+            d.shutdown_grace,
+        ),
+        checkpoint_rows: ctx.int_in(
+            "daemon.checkpoint_rows",
+            raw.checkpoint_rows,
+            d.checkpoint_rows,
+            1..=100_000_000,
+            "use a row count such as 50000 (the default)",
+        ),
+    }
 }
 
 const DEFAULT_STATE_URL: &str = "sqlite://.wsync/state.db";
@@ -1247,6 +1277,18 @@ fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMode {
             if raw.from.is_some() {
                 not_for(ctx, "sync_mode.from", "from", "full sync", valid);
             }
+            if raw.lag.is_some() {
+                not_for(ctx, "sync_mode.lag", "lag", "full sync", valid);
+            }
+            if raw.iterator_time_zone.is_some() {
+                not_for(
+                    ctx,
+                    "sync_mode.iterator_time_zone",
+                    "iterator_time_zone",
+                    "full sync",
+                    valid,
+                );
+            }
             SyncMode::Full
         }
         Some(SyncKind::Incremental) => {
@@ -1290,10 +1332,41 @@ fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMode {
                     );
                 }
             }
+            let lag = match raw.lag {
+                None => 0,
+                Some(n) if n >= 0 => n,
+                Some(n) => {
+                    ctx.push(
+                        "sync_mode.lag",
+                        format!("must be 0 or more, not {n}"),
+                        "lag is how much to re-read below the watermark: seconds for time \
+                         iterators, values for an integer sequence",
+                    );
+                    0
+                }
+            };
+            let time_zone = match &raw.iterator_time_zone {
+                None => chrono_tz::UTC,
+                Some(name) => {
+                    if !matches!(
+                        data_type,
+                        Some(IteratorDataType::TimestampNtz | IteratorDataType::Date) | None
+                    ) {
+                        ctx.push(
+                            "sync_mode.iterator_time_zone",
+                            "only applies to timestamp_ntz and date iterators",
+                            "remove it: the other iterator types carry their own zone or none",
+                        );
+                    }
+                    time_zone(ctx, "sync_mode.iterator_time_zone", name)
+                }
+            };
             SyncMode::Incremental {
                 iterator_field,
                 iterator_data_type: data_type.unwrap_or(IteratorDataType::Integer),
                 from,
+                lag,
+                time_zone,
             }
         }
     }
@@ -1346,7 +1419,7 @@ fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
     let (name, valid) = match kind {
         ScheduleKind::Interval => (
             "interval",
-            "interval schedules use frequency, start and end",
+            "interval schedules use frequency, start, end and catch_up_days",
         ),
         ScheduleKind::Cron => ("cron", "cron schedules use expression and time_zone"),
         ScheduleKind::Once => ("once", "once schedules take no other keys"),
@@ -1359,6 +1432,7 @@ fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
         ("frequency", raw.frequency.is_some(), interval),
         ("start", raw.start.is_some(), interval),
         ("end", raw.end.is_some(), interval),
+        ("catch_up_days", raw.catch_up_days.is_some(), interval),
         ("expression", raw.expression.is_some(), cron),
         ("time_zone", raw.time_zone.is_some(), cron),
     ];
@@ -1399,10 +1473,20 @@ fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
                     );
                 }
             }
+            let catch_up_days = raw.catch_up_days.map(|_| {
+                ctx.int_in(
+                    "schedule.catch_up_days",
+                    raw.catch_up_days,
+                    0u32,
+                    0..=36_600,
+                    "use a number of days from 0 (no catch-up) to 36600",
+                )
+            });
             Schedule::Interval {
                 frequency: frequency.unwrap_or(Frequency::Daily),
                 start: start.unwrap_or_default(),
                 end,
+                catch_up_days,
             }
         }
         ScheduleKind::Cron => {
@@ -1419,18 +1503,7 @@ fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
                 }
             };
             let time_zone = raw.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
-            if chrono_tz::Tz::from_str(&time_zone).is_err() {
-                let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
-                let hint = match suggest::closest(&time_zone, names) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => "use an IANA zone name such as \"UTC\" or \"Europe/Berlin\"".to_owned(),
-                };
-                ctx.push(
-                    "schedule.time_zone",
-                    format!("`{time_zone}` is not a known time zone"),
-                    hint,
-                );
-            }
+            self::time_zone(ctx, "schedule.time_zone", &time_zone);
             Schedule::Cron {
                 expression,
                 time_zone,
@@ -1439,6 +1512,20 @@ fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
         ScheduleKind::Once => Schedule::Once,
         ScheduleKind::OnDemand => Schedule::OnDemand,
     }
+}
+
+/// An IANA time zone, or an error with the closest name.
+fn time_zone(ctx: &mut Ctx<'_>, key_path: &str, name: &str) -> chrono_tz::Tz {
+    if let Ok(tz) = chrono_tz::Tz::from_str(name) {
+        return tz;
+    }
+    let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+    let hint = match suggest::closest(name, names) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => "use an IANA zone name such as \"UTC\" or \"Europe/Berlin\"".to_owned(),
+    };
+    ctx.push(key_path, format!("`{name}` is not a known time zone"), hint);
+    chrono_tz::UTC
 }
 
 /// An RFC 3339 instant (string or TOML offset date-time).
@@ -2123,7 +2210,9 @@ api_secret = "x"
             SyncMode::Incremental {
                 iterator_field: "u".into(),
                 iterator_data_type: IteratorDataType::TimestampTz,
-                from: Some("2024-01-01T00:00:00Z".into())
+                from: Some("2024-01-01T00:00:00Z".into()),
+                lag: 0,
+                time_zone: chrono_tz::UTC,
             }
         );
     }
@@ -2163,6 +2252,7 @@ api_secret = "x"
                 frequency,
                 start,
                 end,
+                ..
             } => {
                 assert_eq!(*frequency, Frequency::Weekly);
                 assert_eq!(start.to_rfc3339(), "2024-01-01T00:00:00+00:00");

@@ -232,7 +232,7 @@ fn check_kind_fits(column: &ColumnInfo, destination: &Destination) -> Result<(),
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
@@ -288,6 +288,8 @@ mod tests {
                 iterator_field: "UPDATED_AT".into(),
                 iterator_data_type: IteratorDataType::TimestampTz,
                 from: None,
+                lag: 0,
+                time_zone: chrono_tz::UTC,
             },
         );
         let plan = MappingPlan::new(&columns, &p).unwrap();

@@ -32,6 +32,21 @@ pub enum StateError {
     /// A query failed.
     #[error("state store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The pipeline is running already (in this process or another one).
+    #[error(
+        "pipeline `{pipeline}` is already in progress (run {run_id}, started {since} by process {pid}); \
+         wait for it to finish"
+    )]
+    InProgress {
+        /// Pipeline id.
+        pipeline: String,
+        /// The run holding the pipeline.
+        run_id: i64,
+        /// When it took the pipeline.
+        since: String,
+        /// The process running it.
+        pid: i64,
+    },
 }
 
 /// Run states, as mParticle names them, plus `interrupted`.
@@ -116,7 +131,7 @@ pub struct RunRecord {
     pub pipeline_id: String,
     /// State.
     pub state: RunState,
-    /// `manual` or `scheduled`.
+    /// `manual`, `scheduled` or `backfill`.
     pub run_type: String,
     /// An `only_read` run.
     pub dry_run: bool,
@@ -134,6 +149,65 @@ pub struct RunRecord {
     pub files: serde_json::Value,
     /// Error, for failed runs.
     pub error: Option<String>,
+    /// The schedule interval covered, for interval schedules.
+    pub interval: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Iterator value below which every row was acknowledged (text).
+    pub checkpoint: Option<String>,
+    /// The run this one resumed.
+    pub resumed_from: Option<i64>,
+}
+
+/// A run about to start.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Pipeline id.
+    pub pipeline_id: &'a str,
+    /// `manual`, `scheduled` or `backfill`.
+    pub run_type: &'a str,
+    /// An `only_read` run.
+    pub dry_run: bool,
+    /// Start time.
+    pub now: DateTime<Utc>,
+    /// Iterator window `[start, end)` as text.
+    pub window: (Option<String>, Option<String>),
+    /// Schedule interval, for interval schedules.
+    pub interval: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The run being resumed.
+    pub resumed_from: Option<i64>,
+}
+
+/// Where the next run of a pipeline should start reading after an unfinished
+/// run: that run's last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The failed or interrupted run.
+    pub run_id: i64,
+    /// Its checkpoint (iterator text).
+    pub checkpoint: String,
+}
+
+/// What the scheduler needs to know of a pipeline's past scheduled runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleHistory {
+    /// Start of the latest scheduled run, whatever its outcome.
+    pub last_scheduled_start: Option<DateTime<Utc>>,
+    /// State of the latest scheduled run.
+    pub last_scheduled_state: Option<RunState>,
+    /// End of the latest schedule interval run successfully.
+    pub last_interval_end: Option<DateTime<Utc>>,
+    /// A scheduled run reached success or failed (a `once` pipeline is done).
+    pub scheduled_outcome: bool,
+}
+
+/// The run holding a pipeline's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    /// Run id.
+    pub run_id: i64,
+    /// Process id.
+    pub pid: i64,
+    /// When taken.
+    pub since: String,
 }
 
 /// How a run ended, to be recorded.
@@ -185,41 +259,193 @@ impl StateStore {
         Ok(Self { pool })
     }
 
-    /// Record a new run as `running`. Any run of the same pipeline still marked
-    /// `running` was cut off (its process is gone) and becomes `interrupted`.
-    pub async fn start_run(
-        &self,
-        pipeline_id: &str,
-        run_type: &str,
-        dry_run: bool,
-        now: DateTime<Utc>,
-        window: (Option<String>, Option<String>),
-    ) -> Result<i64, StateError> {
+    /// Record a new run as `running` and take the pipeline's lock.
+    ///
+    /// Refused with [`StateError::InProgress`] while a live process holds the
+    /// lock. A lock left by a process that is gone (a crash, SIGKILL) is taken
+    /// over, and that process's run, still marked `running`, becomes
+    /// `interrupted`.
+    pub async fn start_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
         let mut tx = self.pool.begin().await?;
+        let holder = sqlx::query(
+            "SELECT run_id, pid, instance, acquired_at FROM pipeline_locks WHERE pipeline_id = ?",
+        )
+        .bind(run.pipeline_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = holder {
+            let pid: i64 = row.try_get("pid")?;
+            let instance: String = row.try_get("instance")?;
+            if process_alive(pid, &instance) {
+                return Err(StateError::InProgress {
+                    pipeline: run.pipeline_id.to_owned(),
+                    run_id: row.try_get("run_id")?,
+                    since: row.try_get("acquired_at")?,
+                    pid,
+                });
+            }
+        }
         sqlx::query(
             "UPDATE pipeline_runs SET state = 'interrupted', end_date = ?, \
              error = 'the process running it stopped before recording an outcome' \
              WHERE pipeline_id = ? AND state = 'running'",
         )
-        .bind(now.to_rfc3339())
-        .bind(pipeline_id)
+        .bind(run.now.to_rfc3339())
+        .bind(run.pipeline_id)
         .execute(&mut *tx)
         .await?;
         let id = sqlx::query(
             "INSERT INTO pipeline_runs (pipeline_id, state, run_type, dry_run, start_date, \
-             data_interval_start, data_interval_end) VALUES (?, 'running', ?, ?, ?, ?, ?) RETURNING id",
+             data_interval_start, data_interval_end, interval_start, interval_end, resumed_from) \
+             VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
-        .bind(pipeline_id)
-        .bind(run_type)
-        .bind(dry_run)
-        .bind(now.to_rfc3339())
-        .bind(window.0)
-        .bind(window.1)
+        .bind(run.pipeline_id)
+        .bind(run.run_type)
+        .bind(run.dry_run)
+        .bind(run.now.to_rfc3339())
+        .bind(&run.window.0)
+        .bind(&run.window.1)
+        .bind(run.interval.map(|i| i.0.to_rfc3339()))
+        .bind(run.interval.map(|i| i.1.to_rfc3339()))
+        .bind(run.resumed_from)
         .fetch_one(&mut *tx)
         .await?
         .get::<i64, _>(0);
+        let me = this_process();
+        sqlx::query(
+            "INSERT INTO pipeline_locks (pipeline_id, run_id, pid, instance, acquired_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline_id) DO UPDATE SET run_id = excluded.run_id, \
+             pid = excluded.pid, instance = excluded.instance, acquired_at = excluded.acquired_at",
+        )
+        .bind(run.pipeline_id)
+        .bind(id)
+        .bind(me.pid)
+        .bind(&me.instance)
+        .bind(run.now.to_rfc3339())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Commit a run's checkpoint: every row of its window whose iterator is
+    /// below `value` was acknowledged (or dead-lettered).
+    pub async fn checkpoint(&self, run_id: i64, value: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE pipeline_runs SET checkpoint = ? WHERE id = ?")
+            .bind(value)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The checkpoint the next run of a pipeline resumes from: that of its latest
+    /// non-dry, non-backfill run, when that run did not succeed.
+    pub async fn resume_point(&self, pipeline_id: &str) -> Result<Option<ResumePoint>, StateError> {
+        let row = sqlx::query(
+            "SELECT id, state, checkpoint FROM pipeline_runs WHERE pipeline_id = ? AND dry_run = 0 \
+             AND run_type != 'backfill' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(pipeline_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state = RunState::parse(row.try_get("state")?);
+        let checkpoint: Option<String> = row.try_get("checkpoint")?;
+        Ok(match (state, checkpoint) {
+            (RunState::Success, _) | (_, None) => None,
+            (_, Some(checkpoint)) => Some(ResumePoint {
+                run_id: row.try_get("id")?,
+                checkpoint,
+            }),
+        })
+    }
+
+    /// The past scheduled runs of a pipeline, as the scheduler needs them.
+    pub async fn schedule_history(&self, pipeline_id: &str) -> Result<ScheduleHistory, StateError> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT start_date FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
+                  ORDER BY id DESC LIMIT 1) AS last_start, \
+               (SELECT state FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
+                  ORDER BY id DESC LIMIT 1) AS last_state, \
+               (SELECT interval_end FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
+                  AND state = 'success' AND interval_end IS NOT NULL ORDER BY id DESC LIMIT 1) AS interval_end, \
+               (SELECT COUNT(*) FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
+                  AND state IN ('success', 'failed')) AS outcomes",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ScheduleHistory {
+            last_scheduled_start: row
+                .try_get::<Option<String>, _>("last_start")?
+                .as_deref()
+                .map(parse_time),
+            last_scheduled_state: row
+                .try_get::<Option<String>, _>("last_state")?
+                .as_deref()
+                .map(RunState::parse),
+            last_interval_end: row
+                .try_get::<Option<String>, _>("interval_end")?
+                .as_deref()
+                .map(parse_time),
+            scheduled_outcome: row.try_get::<i64, _>("outcomes")? > 0,
+        })
+    }
+
+    /// Pause or resume a pipeline from the command line.
+    pub async fn set_paused(
+        &self,
+        pipeline_id: &str,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO pipeline_state (pipeline_id, paused, changed_at) VALUES (?, ?, ?) \
+             ON CONFLICT (pipeline_id) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at",
+        )
+        .bind(pipeline_id)
+        .bind(paused)
+        .bind(now.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a pipeline was paused from the command line.
+    pub async fn paused(&self, pipeline_id: &str) -> Result<bool, StateError> {
+        Ok(
+            sqlx::query_scalar::<_, bool>(
+                "SELECT paused FROM pipeline_state WHERE pipeline_id = ?",
+            )
+            .bind(pipeline_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(false),
+        )
+    }
+
+    /// The live run holding a pipeline, if any (a lock left by a dead process is
+    /// not reported).
+    pub async fn lock_holder(&self, pipeline_id: &str) -> Result<Option<LockHolder>, StateError> {
+        let row = sqlx::query(
+            "SELECT run_id, pid, instance, acquired_at FROM pipeline_locks WHERE pipeline_id = ?",
+        )
+        .bind(pipeline_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let pid: i64 = row.try_get("pid")?;
+        let instance: String = row.try_get("instance")?;
+        if !process_alive(pid, &instance) {
+            return Ok(None);
+        }
+        Ok(Some(LockHolder {
+            run_id: row.try_get("run_id")?,
+            pid,
+            since: row.try_get("acquired_at")?,
+        }))
     }
 
     /// Record a run's outcome and, in the same transaction, its watermark.
@@ -274,6 +500,11 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query("DELETE FROM pipeline_locks WHERE pipeline_id = ? AND run_id = ?")
+            .bind(pipeline_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -314,6 +545,44 @@ impl StateStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(record).transpose()
+    }
+}
+
+/// This process, as recorded in the locks it takes.
+struct ProcessId {
+    pid: i64,
+    instance: String,
+}
+
+fn this_process() -> &'static ProcessId {
+    static ME: std::sync::OnceLock<ProcessId> = std::sync::OnceLock::new();
+    ME.get_or_init(|| ProcessId {
+        pid: i64::from(std::process::id()),
+        instance: uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+/// Whether the process that took a lock still runs. Our own pid counts only with
+/// our own instance token: a container restarted as pid 1 must not see its
+/// previous life's lock as its own.
+fn process_alive(pid: i64, instance: &str) -> bool {
+    let me = this_process();
+    if pid == me.pid {
+        return instance == me.instance;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists and may be
+        // signalled; nothing is sent.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        true
     }
 }
 
@@ -363,6 +632,15 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StateError> {
         files: serde_json::from_str(row.try_get::<&str, _>("files")?)
             .unwrap_or(serde_json::Value::Null),
         error: row.try_get("error")?,
+        interval: match (
+            row.try_get::<Option<String>, _>("interval_start")?,
+            row.try_get::<Option<String>, _>("interval_end")?,
+        ) {
+            (Some(a), Some(b)) => Some((parse_time(&a), parse_time(&b))),
+            _ => None,
+        },
+        checkpoint: row.try_get("checkpoint")?,
+        resumed_from: row.try_get("resumed_from")?,
     })
 }
 
@@ -378,18 +656,37 @@ mod tests {
         let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let stale = store
-            .start_run("p", "manual", false, t0, (None, None))
+        let new_run = |window: (Option<String>, Option<String>)| NewRun {
+            pipeline_id: "p",
+            run_type: "manual",
+            dry_run: false,
+            now: t0,
+            window,
+            interval: None,
+            resumed_from: None,
+        };
+        let stale = store.start_run(&new_run((None, None))).await.unwrap();
+        // Our own live run holds the pipeline.
+        let busy = store.start_run(&new_run((None, None))).await.unwrap_err();
+        assert!(
+            busy.to_string().contains("already in progress (run 1"),
+            "{busy}"
+        );
+        // A crashed process's lock is taken over.
+        sqlx::query("UPDATE pipeline_locks SET instance = 'gone'")
+            .execute(&store.pool)
             .await
             .unwrap();
+        store.checkpoint(stale, "a0").await.unwrap();
+        assert_eq!(
+            store.resume_point("p").await.unwrap(),
+            Some(ResumePoint {
+                run_id: stale,
+                checkpoint: "a0".into()
+            })
+        );
         let id = store
-            .start_run(
-                "p",
-                "manual",
-                false,
-                t0,
-                (Some("a".into()), Some("b".into())),
-            )
+            .start_run(&new_run((Some("a".into()), Some("b".into()))))
             .await
             .unwrap();
         assert_eq!(
@@ -409,6 +706,8 @@ mod tests {
         };
         store.finish_run(id, "p", t0, &outcome).await.unwrap();
         assert_eq!(store.watermark("p").await.unwrap().as_deref(), Some("b"));
+        assert_eq!(store.resume_point("p").await.unwrap(), None);
+        assert_eq!(store.lock_holder("p").await.unwrap(), None);
         let runs = store.runs(Some("p"), 10, 0).await.unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[0].id, id);

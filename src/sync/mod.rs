@@ -1,4 +1,4 @@
-//! One pipeline run: extract → map → deliver → commit.
+//! One pipeline run: extract → map → deliver → checkpoint → commit.
 //!
 //! Extraction runs concurrently with mapping and delivery, joined by a bounded
 //! channel of Arrow record batches, so at most a few chunks are in memory
@@ -6,6 +6,13 @@
 //! and finished (with the watermark, for a successful incremental run) in one
 //! state-store transaction at the end. A failure anywhere fails the run, keeps
 //! the watermark where it was, and is recorded with its error.
+//!
+//! Incremental rows arrive in iterator order, so every `checkpoint_rows` rows
+//! the run waits for its in-flight requests and commits the last iterator value
+//! read: every row below it is acknowledged. A run cut off (SIGKILL, shutdown,
+//! failure) leaves that checkpoint, and the next run of the pipeline starts
+//! there instead of at the watermark. Rows equal to the checkpoint are read
+//! again; they carry the same content-derived `source_request_id`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::clock::Clock;
-use crate::config::model::{InputProtection, Pipeline, Project, SyncMode};
+use crate::config::model::{InputProtection, IteratorDataType, Pipeline, Project, SyncMode};
 use crate::mapping::EncodedBatch;
 use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan, RejectedRow};
 use crate::sink::delivery::{Deliverer, DeliveryConfig, RequestOutcome};
@@ -24,9 +31,11 @@ use crate::sink::files::JsonlFile;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{DeliveryError, EventsApiClient, PackedRequest, RequestPacker};
 use crate::source::guard::check_single_select;
-use crate::source::{ColumnInfo, IteratorFilter, SourceError, SourceQuery, Warehouse};
+use crate::source::{
+    ColumnInfo, IteratorFilter, IteratorValue, SourceError, SourceQuery, Warehouse,
+};
 use crate::state::{
-    DeadLetterKind, NewDeadLetter, RunCounts, RunOutcome, RunRecord, RunState, StateError,
+    DeadLetterKind, NewDeadLetter, NewRun, RunCounts, RunOutcome, RunRecord, RunState, StateError,
     StateStore,
 };
 use crate::telemetry::events;
@@ -94,6 +103,26 @@ pub enum SyncError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The run stopped on shutdown; its checkpoint is where the next one starts.
+    #[error("stopped by shutdown before the window was finished; the next run resumes from {}", checkpoint.as_deref().unwrap_or("the start of the window"))]
+    Interrupted {
+        /// The last committed checkpoint.
+        checkpoint: Option<String>,
+    },
+    /// A backfill bound does not parse for the iterator's type.
+    #[error("pipeline `{pipeline}`: {which} `{value}` is not a valid {data_type} value; {hint}")]
+    BadBound {
+        /// Pipeline id.
+        pipeline: String,
+        /// `--from` or `--until`.
+        which: &'static str,
+        /// What was given.
+        value: String,
+        /// The iterator type.
+        data_type: &'static str,
+        /// How to write one.
+        hint: &'static str,
+    },
     /// A stored watermark does not parse for the iterator's type (someone changed
     /// `iterator_data_type` after runs were recorded).
     #[error(
@@ -141,9 +170,55 @@ pub struct SyncContext {
     pub state: StateStore,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Cancelled on SIGTERM/SIGINT: runs stop reading, let in-flight requests
+    /// finish within `[daemon] shutdown_grace_secs`, and record a checkpoint.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// What starts a run and which window it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunKind {
+    /// `wsync run` or a trigger: from the watermark (or an unfinished run's
+    /// checkpoint) to now.
+    Manual,
+    /// Started by the schedule. Interval schedules pass the interval whose end
+    /// is the run's upper bound.
+    Scheduled {
+        /// `[start, end)` of the schedule interval.
+        interval: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    },
+    /// `wsync backfill`: replay `[from, until)` (as the user wrote them) without
+    /// moving the watermark.
+    Backfill {
+        /// Inclusive lower bound.
+        from: String,
+        /// Exclusive upper bound.
+        until: String,
+    },
+}
+
+impl RunKind {
+    /// The stored `run_type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Scheduled { .. } => "scheduled",
+            Self::Backfill { .. } => "backfill",
+        }
+    }
 }
 
 impl SyncContext {
+    /// A context with the system clock's peer services and its own shutdown token.
+    pub fn new(project: Arc<Project>, state: StateStore, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            project,
+            state,
+            clock,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
     /// The pipeline with this id, or an error listing the ones that exist.
     pub fn pipeline(&self, id: &str) -> Result<&Pipeline, SyncError> {
         self.project
@@ -218,12 +293,13 @@ pub async fn preview(
 /// Run `pipeline_id` once now and record it.
 ///
 /// `Err` means the run could not be recorded at all (unknown pipeline, state
-/// store down, SQL refused). Once recorded, a run that fails returns `Ok` with
-/// `record.state == Failed` and the error in `record.error`.
+/// store down, SQL refused, already in progress). Once recorded, a run that
+/// fails returns `Ok` with `record.state == Failed` (or `Interrupted` on
+/// shutdown) and the error in `record.error`.
 pub async fn run(
     ctx: &SyncContext,
     pipeline_id: &str,
-    run_type: &str,
+    kind: RunKind,
 ) -> Result<RunReport, SyncError> {
     let pipeline = ctx.pipeline(pipeline_id)?.clone();
     if pipeline.input_protection == InputProtection::OnlyUpdate {
@@ -245,51 +321,149 @@ pub async fn run(
     })?;
     let dry_run = pipeline.input_protection == InputProtection::OnlyRead;
     let started = ctx.clock.now();
-
-    // Window lower bound from the watermark (or `from`); the upper bound needs
-    // the warehouse for integer iterators, so it is fixed after connecting.
-    let watermark = ctx.state.watermark(&pipeline.id).await?;
-    let lower = match &pipeline.sync_mode {
-        SyncMode::Full => None,
-        SyncMode::Incremental {
-            iterator_data_type,
-            from,
-            ..
-        } => match watermark.as_deref().or(from.as_deref()) {
-            None => None,
-            Some(text) => Some(window::parse(*iterator_data_type, text).ok_or_else(|| {
-                SyncError::BadWatermark {
-                    pipeline: pipeline.id.clone(),
-                    value: text.to_owned(),
-                    data_type: iterator_data_type.as_str(),
-                }
-            })?),
-        },
-    };
-    let upper = match &pipeline.sync_mode {
-        SyncMode::Incremental {
-            iterator_data_type, ..
-        } => window::upper_at(*iterator_data_type, started),
-        SyncMode::Full => None,
-    };
+    let window = plan_window(ctx, &pipeline, &kind, started).await?;
     let run_id = ctx
         .state
-        .start_run(
-            &pipeline.id,
-            run_type,
+        .start_run(&NewRun {
+            pipeline_id: &pipeline.id,
+            run_type: kind.as_str(),
             dry_run,
-            started,
-            (
-                lower.as_ref().map(window::to_text),
-                upper.as_ref().map(window::to_text),
+            now: started,
+            window: (
+                window.lower.as_ref().map(window::to_text),
+                window.upper.as_ref().map(window::to_text),
             ),
-        )
+            interval: match &kind {
+                RunKind::Scheduled { interval } => *interval,
+                _ => None,
+            },
+            resumed_from: window.resumed_from,
+        })
         .await?;
 
     let span = tracing::info_span!("run", pipeline = %pipeline.id, run_id);
+    if let (Some(from), Some(lower)) = (window.resumed_from, &window.lower) {
+        let _entered = span.enter();
+        events::RunResumed {
+            resumed_from: from,
+            checkpoint: &window::to_text(lower),
+        }
+        .emit();
+    }
     let mut attempt = Attempt::new(ctx, &pipeline, run_id, dry_run);
-    let result = attempt.execute(lower, upper).instrument(span.clone()).await;
+    // Backfills replay a range: they neither move the watermark nor leave a
+    // checkpoint for the next scheduled run.
+    attempt.moves_watermark = !dry_run && !matches!(kind, RunKind::Backfill { .. });
+    let result = attempt.execute(window).instrument(span.clone()).await;
     attempt.finish(result).instrument(span).await
+}
+
+/// The iterator window a run will read, before the warehouse is asked (an
+/// integer sequence's upper bound is fixed after connecting).
+#[derive(Debug, Clone, PartialEq)]
+struct WindowPlan {
+    lower: Option<IteratorValue>,
+    upper: Option<IteratorValue>,
+    /// The unfinished run whose checkpoint is the lower bound.
+    resumed_from: Option<i64>,
+    /// The stored watermark: a run never moves it down.
+    previous: Option<IteratorValue>,
+}
+
+/// Where a run starts and ends reading. See the module notes.
+async fn plan_window(
+    ctx: &SyncContext,
+    pipeline: &Pipeline,
+    kind: &RunKind,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<WindowPlan, SyncError> {
+    let SyncMode::Incremental {
+        iterator_data_type: data_type,
+        from,
+        lag,
+        time_zone,
+        ..
+    } = &pipeline.sync_mode
+    else {
+        return Ok(WindowPlan {
+            lower: None,
+            upper: None,
+            resumed_from: None,
+            previous: None,
+        });
+    };
+    let (data_type, zone) = (*data_type, *time_zone);
+    if let RunKind::Backfill { from, until } = kind {
+        let bound = |which: &'static str, text: &str| {
+            window::parse_bound(data_type, zone, text).ok_or_else(|| SyncError::BadBound {
+                pipeline: pipeline.id.clone(),
+                which,
+                value: text.to_owned(),
+                data_type: data_type.as_str(),
+                hint: bound_hint(data_type),
+            })
+        };
+        return Ok(WindowPlan {
+            lower: Some(bound("--from", from)?),
+            upper: Some(bound("--until", until)?),
+            resumed_from: None,
+            previous: None,
+        });
+    }
+    let parse_stored = |text: &str| {
+        window::parse(data_type, text).ok_or_else(|| SyncError::BadWatermark {
+            pipeline: pipeline.id.clone(),
+            value: text.to_owned(),
+            data_type: data_type.as_str(),
+        })
+    };
+    let watermark = match ctx.state.watermark(&pipeline.id).await? {
+        Some(text) => Some(parse_stored(&text)?),
+        None => None,
+    };
+    // Lag re-reads a margin below the watermark for rows committed late; the
+    // first window starts at `from` as written.
+    let mut lower = match (watermark, from) {
+        (Some(w), _) => Some(window::minus_lag(data_type, w, *lag)),
+        (None, Some(from)) => Some(parse_stored(from)?),
+        (None, None) => None,
+    };
+    let mut resumed_from = None;
+    if let Some(point) = ctx.state.resume_point(&pipeline.id).await? {
+        let checkpoint = parse_stored(&point.checkpoint)?;
+        // A checkpoint at or below the watermark adds nothing.
+        if watermark.is_none_or(|w| checkpoint > w) {
+            lower = Some(checkpoint);
+            resumed_from = Some(point.run_id);
+        }
+    }
+    let upper_at = match kind {
+        RunKind::Scheduled {
+            interval: Some((_, end)),
+        } => *end,
+        _ => now,
+    };
+    Ok(WindowPlan {
+        lower,
+        upper: window::upper_at(data_type, zone, upper_at),
+        resumed_from,
+        previous: watermark,
+    })
+}
+
+/// How to write a bound of this iterator type on the command line.
+fn bound_hint(data_type: IteratorDataType) -> &'static str {
+    match data_type {
+        IteratorDataType::TimestampTz => "write an RFC 3339 instant, e.g. 2024-01-01T00:00:00Z",
+        IteratorDataType::TimestampNtz => {
+            "write 2024-01-01T00:00:00 (wall clock in iterator_time_zone) or an RFC 3339 instant"
+        }
+        IteratorDataType::Date => "write a date, e.g. 2024-01-01, or an RFC 3339 instant",
+        IteratorDataType::UnixSeconds | IteratorDataType::UnixMillis => {
+            "write the number, or an RFC 3339 instant"
+        }
+        IteratorDataType::Integer => "write an integer",
+    }
 }
 
 /// Connect and build the query for a pipeline, with an optional iterator filter.
@@ -339,6 +513,17 @@ struct Attempt<'a> {
     exports: Option<exports::RunExports>,
     /// Export files finished by a successful run: (dataset, file).
     exported: Vec<(&'static str, crate::export::ExportedFile)>,
+    /// A successful run stores its upper bound as the watermark.
+    moves_watermark: bool,
+    /// Checkpoints are taken on this column (incremental, non-dry runs without
+    /// an export: an export file is all of one window or nothing).
+    checkpoint_on: Option<(String, IteratorDataType)>,
+    /// Iterator value of the last row handed to delivery.
+    last_value: Option<IteratorValue>,
+    /// Rows read since the last checkpoint.
+    rows_since_checkpoint: u64,
+    /// The last committed checkpoint.
+    checkpoint: Option<String>,
 }
 
 /// A request being delivered: its body size and its task.
@@ -394,14 +579,21 @@ impl<'a> Attempt<'a> {
             dead_letters_redelivered: 0,
             exports: None,
             exported: Vec::new(),
+            moves_watermark: !dry_run,
+            checkpoint_on: None,
+            last_value: None,
+            rows_since_checkpoint: 0,
+            checkpoint: None,
         }
     }
 
-    async fn execute(
-        &mut self,
-        lower: Option<crate::source::IteratorValue>,
-        mut upper: Option<crate::source::IteratorValue>,
-    ) -> Result<(), SyncError> {
+    async fn execute(&mut self, plan: WindowPlan) -> Result<(), SyncError> {
+        let WindowPlan {
+            lower,
+            mut upper,
+            previous,
+            ..
+        } = plan;
         let project = &self.ctx.project;
         let filter_for = |lower, upper| match &self.pipeline.sync_mode {
             SyncMode::Full => None,
@@ -422,16 +614,33 @@ impl<'a> Attempt<'a> {
         // Integer sequences: the window ends just past the highest value present
         // now, so rows inserted during the run wait for the next one.
         if let Some(filter) = &query.filter {
-            if filter.data_type == crate::config::model::IteratorDataType::Integer {
+            if filter.data_type == IteratorDataType::Integer && upper.is_none() {
                 let max = warehouse.max_iterator(&query).await?;
                 upper = match (max, lower) {
-                    (Some(crate::source::IteratorValue::Integer(m)), _) => {
-                        Some(crate::source::IteratorValue::Integer(m.saturating_add(1)))
+                    (Some(IteratorValue::Integer(m)), _) => {
+                        Some(IteratorValue::Integer(m.saturating_add(1)))
                     }
                     // An empty model: the window is empty and the watermark stays.
                     (_, lower) => lower,
                 };
-                query.filter = filter_for(lower, upper);
+            }
+        }
+        // A window that ends before it starts (an interval already covered by a
+        // manual run) reads nothing and moves nothing.
+        if let (Some(l), Some(u)) = (lower, upper) {
+            if u < l {
+                upper = Some(l);
+            }
+        }
+        query.filter = filter_for(lower, upper);
+        if let SyncMode::Incremental {
+            iterator_field,
+            iterator_data_type,
+            ..
+        } = &self.pipeline.sync_mode
+        {
+            if self.moves_watermark && self.pipeline.export.is_none() {
+                self.checkpoint_on = Some((iterator_field.clone(), *iterator_data_type));
             }
         }
 
@@ -476,19 +685,36 @@ impl<'a> Attempt<'a> {
         let chunk_rows = project.connections[&self.pipeline.connection].chunk_rows;
 
         let (tx, rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
-        let (extracted, consumed) = tokio::join!(
-            warehouse.extract(&query, &columns, chunk_rows, tx),
-            self.consume(rx, &mapper, deliverer.as_ref())
-        );
+        let shutdown = self.ctx.shutdown.clone();
+        // On shutdown the query is abandoned at once (dropping it closes the
+        // cursor); what was read is delivered and checkpointed by `consume`.
+        let extract = async {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                r = warehouse.extract(&query, &columns, chunk_rows, tx) => Some(r),
+            }
+        };
+        let (extracted, consumed) =
+            tokio::join!(extract, self.consume(rx, &mapper, deliverer.as_ref()));
         // A delivery failure drops the receiver, which ends extraction early; the
         // delivery error is the one worth reporting.
         consumed?;
+        let Some(extracted) = extracted else {
+            return Err(SyncError::Interrupted {
+                checkpoint: self.checkpoint.clone(),
+            });
+        };
         self.counts.records_extracted = extracted?;
         if let Some(exports) = self.exports.take() {
             self.exported = exports.finish()?;
         }
-        if query.filter.is_some() && !self.dry_run {
-            self.watermark = upper.as_ref().map(window::to_text);
+        if query.filter.is_some() && self.moves_watermark {
+            // Never store a watermark below the one a previous run earned.
+            self.watermark = upper
+                .filter(|u| previous.is_none_or(|p| *u >= p))
+                .as_ref()
+                .map(window::to_text);
         }
         Ok(())
     }
@@ -505,8 +731,75 @@ impl<'a> Attempt<'a> {
             .await;
         // Whatever happened, wait for the requests already on the wire so their
         // outcome (acknowledged or dead letter) is recorded.
-        let drained = self.reap(&mut in_flight, true).await;
-        result.and(drained)
+        let drained = self.drain(&mut in_flight).await;
+        let stopped = matches!(result, Err(SyncError::Interrupted { .. }));
+        match drained {
+            // Everything read was delivered: on a stop, that is the checkpoint.
+            Ok(true) if stopped || self.ctx.shutdown.is_cancelled() => {
+                self.commit_checkpoint().await?;
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(SyncError::Interrupted {
+                    checkpoint: self.checkpoint.clone(),
+                })
+            }
+            Err(e) => return result.and(Err(e)),
+        }
+        match result {
+            Err(SyncError::Interrupted { .. }) => Err(SyncError::Interrupted {
+                checkpoint: self.checkpoint.clone(),
+            }),
+            other => other,
+        }
+    }
+
+    /// Wait for every in-flight request. `Ok(false)` when shutdown's grace ran
+    /// out first: the rest are abandoned and the checkpoint stays where it was.
+    async fn drain(&mut self, in_flight: &mut Vec<InFlight>) -> Result<bool, SyncError> {
+        let shutdown = self.ctx.shutdown.clone();
+        let grace = self.ctx.project.daemon.shutdown_grace;
+        let expired = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let finished = tokio::select! {
+            r = self.reap(in_flight, true) => Some(r),
+            () = expired => None,
+        };
+        match finished {
+            Some(r) => r.map(|()| true),
+            None => {
+                tracing::warn!(
+                    abandoned = in_flight.len(),
+                    "Shutdown grace period over; abandoning in-flight requests."
+                );
+                for (_, handle) in in_flight.drain(..) {
+                    handle.abort();
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Record the last value read as the checkpoint (every request up to it is
+    /// acknowledged: the caller drained them).
+    async fn commit_checkpoint(&mut self) -> Result<(), SyncError> {
+        let Some(value) = self.last_value.as_ref().map(window::to_text) else {
+            return Ok(());
+        };
+        if self.checkpoint.as_deref() == Some(value.as_str()) {
+            return Ok(());
+        }
+        self.ctx.state.checkpoint(self.run_id, &value).await?;
+        events::CheckpointCommitted {
+            value: &value,
+            rows: self.stats.rows_read,
+        }
+        .emit();
+        self.checkpoint = Some(value);
+        self.rows_since_checkpoint = 0;
+        Ok(())
     }
 
     async fn consume_chunks(
@@ -518,7 +811,20 @@ impl<'a> Attempt<'a> {
     ) -> Result<(), SyncError> {
         let mut packer = RequestPacker::default();
         let mut next_row = 1u64;
-        while let Some(chunk) = rx.recv().await {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Stop reading; what was read goes out and is checkpointed.
+                    if let Some(request) = packer.take() {
+                        self.deliver(request, deliverer, in_flight).await?;
+                    }
+                    return Err(SyncError::Interrupted { checkpoint: None });
+                }
+                chunk = rx.recv() => chunk,
+            };
+            let Some(chunk) = chunk else { break };
             let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
             if let Some(exports) = self.exports.as_mut() {
@@ -565,11 +871,47 @@ impl<'a> Attempt<'a> {
                     self.deliver(request, deliverer, in_flight).await?;
                 }
             }
+            self.after_chunk(&chunk, &mut packer, deliverer, in_flight)
+                .await?;
         }
         if let Some(request) = packer.take() {
             self.deliver(request, deliverer, in_flight).await?;
         }
         Ok(())
+    }
+
+    /// Note the chunk's last iterator value and, every `checkpoint_rows` rows,
+    /// flush, wait for every request and commit the checkpoint.
+    async fn after_chunk(
+        &mut self,
+        chunk: &RecordBatch,
+        packer: &mut RequestPacker,
+        deliverer: Option<&Deliverer>,
+        in_flight: &mut Vec<InFlight>,
+    ) -> Result<(), SyncError> {
+        let Some((column, data_type)) = &self.checkpoint_on else {
+            return Ok(());
+        };
+        let rows = chunk.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        if let Some(value) = window::value_in(chunk, column, rows - 1, *data_type) {
+            self.last_value = Some(value);
+        }
+        self.rows_since_checkpoint += rows as u64;
+        if self.rows_since_checkpoint < self.ctx.project.daemon.checkpoint_rows {
+            return Ok(());
+        }
+        if let Some(request) = packer.take() {
+            self.deliver(request, deliverer, in_flight).await?;
+        }
+        if !self.drain(in_flight).await? {
+            return Err(SyncError::Interrupted {
+                checkpoint: self.checkpoint.clone(),
+            });
+        }
+        self.commit_checkpoint().await
     }
 
     /// Hand a request to the deliverer (waiting for an in-flight slot: the
@@ -600,8 +942,11 @@ impl<'a> Attempt<'a> {
                 i += 1;
                 continue;
             }
-            let (bytes, handle) = in_flight.swap_remove(i);
-            match handle.await {
+            // Awaited in place: if the wait is abandoned (shutdown grace over),
+            // the task is still in the list to be aborted.
+            let joined = (&mut in_flight[i].1).await;
+            let (bytes, _) = in_flight.swap_remove(i);
+            match joined {
                 Ok(Ok(outcome)) => {
                     events::RequestAcknowledged {
                         batches: outcome.acknowledged.len(),
@@ -769,6 +1114,7 @@ impl<'a> Attempt<'a> {
             );
         }
         let mut files = BTreeMap::new();
+        let interrupted = matches!(result, Err(SyncError::Interrupted { .. }));
         let mut error = result.err().map(|e| e.to_string());
         let mut close = |name: &'static str, file: JsonlFile| {
             let path = file.path().to_owned();
@@ -837,10 +1183,10 @@ impl<'a> Attempt<'a> {
             }
         }
 
-        let state = if error.is_some() {
-            RunState::Failed
-        } else {
-            RunState::Success
+        let state = match (&error, interrupted) {
+            (None, _) => RunState::Success,
+            (Some(_), true) => RunState::Interrupted,
+            (Some(_), false) => RunState::Failed,
         };
         let outcome = RunOutcome {
             state,

@@ -128,3 +128,113 @@ impl RunFinished<'_> {
         }
     }
 }
+
+/// A checkpoint was committed: every row below `value` is acknowledged.
+pub struct CheckpointCommitted<'a> {
+    /// The iterator value.
+    pub value: &'a str,
+    /// Rows read by the run so far.
+    pub rows: u64,
+}
+
+impl CheckpointCommitted<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        tracing::debug!(
+            checkpoint = self.value,
+            rows = self.rows,
+            "Checkpoint committed."
+        );
+    }
+}
+
+/// A run picks up where an unfinished one stopped.
+pub struct RunResumed<'a> {
+    /// The failed or interrupted run.
+    pub resumed_from: i64,
+    /// Its checkpoint, the new run's lower bound.
+    pub checkpoint: &'a str,
+}
+
+impl RunResumed<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            resumed_from = self.resumed_from,
+            checkpoint = self.checkpoint,
+            "Resuming from the checkpoint of an unfinished run."
+        );
+    }
+}
+
+/// The daemon started.
+pub struct DaemonStarted {
+    /// Pipelines it schedules (not paused, not on demand).
+    pub scheduled: usize,
+    /// Pipelines it knows.
+    pub pipelines: usize,
+}
+
+impl DaemonStarted {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            scheduled = self.scheduled,
+            pipelines = self.pipelines,
+            "Daemon started."
+        );
+    }
+}
+
+/// A pipeline's next run time, as planned.
+pub struct NextRunPlanned<'a> {
+    /// Pipeline id.
+    pub pipeline: &'a str,
+    /// When (RFC 3339).
+    pub at: &'a str,
+}
+
+impl NextRunPlanned<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        tracing::debug!(pipeline = self.pipeline, at = self.at, "Next run planned.");
+    }
+}
+
+/// A scheduled run could not start (already running, paused, refused).
+pub struct RunNotStarted<'a> {
+    /// Pipeline id.
+    pub pipeline: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl RunNotStarted<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        warn!(
+            pipeline = self.pipeline,
+            reason = self.reason,
+            "Scheduled run not started."
+        );
+    }
+}
+
+/// SIGTERM or SIGINT: no new run starts; running ones stop at their next chunk.
+pub struct ShutdownRequested {
+    /// Runs in progress.
+    pub running: usize,
+    /// Grace for in-flight requests, in seconds.
+    pub grace_secs: u64,
+}
+
+impl ShutdownRequested {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            running = self.running,
+            grace_secs = self.grace_secs,
+            "Shutting down: no new runs; in-flight requests get the grace period."
+        );
+    }
+}

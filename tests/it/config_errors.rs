@@ -215,7 +215,7 @@ fn unknown_keys_are_all_reported_with_suggestions() {
 - schedules/a.toml:1: conection: unknown key `conection`
   hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export
 - schedules/a.toml:7: sync_mode.iterator_feild: unknown key `iterator_feild`
-  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from
+  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone
 - schedules/a.toml:13: mappings[0].colour: unknown key `colour`
   hint: remove it; valid keys in `mappings[0]`: mapping_type, source, destination, value
 "#
@@ -446,6 +446,8 @@ fn valid_project_loads_with_expected_values() {
             iterator_field: "updated_at".into(),
             iterator_data_type: IteratorDataType::TimestampTz,
             from: Some("2024-01-01T00:00:00Z".into()),
+            lag: 0,
+            time_zone: chrono_tz::UTC,
         }
     );
     match &users.schedule {
@@ -495,6 +497,7 @@ fn valid_project_loads_with_expected_values() {
             frequency,
             start,
             end,
+            ..
         } => {
             assert_eq!(*frequency, Frequency::Daily);
             assert_eq!(start.to_rfc3339(), "2024-01-01T01:00:00+00:00");

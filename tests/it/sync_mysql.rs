@@ -81,7 +81,9 @@ iterator_data_type = "integer"
 "#,
     );
     let ctx = p.context().await;
-    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(
         report.record.state,
         RunState::Success,
@@ -131,7 +133,9 @@ iterator_data_type = "integer"
     .execute(&pool)
     .await
     .unwrap();
-    let second = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let second = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(second.record.state, RunState::Success);
     assert_eq!(second.record.counts.records_extracted, 1);
     assert_eq!(

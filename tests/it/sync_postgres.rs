@@ -97,7 +97,9 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
     let p = project(&table, &fake.base_url(), SECRET);
     let ctx = p.context().await;
 
-    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(
         report.record.state,
         RunState::Success,
@@ -206,13 +208,17 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     let p = project(&table, &fake.base_url(), SECRET);
     let ctx = p.context().await;
 
-    let first = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let first = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(first.record.state, RunState::Success);
     assert_eq!(fake.batches().len(), 2);
     let watermark = ctx.state.watermark("people").await.unwrap();
 
     // Nothing new: an empty window, nothing sent, watermark moves on.
-    let second = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let second = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(second.record.counts.records_extracted, 0);
     assert_eq!(fake.batches().len(), 2);
     assert_eq!(second.record.data_interval_start, watermark);
@@ -228,7 +234,9 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     let before = ctx.state.watermark("people").await.unwrap();
     fake.respond_with_status_once(503);
     fake.respond_with_status_once(503);
-    let failed = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let failed = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(failed.record.state, RunState::Failed);
     assert_eq!(failed.record.counts.responses_5xx, 2);
     assert_eq!(failed.record.counts.retries, 1);
@@ -240,7 +248,9 @@ async fn incremental_runs_send_only_new_rows_and_failures_keep_the_watermark() {
     assert_eq!(ctx.state.watermark("people").await.unwrap(), before);
 
     // The next run sends the row that failed.
-    let retry = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let retry = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(retry.record.state, RunState::Success);
     let batches = fake.batches();
     assert_eq!(batches.len(), 3);
@@ -261,7 +271,9 @@ async fn wrong_secret_fails_the_run_without_leaking_it() {
     let p = project(&table, &fake.base_url(), wrong);
     let ctx = p.context().await;
 
-    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(report.record.state, RunState::Failed);
     let error = report.record.error.unwrap();
     assert!(
@@ -307,7 +319,7 @@ iterator_data_type = "timestamp_tz"
     );
     let ctx = p.context().await;
 
-    let dry = wsync::sync::run(&ctx, "people_dry", "manual")
+    let dry = wsync::sync::run(&ctx, "people_dry", wsync::sync::RunKind::Manual)
         .await
         .unwrap();
     assert_eq!(dry.record.state, RunState::Success);
@@ -324,7 +336,9 @@ iterator_data_type = "timestamp_tz"
     );
     let would_be = read_jsonl(&dry.files["batches"]);
 
-    let real = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let real = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(real.record.state, RunState::Success);
     let (d, r) = (&dry.record.counts, &real.record.counts);
     assert_eq!(
@@ -406,7 +420,9 @@ async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
 
     // A transient 503 on the way is retried, not fatal.
     fake.respond_with_status_once(503);
-    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(
         report.record.state,
         RunState::Success,
@@ -464,7 +480,9 @@ async fn a_poison_batch_is_dead_lettered_and_every_good_batch_delivered() {
 
     // The next run re-sends it first; once the server accepts it, it is gone.
     fake.set_poison_rule(false);
-    let next = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let next = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(next.record.state, RunState::Success);
     assert_eq!(next.record.counts.batches_sent, 1);
     assert_eq!(
@@ -534,7 +552,9 @@ request_timeout_secs = 5
         "connection = \"pg\"\ndata_model = \"people\"\nfeed = \"fake\"\n\n[sync_mode]\ntype = \"incremental\"\niterator_field = \"updated_at\"\niterator_data_type = \"timestamp_tz\"\n",
     );
     let ctx = p.context().await;
-    let report = wsync::sync::run(&ctx, "people", "manual").await.unwrap();
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
     assert_eq!(
         report.record.state,
         RunState::Success,

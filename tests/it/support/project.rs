@@ -61,11 +61,7 @@ impl TestProject {
         let state = StateStore::open(project.state.url.expose())
             .await
             .expect("state store");
-        SyncContext {
-            project: Arc::new(project),
-            state,
-            clock: Arc::new(SystemClock),
-        }
+        SyncContext::new(Arc::new(project), state, Arc::new(SystemClock))
     }
 
     /// Run the `wsync` binary in this project; returns (exit code, stdout, stderr).

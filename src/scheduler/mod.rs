@@ -1,0 +1,267 @@
+//! `wsync daemon`: runs every active pipeline on its schedule until shutdown.
+//!
+//! Each pass ([`Daemon::tick`]) asks [`plan::plan`] what is due for every
+//! pipeline that is not paused and not running, and starts one task per due
+//! pipeline that carries out its runs oldest first (a catch-up stops at the
+//! first run that does not succeed). Runs of different pipelines overlap up to
+//! `[daemon] max_concurrent_runs`; one pipeline never runs twice at once,
+//! inside this process (the task set) or across processes (the state store's
+//! lock). On shutdown no run starts, running ones stop at their next chunk,
+//! deliver what they read within the grace period, record a checkpoint and end
+//! `interrupted`; the next start resumes them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::state::{RunState, StateError};
+use crate::sync::{RunKind, SyncContext, SyncError};
+use crate::telemetry::events;
+
+pub mod plan;
+
+/// Longest sleep between passes, so `wsync pause`/`resume` from another
+/// process and a wall-clock jump are noticed without a signal.
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why the daemon could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The pipeline is running already.
+    #[error("pipeline `{0}` is already in progress; wait for its run to finish")]
+    AlreadyRunning(String),
+    /// The pipeline is paused.
+    #[error("pipeline `{0}` is paused; resume it first (`wsync resume {0}`)")]
+    Paused(String),
+    /// No such pipeline, or the run was refused.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// State store failure.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The scheduler of one process.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    ctx: SyncContext,
+    started: DateTime<Utc>,
+    running: Arc<Mutex<BTreeMap<String, JoinHandle<()>>>>,
+    permits: Arc<Semaphore>,
+    /// Woken when a pipeline's task ends, so the next pass need not wait.
+    wake: Arc<Notify>,
+}
+
+impl Daemon {
+    /// A daemon over `ctx`; its clock's current time anchors cron schedules
+    /// that never ran.
+    pub fn new(ctx: SyncContext) -> Self {
+        let started = ctx.clock.now();
+        let permits = Arc::new(Semaphore::new(ctx.project.daemon.max_concurrent_runs));
+        Self {
+            ctx,
+            started,
+            running: Arc::default(),
+            permits,
+            wake: Arc::default(),
+        }
+    }
+
+    /// Whether `pipeline` is paused, in its file or from the command line.
+    pub async fn is_paused(&self, pipeline: &str) -> Result<bool, SchedulerError> {
+        let p = self.ctx.pipeline(pipeline)?;
+        Ok(p.paused || self.ctx.state.paused(pipeline).await?)
+    }
+
+    /// Pipelines with a task in this process.
+    pub fn running(&self) -> Vec<String> {
+        self.lock_running().keys().cloned().collect()
+    }
+
+    /// One pass: start what is due now. Returns the earliest next due time.
+    pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, SchedulerError> {
+        self.reap_finished();
+        let now = self.ctx.clock.now();
+        let mut earliest: Option<DateTime<Utc>> = None;
+        for (id, pipeline) in &self.ctx.project.pipelines {
+            if self.ctx.shutdown.is_cancelled() {
+                break;
+            }
+            if self.lock_running().contains_key(id) || self.is_paused(id).await? {
+                continue;
+            }
+            // Another process (`wsync run`) holds it: not ours to plan now.
+            if self.ctx.state.lock_holder(id).await?.is_some() {
+                continue;
+            }
+            let history = self.ctx.state.schedule_history(id).await?;
+            let plan = plan::plan(pipeline, &history, self.started, now);
+            if let Some(next) = plan.next {
+                events::NextRunPlanned {
+                    pipeline: id,
+                    at: &next.to_rfc3339(),
+                }
+                .emit();
+                earliest = Some(earliest.map_or(next, |e| e.min(next)));
+            }
+            if !plan.due.is_empty() {
+                let runs = plan
+                    .due
+                    .into_iter()
+                    .map(|interval| RunKind::Scheduled { interval })
+                    .collect();
+                self.spawn(id.clone(), runs);
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// Start an on-demand run of `pipeline` now (refused while it runs or is
+    /// paused).
+    pub async fn trigger(&self, pipeline: &str) -> Result<(), SchedulerError> {
+        self.ctx.pipeline(pipeline)?;
+        self.reap_finished();
+        if self.lock_running().contains_key(pipeline)
+            || self.ctx.state.lock_holder(pipeline).await?.is_some()
+        {
+            return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
+        }
+        if self.is_paused(pipeline).await? {
+            return Err(SchedulerError::Paused(pipeline.to_owned()));
+        }
+        self.spawn(pipeline.to_owned(), vec![RunKind::Manual]);
+        Ok(())
+    }
+
+    /// Pass after pass until shutdown, then wait for the running pipelines to
+    /// stop (they observe the same shutdown token).
+    pub async fn run(self) -> Result<(), SchedulerError> {
+        let scheduled = self
+            .ctx
+            .project
+            .pipelines
+            .values()
+            .filter(|p| {
+                !p.paused && !matches!(p.schedule, crate::config::model::Schedule::OnDemand)
+            })
+            .count();
+        events::DaemonStarted {
+            scheduled,
+            pipelines: self.ctx.project.pipelines.len(),
+        }
+        .emit();
+        while !self.ctx.shutdown.is_cancelled() {
+            let next = match self.tick().await {
+                Ok(next) => next,
+                Err(e) => {
+                    // The state store may be briefly locked or the disk full;
+                    // try again on the next pass rather than stopping.
+                    tracing::error!(error = %e, "Scheduling pass failed.");
+                    None
+                }
+            };
+            let wait = next
+                .and_then(|n| (n - self.ctx.clock.now()).to_std().ok())
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            tokio::select! {
+                () = self.ctx.shutdown.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+        let handles: Vec<JoinHandle<()>> = {
+            let mut running = self.lock_running();
+            events::ShutdownRequested {
+                running: running.len(),
+                grace_secs: self.ctx.project.daemon.shutdown_grace.as_secs(),
+            }
+            .emit();
+            std::mem::take(&mut *running).into_values().collect()
+        };
+        for handle in handles {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "A pipeline task ended abnormally.");
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until no pipeline task of this daemon runs (tests, and `once`
+    /// daemons that want to exit when idle).
+    pub async fn wait_idle(&self) {
+        loop {
+            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock_running())
+                .into_values()
+                .collect();
+            if handles.is_empty() {
+                return;
+            }
+            for handle in handles {
+                let _ = handle.await;
+            }
+        }
+    }
+
+    fn spawn(&self, pipeline: String, runs: Vec<RunKind>) {
+        let ctx = self.ctx.clone();
+        let permits = Arc::clone(&self.permits);
+        let wake = Arc::clone(&self.wake);
+        let id = pipeline.clone();
+        // Each pipeline's runs get a thread of their own, driven by the shared
+        // runtime: a run's future is not provably `Send` for every lifetime
+        // (rustc through sqlx's executor bounds), and a thread per running
+        // pipeline also maps rows of different pipelines in parallel.
+        let runtime = tokio::runtime::Handle::current();
+        let handle = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                for kind in runs {
+                    if ctx.shutdown.is_cancelled() {
+                        break;
+                    }
+                    match crate::sync::run(&ctx, &id, kind).await {
+                        Ok(report) if report.record.state == RunState::Success => {}
+                        // A failed or interrupted run ends the catch-up; the plan
+                        // decides when to try again.
+                        Ok(_) => break,
+                        Err(SyncError::State(StateError::InProgress { .. })) => {
+                            events::RunNotStarted {
+                                pipeline: &id,
+                                reason: "already in progress in another process",
+                            }
+                            .emit();
+                            break;
+                        }
+                        Err(e) => {
+                            events::RunNotStarted {
+                                pipeline: &id,
+                                reason: &e.to_string(),
+                            }
+                            .emit();
+                            break;
+                        }
+                    }
+                }
+                wake.notify_one();
+            });
+        });
+        self.lock_running().insert(pipeline, handle);
+    }
+
+    /// Forget tasks that ended.
+    fn reap_finished(&self) {
+        self.lock_running().retain(|_, h| !h.is_finished());
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JoinHandle<()>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
