@@ -173,6 +173,7 @@ impl Daemon {
                 () = self.wake.notified() => {}
             }
         }
+        self.reap_finished();
         let handles: Vec<JoinHandle<()>> = {
             let mut running = self.lock_running();
             events::ShutdownRequested {
