@@ -53,7 +53,14 @@ pub struct Daemon {
     permits: Arc<Semaphore>,
     /// Woken when a pipeline's task ends, so the next pass need not wait.
     wake: Arc<Notify>,
+    /// Pipelines whose last scheduled run could not even start (refused SQL,
+    /// a bad watermark): not retried before this time, so a broken pipeline
+    /// costs one log line per few minutes, not one per pass.
+    hold: Arc<Mutex<BTreeMap<String, DateTime<Utc>>>>,
 }
+
+/// How long a pipeline whose run could not start is left alone.
+const HOLD_AFTER_REFUSAL: chrono::Duration = chrono::Duration::minutes(5);
 
 impl Daemon {
     /// A daemon over `ctx`; its clock's current time anchors cron schedules
@@ -67,6 +74,7 @@ impl Daemon {
             running: Arc::default(),
             permits,
             wake: Arc::default(),
+            hold: Arc::default(),
         }
     }
 
@@ -91,6 +99,9 @@ impl Daemon {
                 break;
             }
             if self.lock_running().contains_key(id) || self.is_paused(id).await? {
+                continue;
+            }
+            if self.held(id).is_some_and(|until| now < until) {
                 continue;
             }
             // Another process (`wsync run`) holds it: not ours to plan now.
@@ -211,6 +222,7 @@ impl Daemon {
         let ctx = self.ctx.clone();
         let permits = Arc::clone(&self.permits);
         let wake = Arc::clone(&self.wake);
+        let hold = Arc::clone(&self.hold);
         let id = pipeline.clone();
         // Each pipeline's runs get a thread of their own, driven by the shared
         // runtime: a run's future is not provably `Send` for every lifetime
@@ -245,6 +257,9 @@ impl Daemon {
                                 reason: &e.to_string(),
                             }
                             .emit();
+                            hold.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(id.clone(), ctx.clock.now() + HOLD_AFTER_REFUSAL);
                             break;
                         }
                     }
@@ -253,6 +268,14 @@ impl Daemon {
             });
         });
         self.lock_running().insert(pipeline, handle);
+    }
+
+    fn held(&self, pipeline: &str) -> Option<DateTime<Utc>> {
+        self.hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(pipeline)
+            .copied()
     }
 
     /// Forget tasks that ended.

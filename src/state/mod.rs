@@ -578,7 +578,25 @@ fn process_alive(pid: i64, instance: &str) -> bool {
         // SAFETY: signal 0 only checks that the process exists and may be
         // signalled; nothing is sent.
         let rc = unsafe { libc::kill(pid, 0) };
-        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // After a crash the pid may have been reused by an unrelated program;
+        // where /proc tells, only a wsync process (or a test binary linking
+        // it) counts as the holder.
+        if !exists {
+            return false;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return true;
+        };
+        // Empty: a zombie (killed, not yet reaped) or a kernel thread.
+        if cmd.is_empty() {
+            return false;
+        }
+        let cmd = String::from_utf8_lossy(&cmd);
+        let own_name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        cmd.contains("wsync") || own_name.is_some_and(|n| cmd.contains(&n))
     }
     #[cfg(not(unix))]
     {
