@@ -203,6 +203,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 SyncError::UnknownPipeline { .. }
                     | SyncError::Unsupported { .. }
                     | SyncError::Refused { .. }
+                    | SyncError::BadBound { .. }
             )
         );
     if usage {

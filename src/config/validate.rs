@@ -2218,6 +2218,62 @@ api_secret = "x"
     }
 
     #[test]
+    fn daemon_lag_zone_and_catch_up_settings() {
+        let errors = pipeline_errors(&format!("{HEAD}[sync_mode]\ntype = \"incremental\"\niterator_field = \"u\"\niterator_data_type = \"timestamp_tz\"\nlag = -5\niterator_time_zone = \"Mars/Olympus\"\n[schedule]\ntype = \"interval\"\nfrequency = \"daily\"\nstart = \"2024-01-01T00:00:00Z\"\ncatch_up_days = -1\n"));
+        assert_eq!(
+            errors,
+            vec![
+                "schedules/p.toml:9: sync_mode.lag: must be 0 or more, not -5",
+                "schedules/p.toml:10: sync_mode.iterator_time_zone: only applies to timestamp_ntz and date iterators",
+                "schedules/p.toml:10: sync_mode.iterator_time_zone: `Mars/Olympus` is not a known time zone",
+                "schedules/p.toml:15: schedule.catch_up_days: must be between 0 and 36600, not -1",
+            ]
+        );
+        let errors = pipeline_errors(&format!("{HEAD}[sync_mode]\ntype = \"full\"\nlag = 5\n[schedule]\ntype = \"cron\"\nexpression = \"0 * * * *\"\ncatch_up_days = 3\n"));
+        assert_eq!(
+            errors,
+            vec![
+                "schedules/p.toml:7: sync_mode.lag: `lag` does not apply to full sync",
+                "schedules/p.toml:11: schedule.catch_up_days: `catch_up_days` does not apply to schedule type cron",
+            ]
+        );
+        let (v, errors) = check(
+            &format!("{WSYNC}\n[daemon]\nmax_concurrent_runs = 4\nshutdown_grace_secs = 5\ncheckpoint_rows = 1000\n"),
+            &[("p", &format!("{HEAD}[sync_mode]\ntype = \"incremental\"\niterator_field = \"u\"\niterator_data_type = \"timestamp_ntz\"\nlag = 600\niterator_time_zone = \"Europe/Berlin\"\n"))],
+            false,
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(
+            v.daemon,
+            DaemonSettings {
+                max_concurrent_runs: 4,
+                shutdown_grace: Duration::from_secs(5),
+                checkpoint_rows: 1000,
+            }
+        );
+        assert!(matches!(
+            v.pipelines["p"].sync_mode,
+            SyncMode::Incremental {
+                lag: 600,
+                time_zone: chrono_tz::Europe::Berlin,
+                ..
+            }
+        ));
+        let (_, errors) = check(
+            &format!("{WSYNC}\n[daemon]\nmax_concurrent_runs = 0\nshutdown_grace_secs = 0\n"),
+            &[],
+            false,
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "wsync.toml:21: daemon.max_concurrent_runs: must be between 1 and 64, not 0",
+                "wsync.toml:22: daemon.shutdown_grace_secs: must be more than 0 seconds, not 0",
+            ]
+        );
+    }
+
+    #[test]
     fn schedule_rules() {
         let errors = pipeline_errors(&format!("{HEAD}[schedule]\ntype = \"interval\"\nfrequency = \"daily\"\nstart = \"2024-02-01T00:00:00Z\"\nend = 2024-01-01T00:00:00Z\ntime_zone = \"UTC\"\n"));
         assert_eq!(

@@ -282,3 +282,100 @@ fn max_rejected_pct_gates_the_exit_code() {
     let (code, _, stderr) = p.wsync(&["run", "demo_users", "--max-rejected-pct", "150"], &[]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[test]
+fn status_pause_resume_and_backfill_as_a_user_meets_them() {
+    let p = demo_project();
+    let (code, _, stderr) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let status = |p: &TestProject| -> serde_json::Value {
+        let (code, stdout, stderr) = p.wsync(&["status", "--json"], &[]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(stdout.lines().next().expect("one line")).unwrap()
+    };
+    let s = status(&p);
+    assert_eq!(s["pipeline_id"], "demo_users");
+    assert_eq!(s["input_protection"], "only_read");
+    assert_eq!(s["status"], "active");
+    assert_eq!(s["schedule"], "cron `0 6 * * *` Europe/Berlin");
+    assert_eq!(s["latest_pipeline_run"]["pipeline_run_state"], "success");
+    assert_eq!(s["latest_pipeline_run"]["records_extracted"], 8);
+    // The next 06:00 in Berlin is 04:00 or 05:00 UTC.
+    let next = s["next_run"].as_str().expect("next run");
+    assert!(
+        next.contains("T04:00:00") || next.contains("T05:00:00"),
+        "{next}"
+    );
+    assert_eq!(
+        s["watermark"],
+        serde_json::Value::Null,
+        "dry runs store none"
+    );
+
+    let (code, stdout, _) = p.wsync(&["pause", "demo_users"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("Paused `demo_users`"), "{stdout}");
+    assert_eq!(status(&p)["status"], "paused");
+    assert_eq!(status(&p)["next_run"], serde_json::Value::Null);
+    let (code, _, stderr) = p.wsync(&["run", "demo_users"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("pipeline `demo_users` is paused (`wsync pause demo_users`; `wsync resume demo_users` undoes it)"),
+        "{stderr}"
+    );
+    let (code, _, _) = p.wsync(&["resume", "demo_users"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(status(&p)["status"], "active");
+
+    // A backfill of a range: the demo rows updated from 3 to 6 January (the
+    // bounds are wall-clock times, `timestamp_ntz`).
+    let (code, stdout, stderr) = p.wsync(
+        &[
+            "backfill",
+            "demo_users",
+            "--from",
+            "2026-01-03T10:30:00",
+            "--until",
+            "2026-01-06 17:45:00",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Window: [2026-01-03T10:30:00, 2026-01-06T17:45:00)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        figure(&stdout, "records_extracted").as_deref(),
+        Some("3"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = p.wsync(
+        &[
+            "backfill",
+            "demo_users",
+            "--from",
+            "soon",
+            "--until",
+            "later",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--from `soon` is not a valid timestamp_ntz value"),
+        "{stderr}"
+    );
+    let (_, stdout, _) = p.wsync(&["runs", "--json"], &[]);
+    let types: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["pipeline_run_type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["backfill", "manual"]);
+}
