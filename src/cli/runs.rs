@@ -47,36 +47,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         .await?;
     if args.json {
         for r in &runs {
-            let line = serde_json::json!({
-                "pipeline_run_id": r.id,
-                "pipeline_id": r.pipeline_id,
-                "pipeline_run_state": r.state.as_str(),
-                "pipeline_run_type": r.run_type,
-                "dry_run": r.dry_run,
-                "start_date": r.start_date.to_rfc3339(),
-                "end_date": r.end_date.map(|t| t.to_rfc3339()),
-                "data_interval_start": r.data_interval_start,
-                "data_interval_end": r.data_interval_end,
-                "interval_start": r.interval.map(|i| i.0.to_rfc3339()),
-                "interval_end": r.interval.map(|i| i.1.to_rfc3339()),
-                "checkpoint": r.checkpoint,
-                "resumed_from": r.resumed_from,
-                "records_extracted": r.counts.records_extracted,
-                "records_mapped": r.counts.records_mapped,
-                "event_batches_generated": r.counts.event_batches_generated,
-                "batches_sent": r.counts.batches_sent,
-                "rows_rejected": r.counts.rows_rejected,
-                "requests": r.counts.requests_sent,
-                "bytes_sent": r.counts.bytes_sent,
-                "retries": r.counts.retries,
-                "responses_429": r.counts.responses_429,
-                "responses_5xx": r.counts.responses_5xx,
-                "timeouts": r.counts.timeouts,
-                "rate_limit_wait_ms": r.counts.rate_limit_wait_ms,
-                "dead_letters": r.counts.dead_letters,
-                "files": r.files,
-                "error": r.error,
-            });
+            let line = crate::scheduler::status::run_json(r);
             println!("{line}");
         }
         return Ok(ExitCode::SUCCESS);

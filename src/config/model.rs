@@ -42,7 +42,15 @@ pub struct DaemonSettings {
     pub shutdown_grace: std::time::Duration,
     /// Rows between checkpoints of an incremental run.
     pub checkpoint_rows: u64,
+    /// Where the daemon's HTTP API listens; `None` = off.
+    pub http_bind: Option<std::net::SocketAddr>,
+    /// Environment variable whose value every API request must present as
+    /// `Authorization: Bearer …` (except /health and /ready).
+    pub http_token_env: Option<String>,
 }
+
+/// The HTTP API's default address: loopback only.
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9184";
 
 impl Default for DaemonSettings {
     fn default() -> Self {
@@ -50,6 +58,8 @@ impl Default for DaemonSettings {
             max_concurrent_runs: 2,
             shutdown_grace: std::time::Duration::from_secs(30),
             checkpoint_rows: 50_000,
+            http_bind: DEFAULT_HTTP_BIND.parse().ok(),
+            http_token_env: None,
         }
     }
 }

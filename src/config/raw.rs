@@ -42,6 +42,10 @@ pub(crate) struct RawDaemon {
     pub shutdown_grace_secs: Option<i64>,
     /// Rows between checkpoints of an incremental run.
     pub checkpoint_rows: Option<i64>,
+    /// Address of the HTTP API (`host:port`); `""` turns it off.
+    pub http_bind: Option<String>,
+    /// Environment variable holding the HTTP API's bearer token.
+    pub http_token_env: Option<String>,
 }
 
 /// `[state]`.

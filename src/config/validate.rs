@@ -520,6 +520,22 @@ fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings
             1..=100_000_000,
             "use a row count such as 50000 (the default)",
         ),
+        http_bind: match raw.http_bind.as_deref().map(str::trim) {
+            None => d.http_bind,
+            Some("") => None,
+            Some(text) => match text.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    ctx.push(
+                        "daemon.http_bind",
+                        format!("`{text}` is not an address and port"),
+                        "write e.g. \"127.0.0.1:9184\", or \"\" to turn the HTTP API off",
+                    );
+                    d.http_bind
+                }
+            },
+        },
+        http_token_env: raw.http_token_env.clone(),
     }
 }
 
@@ -2249,6 +2265,7 @@ api_secret = "x"
                 max_concurrent_runs: 4,
                 shutdown_grace: Duration::from_secs(5),
                 checkpoint_rows: 1000,
+                ..DaemonSettings::default()
             }
         );
         assert!(matches!(

@@ -22,6 +22,7 @@ use crate::sync::{RunKind, SyncContext, SyncError};
 use crate::telemetry::events;
 
 pub mod plan;
+pub mod status;
 
 /// Longest sleep between passes, so `wsync pause`/`resume` from another
 /// process and a wall-clock jump are noticed without a signal.

@@ -175,8 +175,16 @@ enum Sent {
     },
 }
 
+/// Sees every HTTP attempt (metrics): the feed, the status (`None` when no
+/// answer came: timeout, reset) and how long it took.
+pub trait RequestObserver: Send + Sync {
+    /// One attempt ended.
+    fn observe(&self, feed: &str, status: Option<u16>, elapsed: Duration);
+}
+
 struct Inner {
     client: EventsApiClient,
+    observer: Option<Arc<dyn RequestObserver>>,
     config: DeliveryConfig,
     limiter: RateLimiter,
     permits: Arc<Semaphore>,
@@ -213,11 +221,22 @@ impl Deliverer {
                 permits: Arc::new(Semaphore::new(permit_count as usize)),
                 permit_count,
                 client,
+                observer: None,
                 config,
                 figures: DeliveryFigures::default(),
                 fatal: Mutex::new(None),
             }),
         }
+    }
+
+    /// The same deliverer reporting every attempt to `observer`. Call before
+    /// cloning or submitting.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observer = Some(observer);
+        }
+        self
     }
 
     /// The configuration it was built with.
@@ -395,7 +414,15 @@ impl Deliverer {
             DeliveryFigures::add(&figures.requests, 1);
             DeliveryFigures::add(&figures.bytes_sent, body.len() as u64);
 
+            let attempt_started = Instant::now();
             let answer = inner.client.post(body.clone(), gzip).await;
+            if let Some(observer) = &inner.observer {
+                observer.observe(
+                    inner.client.feed(),
+                    answer.as_ref().ok().map(|r| r.status),
+                    attempt_started.elapsed(),
+                );
+            }
             let (action, response) = match answer {
                 Ok(response) => {
                     if (500..600).contains(&response.status) {

@@ -509,6 +509,32 @@ impl StateStore {
         Ok(())
     }
 
+    /// When the pipeline's latest successful run ended.
+    pub async fn last_success(
+        &self,
+        pipeline_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, StateError> {
+        let end: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT end_date FROM pipeline_runs WHERE pipeline_id = ? AND state = 'success' \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(pipeline_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(end.flatten().as_deref().map(parse_time))
+    }
+
+    /// The number of runs, optionally of one pipeline (for paging).
+    pub async fn count_runs(&self, pipeline_id: Option<&str>) -> Result<u64, StateError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pipeline_runs WHERE (?1 IS NULL OR pipeline_id = ?1)",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64(n))
+    }
+
     /// The stored watermark of a pipeline.
     pub async fn watermark(&self, pipeline_id: &str) -> Result<Option<String>, StateError> {
         Ok(

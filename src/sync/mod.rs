@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::config::model::{InputProtection, IteratorDataType, Pipeline, Project, SyncMode};
 use crate::mapping::EncodedBatch;
 use crate::mapping::{MapStats, Mapper, MappingError, MappingPlan, RejectedRow};
-use crate::sink::delivery::{Deliverer, DeliveryConfig, RequestOutcome};
+use crate::sink::delivery::{Deliverer, DeliveryConfig, RequestObserver, RequestOutcome};
 use crate::sink::files::JsonlFile;
 use crate::sink::retry::RetryPolicy;
 use crate::sink::{DeliveryError, EventsApiClient, PackedRequest, RequestPacker};
@@ -173,6 +173,10 @@ pub struct SyncContext {
     /// Cancelled on SIGTERM/SIGINT: runs stop reading, let in-flight requests
     /// finish within `[daemon] shutdown_grace_secs`, and record a checkpoint.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Prometheus metrics of this process.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Live counters of the run in progress (progress bars).
+    pub progress: Arc<crate::telemetry::progress::RunProgress>,
 }
 
 /// What starts a run and which window it covers.
@@ -216,6 +220,8 @@ impl SyncContext {
             state,
             clock,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            metrics: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -675,7 +681,10 @@ impl<'a> Attempt<'a> {
         self.plan = Some(plan.clone());
         let mapper = Mapper::new(plan, self.pipeline);
         self.deliverer = match (&self.pipeline.feed, self.dry_run) {
-            (Some(feed), false) => Some(deliverer_for(&project.feeds[feed])?),
+            (Some(feed), false) => Some(
+                deliverer_for(&project.feeds[feed])?
+                    .with_observer(Arc::clone(&self.ctx.metrics) as Arc<dyn RequestObserver>),
+            ),
             _ => None,
         };
         let deliverer = self.deliverer.clone();
@@ -825,6 +834,7 @@ impl<'a> Attempt<'a> {
                 chunk = rx.recv() => chunk,
             };
             let Some(chunk) = chunk else { break };
+            self.ctx.progress.add_rows(chunk.num_rows() as u64);
             let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
             if let Some(exports) = self.exports.as_mut() {
@@ -955,6 +965,9 @@ impl<'a> Attempt<'a> {
                     }
                     .emit();
                     self.counts.batches_sent += outcome.acknowledged.len() as u64;
+                    self.ctx
+                        .progress
+                        .add_batches(outcome.acknowledged.len() as u64);
                     self.acknowledged_ids.extend(outcome.acknowledged);
                     let letters: Vec<NewDeadLetter> = outcome
                         .dead_letters
@@ -1232,6 +1245,7 @@ impl<'a> Attempt<'a> {
             .ok_or(SyncError::State(StateError::Query(
                 sqlx::Error::RowNotFound,
             )))?;
+        ctx.metrics.run_finished(&record, 0);
         let mut report = RunReport {
             record,
             stats,

@@ -6,6 +6,8 @@
 use tracing_subscriber::EnvFilter;
 
 pub mod events;
+pub mod metrics;
+pub mod progress;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
