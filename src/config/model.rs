@@ -29,6 +29,8 @@ pub struct Project {
     pub models: BTreeMap<String, DataModel>,
     /// Pipelines by id (the file stem under `schedules/`).
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// Profile resolvers (`[resolver]`) by pipeline id; pipelines without one are absent.
+    pub resolvers: BTreeMap<String, super::resolver::ResolverSettings>,
 }
 
 /// The state store: run history and watermarks.
