@@ -17,6 +17,10 @@
 //! - [`sink`]: where batches go: request packing, the Events API client, and
 //!   resilient delivery (one retry policy, pacing with a shared 429 gate, bounded
 //!   requests in flight, splitting and bisecting); the JSONL run files.
+//! - [`resolve`]: profile resolvers for input protection: IDSync search or a
+//!   known-profiles model decides per row whether its profile exists, so
+//!   `only_update` skips rows that would create one and `only_read` forecasts
+//!   updates and creations.
 //! - [`export`]: Parquet exports of a run's rows, batches and rejected rows,
 //!   written under a temporary name and renamed when complete.
 //! - [`state`]: the state store (SQLite): run records, watermarks, dead letters.
@@ -34,6 +38,7 @@ pub mod env_vars;
 pub mod export;
 pub mod mapping;
 pub mod redact;
+pub mod resolve;
 pub mod sink;
 pub mod source;
 pub mod state;
