@@ -83,6 +83,9 @@ pub enum SyncError {
     /// A Parquet export failed.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// Input protection could not resolve profiles.
+    #[error(transparent)]
+    Resolve(#[from] crate::resolve::ResolveError),
     /// A wsync bug surfaced at run time (a task panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -127,6 +130,8 @@ pub struct RunReport {
     pub plan: Option<MappingPlan>,
     /// The first few rejected rows of each reason.
     pub samples: BTreeMap<&'static str, Vec<RejectedRow>>,
+    /// What input protection did, when the pipeline has a resolver.
+    pub protection: Option<crate::resolve::ProtectionSummary>,
 }
 
 /// Rejected rows kept per reason for the run report.
@@ -226,15 +231,6 @@ pub async fn run(
     run_type: &str,
 ) -> Result<RunReport, SyncError> {
     let pipeline = ctx.pipeline(pipeline_id)?.clone();
-    if pipeline.input_protection == InputProtection::OnlyUpdate {
-        return Err(SyncError::Unsupported {
-            pipeline: pipeline.id.clone(),
-            message: "input_protection = \"only_update\" needs a profile resolver, which this \
-                      version does not have yet; nothing was sent. Use \"only_read\" to see what \
-                      would be sent, or \"create_and_update\""
-                .to_owned(),
-        });
-    }
     // Refused before a run record exists: a model that is not a single SELECT is
     // a config error, not a failed run.
     let model = &ctx.project.models[&pipeline.data_model];
@@ -339,6 +335,8 @@ struct Attempt<'a> {
     exports: Option<exports::RunExports>,
     /// Export files finished by a successful run: (dataset, file).
     exported: Vec<(&'static str, crate::export::ExportedFile)>,
+    /// The resolver-backed input protection (only_update, or an only_read forecast).
+    protection: Option<crate::resolve::Protection>,
 }
 
 /// A request being delivered: its body size and its task.
@@ -394,6 +392,7 @@ impl<'a> Attempt<'a> {
             dead_letters_redelivered: 0,
             exports: None,
             exported: Vec::new(),
+            protection: None,
         }
     }
 
@@ -464,6 +463,10 @@ impl<'a> Attempt<'a> {
             )?);
         }
         self.plan = Some(plan.clone());
+        let run_dir =
+            (project.state.runs_dir.join(&self.pipeline.id)).join(self.run_id.to_string());
+        self.protection =
+            crate::resolve::Protection::open(project, self.pipeline, &run_dir).await?;
         let mapper = Mapper::new(plan, self.pipeline);
         self.deliverer = match (&self.pipeline.feed, self.dry_run) {
             (Some(feed), false) => Some(deliverer_for(&project.feeds[feed])?),
@@ -519,8 +522,13 @@ impl<'a> Attempt<'a> {
         let mut packer = RequestPacker::default();
         let mut next_row = 1u64;
         while let Some(chunk) = rx.recv().await {
-            let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
+            let mut mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
+            // Input protection: rows of no existing profile leave here, before
+            // anything is exported, written or packed.
+            if let Some(protection) = self.protection.as_mut() {
+                protection.apply(&mut mapped.batches).await?;
+            }
             if let Some(exports) = self.exports.as_mut() {
                 exports.chunk(&chunk)?;
                 for batch in &mapped.batches {
@@ -749,6 +757,7 @@ impl<'a> Attempt<'a> {
             deliverer,
             dead_letters_redelivered,
             exported,
+            protection,
             ..
         } = self;
         if let Some(d) = &deliverer {
@@ -786,6 +795,19 @@ impl<'a> Attempt<'a> {
         if let Some(file) = would_be {
             close("batches", file);
         }
+        let protection = protection.map(|p| {
+            let (summary, file) = p.finish();
+            match file {
+                Ok(Some(path)) => {
+                    files.insert("skipped", path);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+            summary
+        });
         let mut export_files = Vec::new();
         for (dataset, file) in &exported {
             files.insert(
@@ -894,6 +916,7 @@ impl<'a> Attempt<'a> {
             files,
             plan,
             samples,
+            protection,
         };
         // The report file is part of the audit trail; failing to write it does
         // not undo a run that already happened, so it is logged, not fatal.
