@@ -10,6 +10,7 @@ mod delivery;
 mod export;
 mod export_runs;
 mod fake_selftest;
+mod protect;
 mod source_mysql;
 mod source_postgres;
 mod source_sqlite;
