@@ -514,3 +514,85 @@ fn resolver_config_errors_name_file_line_and_fix() {
     }
     assert_eq!(text.matches("schedules/p.toml").count(), 2, "{text}");
 }
+
+#[tokio::test]
+async fn the_fake_profile_store_and_idsync_search_behave_as_the_spec_says() {
+    let fake = FakeMparticle::start(FEED_KEY, FEED_SECRET).await;
+    fake.enable_idsync(PLATFORM_KEY, PLATFORM_SECRET);
+    fake.seed_profile(7, &[("customer_id", "c1")], json!({"a": 1, "b": 2}));
+    let http = reqwest::Client::new();
+    let search = |auth: Option<(&str, &str)>, body: Value| {
+        let mut request = http
+            .post(format!("{}/v1/search", fake.base_url()))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some((k, s)) = auth {
+            request = request.basic_auth(k, Some(s));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let platform = Some((PLATFORM_KEY, PLATFORM_SECRET));
+    let body = |ids: Value| json!({"environment": "development", "known_identities": ids});
+
+    assert_eq!(search(None, body(json!({"customerid": "c1"}))).await.0, 401);
+    let feed_key = Some((FEED_KEY, FEED_SECRET));
+    assert_eq!(
+        search(feed_key, body(json!({"customerid": "c1"}))).await.0,
+        403
+    );
+    let (status, answer) = search(platform, body(json!({"customer_id": "c1"}))).await;
+    assert_eq!(status, 400, "Events API names are not IDSync's: {answer}");
+    let (status, answer) = search(platform, body(json!({"customerid": "c1"}))).await;
+    assert_eq!((status, &answer["mpid"]), (200, &json!("7")));
+    let (status, answer) = search(platform, body(json!({"email": "nobody@x"}))).await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["errors"][0]["code"], "NOT_FOUND");
+    assert_eq!(fake.profiles_created(), 0, "search never creates");
+
+    // Batches: resolve by identity, by mpid, or create; latest value wins; deletes remove.
+    let batches = json!([
+        {"source_request_id": "r1", "environment": "development",
+         "user_identities": {"customer_id": "c1", "email": "a@x"},
+         "user_attributes": {"a": 10}, "deleted_user_attributes": ["b"]},
+        {"source_request_id": "r2", "environment": "development", "mpid": 7,
+         "user_attributes": {"a": 11}},
+        {"source_request_id": "r3", "environment": "development",
+         "user_identities": {"email": "new@x"}, "user_attributes": {"a": 1}},
+        // A re-sent id is applied once.
+        {"source_request_id": "r3", "environment": "development",
+         "user_identities": {"email": "new@x"}, "user_attributes": {"a": 1}},
+    ]);
+    let status = http
+        .post(format!("{}/v2/bulkevents", fake.base_url()))
+        .basic_auth(FEED_KEY, Some(FEED_SECRET))
+        .header("content-type", "application/json")
+        .body(batches.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    let seeded = fake.profile(7).unwrap();
+    assert_eq!(
+        seeded.attributes,
+        json!({"a": 11}).as_object().cloned().unwrap()
+    );
+    assert_eq!(seeded.identities["email"], "a@x");
+    assert_eq!(seeded.updates, 2);
+    assert_eq!(fake.profiles_created(), 1);
+    let (status, answer) = search(platform, body(json!({"email": "new@x"}))).await;
+    assert_eq!(status, 200);
+    let created = fake
+        .profile(answer["mpid"].as_str().unwrap().parse().unwrap())
+        .unwrap();
+    assert!(created.created_by_batch);
+    assert_eq!(created.updates, 0);
+}
