@@ -28,7 +28,7 @@
 //! close one without answering, the way a proxy dies after the service applied
 //! a request.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -311,6 +311,9 @@ struct Recorded {
     max_body_bytes: Option<usize>,
     rate_limit: Option<FakeRateLimit>,
     profiles: Vec<FakeProfile>,
+    /// (Events API identity name, JSON text of the value) → profile index, so
+    /// resolving stays constant-time in 50k-batch tests.
+    identity_index: HashMap<(String, String), usize>,
     profiles_created: usize,
     idsync_credentials: Option<(String, String)>,
     idsync_faults: VecDeque<u16>,
@@ -578,7 +581,11 @@ impl FakeMparticle {
             created_by_batch: false,
             updates: 0,
         };
-        self.shared.lock().profiles.push(profile);
+        let mut recorded = self.shared.lock();
+        let ids: Vec<(String, Value)> = profile.identities.clone().into_iter().collect();
+        recorded.profiles.push(profile);
+        let index = recorded.profiles.len() - 1;
+        merge_identities(&mut recorded, index, ids);
         mpid
     }
 
@@ -1068,10 +1075,29 @@ fn batch_identities(batch: &Value) -> Vec<(String, Value)> {
 }
 
 /// The index of the profile holding any of `ids`.
-fn find_profile(profiles: &[FakeProfile], ids: &[(String, Value)]) -> Option<usize> {
-    profiles
-        .iter()
-        .position(|p| ids.iter().any(|(k, v)| p.identities.get(k) == Some(v)))
+fn find_profile(recorded: &Recorded, ids: &[(String, Value)]) -> Option<usize> {
+    ids.iter().find_map(|(k, v)| {
+        recorded
+            .identity_index
+            .get(&(k.clone(), v.to_string()))
+            .copied()
+    })
+}
+
+/// Give profile `index` these identities (a new value replaces the old one).
+fn merge_identities(recorded: &mut Recorded, index: usize, ids: Vec<(String, Value)>) {
+    for (k, v) in ids {
+        if let Some(old) = recorded.profiles[index]
+            .identities
+            .insert(k.clone(), v.clone())
+        {
+            let old_key = (k.clone(), old.to_string());
+            if recorded.identity_index.get(&old_key) == Some(&index) {
+                recorded.identity_index.remove(&old_key);
+            }
+        }
+        recorded.identity_index.insert((k, v.to_string()), index);
+    }
 }
 
 /// Apply one accepted batch to the store: resolve by `mpid`, else by any
@@ -1082,7 +1108,7 @@ fn apply_to_profiles(recorded: &mut Recorded, batch: &Value) {
         .get("mpid")
         .and_then(Value::as_i64)
         .and_then(|m| recorded.profiles.iter().position(|p| p.mpid == m));
-    let index = match by_mpid.or_else(|| find_profile(&recorded.profiles, &ids)) {
+    let index = match by_mpid.or_else(|| find_profile(recorded, &ids)) {
         Some(i) => {
             recorded.profiles[i].updates += 1;
             i
@@ -1100,8 +1126,8 @@ fn apply_to_profiles(recorded: &mut Recorded, batch: &Value) {
             recorded.profiles.len() - 1
         }
     };
+    merge_identities(recorded, index, ids);
     let profile = &mut recorded.profiles[index];
-    profile.identities.extend(ids);
     if let Some(attrs) = batch.get("user_attributes").and_then(Value::as_object) {
         for (k, v) in attrs {
             profile.attributes.insert(k.clone(), v.clone());
@@ -1200,7 +1226,7 @@ fn search_answer(
         }
         ids.push(((*events).to_owned(), value.clone()));
     }
-    match find_profile(&recorded.profiles, &ids) {
+    match find_profile(&recorded, &ids) {
         Some(i) => {
             let profile = &recorded.profiles[i];
             // IDSync sends MPIDs as strings (they exceed JavaScript's integers).
