@@ -17,11 +17,17 @@
 //! - [`sink`]: where batches go: request packing, the Events API client, and
 //!   resilient delivery (one retry policy, pacing with a shared 429 gate, bounded
 //!   requests in flight, splitting and bisecting); the JSONL run files.
+//! - [`resolve`]: profile resolvers for input protection: IDSync search or a
+//!   known-profiles model decides per row whether its profile exists, so
+//!   `only_update` skips rows that would create one and `only_read` forecasts
+//!   updates and creations.
 //! - [`export`]: Parquet exports of a run's rows, batches and rejected rows,
 //!   written under a temporary name and renamed when complete.
 //! - [`state`]: the state store (SQLite): run records, watermarks, dead letters.
 //! - [`sync`]: one pipeline run, extract → map → deliver → commit, its windows,
 //!   exports and report.
+//! - [`scheduler`]: `wsync daemon`: when runs are due (interval grids, cron in
+//!   a zone, once), the pass that starts them, and pipeline status.
 //! - [`cli`]: the `wsync` command line (the only place that uses `anyhow`).
 //! - [`telemetry`]: tracing setup and the typed log events.
 //! - [`clock`], [`redact`], [`env_vars`]: injected time, secret handling, and the
@@ -34,6 +40,7 @@ pub mod env_vars;
 pub mod export;
 pub mod mapping;
 pub mod redact;
+pub mod resolve;
 pub mod scheduler;
 pub mod sink;
 pub mod source;

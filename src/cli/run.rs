@@ -142,6 +142,11 @@ pub(crate) fn print_summary(report: &RunReport) {
     for (k, v) in rows {
         t.add_row(vec![k, v]);
     }
+    if let Some(protection) = &report.protection {
+        for (k, v) in protection.lines() {
+            t.add_row(vec![k, v]);
+        }
+    }
     for (reason, n) in &report.stats.rows_rejected {
         t.add_row(vec![format!("  rejected: {reason}"), n.to_string()]);
     }
@@ -164,6 +169,7 @@ pub(crate) fn print_summary(report: &RunReport) {
         let what = match *name {
             "batches" => "Would-be batches",
             "rejected" => "Rejected rows",
+            "skipped" => "Rows skipped by only_update (no profile)",
             "report" => "Report",
             other => other,
         };

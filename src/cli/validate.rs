@@ -54,6 +54,11 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             pipeline.input_protection.as_str(),
             pipeline.environment.as_str(),
         );
+        let resolver = project.resolvers.get(&id);
+        println!(
+            "  protection: {}",
+            crate::resolve::describe_protection(pipeline.input_protection, resolver)
+        );
         match crate::sync::probe(&project, pipeline).await {
             Ok(probe) => {
                 let mut t = table(&["column", "SQL type", "Arrow", "goes to"]);

@@ -14,6 +14,7 @@ mod locate;
 pub mod model;
 mod raw;
 mod resolve;
+pub mod resolver;
 mod suggest;
 mod validate;
 

@@ -31,6 +31,8 @@ pub struct Project {
     pub models: BTreeMap<String, DataModel>,
     /// Pipelines by id (the file stem under `schedules/`).
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// Profile resolvers (`[resolver]`) by pipeline id; pipelines without one are absent.
+    pub resolvers: BTreeMap<String, super::resolver::ResolverSettings>,
 }
 
 /// `[daemon]`: how runs are carried out and scheduled.

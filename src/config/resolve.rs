@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use super::error::ConfigError;
 use super::locate::{relative_to, SourceFile};
 use super::model::{Connection, ConnectionKind, Feed, Project};
+use super::resolver::{IdSyncSettings, ResolverSettings, SqlResolverSettings};
+use super::validate::resolver::{PendingKind, PendingResolver};
 use super::validate::{
     sqlite_url, url_scheme, Part, PendingConnection, PendingFeed, PendingSecret, SecretSource,
     Validated,
@@ -49,6 +51,14 @@ pub(crate) fn resolve(
         .filter_map(|f| r.feed(f))
         .map(|f| (f.name.clone(), f))
         .collect();
+    let resolvers = validated
+        .resolvers
+        .into_iter()
+        .filter_map(|(id, pending)| {
+            let settings = resolver_settings(root, pending, env, &mut *errors)?;
+            Some((id, settings))
+        })
+        .collect();
     if !errors.is_empty() {
         return None;
     }
@@ -60,7 +70,52 @@ pub(crate) fn resolve(
         feeds,
         models: validated.models,
         pipelines: validated.pipelines,
+        resolvers,
     })
+}
+
+/// A pipeline's `[resolver]` with its IDSync key and secret read; errors point
+/// at the pipeline's file.
+fn resolver_settings(
+    root: &Path,
+    pending: PendingResolver,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ResolverSettings> {
+    let mut r = Resolver {
+        root,
+        file: &pending.file,
+        env,
+        errors,
+    };
+    match pending.kind {
+        PendingKind::Sql {
+            connection,
+            data_model,
+        } => Some(ResolverSettings::Sql(SqlResolverSettings {
+            connection,
+            data_model,
+        })),
+        PendingKind::IdSync {
+            base_url,
+            api_key,
+            api_secret,
+            request_timeout,
+            delivery,
+            cache_entries,
+        } => {
+            let key = r.secret(&api_key);
+            let secret = r.secret(&api_secret);
+            Some(ResolverSettings::IdSync(IdSyncSettings {
+                base_url,
+                api_key: Secret::new(key?),
+                api_secret: Secret::new(secret?),
+                request_timeout,
+                delivery,
+                cache_entries,
+            }))
+        }
+    }
 }
 
 struct Resolver<'a> {

@@ -27,6 +27,8 @@ use super::suggest;
 use crate::mapping::identity::{DeviceIdType, IdentityType};
 use crate::redact::Secret;
 
+pub(crate) mod resolver;
+
 /// mParticle's limit on a user attribute name.
 const MAX_ATTRIBUTE_NAME_CHARS: usize = 256;
 /// Upper bound of `chunk_rows`: keeps one chunk's memory bounded.
@@ -232,6 +234,8 @@ pub(crate) struct Validated {
     pub models: BTreeMap<String, DataModel>,
     /// Pipelines that are valid.
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// `[resolver]`s of valid pipelines, by pipeline id, secrets not yet read.
+    pub resolvers: BTreeMap<String, resolver::PendingResolver>,
 }
 
 /// Collects errors for one file.
@@ -380,6 +384,7 @@ pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigErr
         feeds: Vec::new(),
         models: BTreeMap::new(),
         pipelines: BTreeMap::new(),
+        resolvers: BTreeMap::new(),
     };
     let mut defaults = Defaults::default();
     let mut feed_environments: BTreeMap<String, Environment> = BTreeMap::new();
@@ -439,7 +444,15 @@ pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigErr
         };
         let before = ctx.errors.len();
         let validated = validate_pipeline(&mut ctx, root, &defaults, &names, id, pipeline);
+        let resolver = resolver::validate_resolver(
+            &mut ctx,
+            root,
+            &names,
+            &validated,
+            pipeline.resolver.as_ref(),
+        );
         if ctx.errors.len() == before {
+            out.resolvers.extend(resolver.map(|r| (id.clone(), r)));
             out.pipelines.insert(id.clone(), validated);
         }
     }
@@ -1936,7 +1949,7 @@ environment = "development"
 
     #[test]
     fn valid_wsync_and_inheritance() {
-        let (v, errors) = check(WSYNC, &[("p", HEAD), ("q", "connection = \"pg\"\ndata_model = \"users\"\nfeed = \"dev\"\ninput_protection = \"only_update\"\n"), ("r", "connection = \"pg\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\n")], false);
+        let (v, errors) = check(WSYNC, &[("p", HEAD), ("q", "connection = \"pg\"\ndata_model = \"users\"\nfeed = \"dev\"\ninput_protection = \"only_update\"\n\n[resolver]\ntype = \"idsync\"\npod = \"EU1\"\napi_key_env = \"K\"\napi_secret_env = \"S\"\n"), ("r", "connection = \"pg\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\n")], false);
         assert_eq!(errors, Vec::<String>::new());
         let state = v.state.expect("state");
         assert_eq!(state.url.expose(), "sqlite:///proj/.wsync/state.db");
@@ -2151,6 +2164,7 @@ api_secret = "x"
                 "schedules/p.toml: feed: missing required key\n  hint: add feed = \"NAME\" (available: dev, main), set input_protection = \"only_read\" for a dry run, or add an [export] section for an export-only pipeline",
                 "schedules/p.toml:1: connection: connection `pgg` is not defined in wsync.toml\n  hint: did you mean `pg`? available: pg",
                 "schedules/p.toml:2: data_model: data model `orders` not found\n  hint: create sql/orders.sql (available: users)",
+                "schedules/p.toml:3: input_protection: only_update needs a [resolver] to tell existing profiles from new ones\n  hint: add [resolver] with type = \"idsync\" (IDSync search with a platform key) or type = \"sql\" (a model listing the identities of known profiles); see the README's resolver section",
             ]
         );
         let errors = pipeline_errors("");

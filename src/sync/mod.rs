@@ -92,6 +92,9 @@ pub enum SyncError {
     /// A Parquet export failed.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// Input protection could not resolve profiles.
+    #[error(transparent)]
+    Resolve(#[from] crate::resolve::ResolveError),
     /// A wsync bug surfaced at run time (a task panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -156,6 +159,8 @@ pub struct RunReport {
     pub plan: Option<MappingPlan>,
     /// The first few rejected rows of each reason.
     pub samples: BTreeMap<&'static str, Vec<RejectedRow>>,
+    /// What input protection did, when the pipeline has a resolver.
+    pub protection: Option<crate::resolve::ProtectionSummary>,
 }
 
 /// Rejected rows kept per reason for the run report.
@@ -308,15 +313,6 @@ pub async fn run(
     kind: RunKind,
 ) -> Result<RunReport, SyncError> {
     let pipeline = ctx.pipeline(pipeline_id)?.clone();
-    if pipeline.input_protection == InputProtection::OnlyUpdate {
-        return Err(SyncError::Unsupported {
-            pipeline: pipeline.id.clone(),
-            message: "input_protection = \"only_update\" needs a profile resolver, which this \
-                      version does not have yet; nothing was sent. Use \"only_read\" to see what \
-                      would be sent, or \"create_and_update\""
-                .to_owned(),
-        });
-    }
     // Refused before a run record exists: a model that is not a single SELECT is
     // a config error, not a failed run.
     let model = &ctx.project.models[&pipeline.data_model];
@@ -530,6 +526,8 @@ struct Attempt<'a> {
     rows_since_checkpoint: u64,
     /// The last committed checkpoint.
     checkpoint: Option<String>,
+    /// The resolver-backed input protection (only_update, or an only_read forecast).
+    protection: Option<crate::resolve::Protection>,
 }
 
 /// A request being delivered: its body size and its task.
@@ -590,6 +588,7 @@ impl<'a> Attempt<'a> {
             last_value: None,
             rows_since_checkpoint: 0,
             checkpoint: None,
+            protection: None,
         }
     }
 
@@ -679,6 +678,10 @@ impl<'a> Attempt<'a> {
             )?);
         }
         self.plan = Some(plan.clone());
+        let run_dir =
+            (project.state.runs_dir.join(&self.pipeline.id)).join(self.run_id.to_string());
+        self.protection =
+            crate::resolve::Protection::open(project, self.pipeline, &run_dir).await?;
         let mapper = Mapper::new(plan, self.pipeline);
         self.deliverer = match (&self.pipeline.feed, self.dry_run) {
             (Some(feed), false) => Some(
@@ -835,8 +838,13 @@ impl<'a> Attempt<'a> {
             };
             let Some(chunk) = chunk else { break };
             self.ctx.progress.add_rows(chunk.num_rows() as u64);
-            let mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
+            let mut mapped = mapper.map_chunk(&chunk, next_row, &mut self.stats)?;
             next_row += chunk.num_rows() as u64;
+            // Input protection: rows of no existing profile leave here, before
+            // anything is exported, written or packed.
+            if let Some(protection) = self.protection.as_mut() {
+                protection.apply(&mut mapped.batches).await?;
+            }
             if let Some(exports) = self.exports.as_mut() {
                 exports.chunk(&chunk)?;
                 for batch in &mapped.batches {
@@ -1107,6 +1115,7 @@ impl<'a> Attempt<'a> {
             deliverer,
             dead_letters_redelivered,
             exported,
+            protection,
             ..
         } = self;
         if let Some(d) = &deliverer {
@@ -1145,6 +1154,19 @@ impl<'a> Attempt<'a> {
         if let Some(file) = would_be {
             close("batches", file);
         }
+        let protection = protection.map(|p| {
+            let (summary, file) = p.finish();
+            match file {
+                Ok(Some(path)) => {
+                    files.insert("skipped", path);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+            summary
+        });
         let mut export_files = Vec::new();
         for (dataset, file) in &exported {
             files.insert(
@@ -1245,7 +1267,10 @@ impl<'a> Attempt<'a> {
             .ok_or(SyncError::State(StateError::Query(
                 sqlx::Error::RowNotFound,
             )))?;
-        ctx.metrics.run_finished(&record, 0);
+        ctx.metrics.run_finished(
+            &record,
+            protection.as_ref().map_or(0, |p| p.skipped_no_profile),
+        );
         let mut report = RunReport {
             record,
             stats,
@@ -1254,6 +1279,7 @@ impl<'a> Attempt<'a> {
             files,
             plan,
             samples,
+            protection,
         };
         // The report file is part of the audit trail; failing to write it does
         // not undo a run that already happened, so it is logged, not fatal.

@@ -68,7 +68,9 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
         "data_interval_start": r.data_interval_start,
         "data_interval_end": r.data_interval_end,
         "rows_read": c.records_extracted,
-        "rows_sent_or_would_be_sent": c.records_mapped,
+        // Rows `only_update` skipped were mapped but never sent.
+        "rows_sent_or_would_be_sent": c.records_mapped
+            - report.protection.as_ref().map_or(0, |p| p.skipped_no_profile),
         "rows_rejected": c.rows_rejected,
         "rejected_by_reason": rejected,
         "batches": c.event_batches_generated,
@@ -78,6 +80,7 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
         "values_dropped": report.stats.values_dropped,
         "values_truncated": report.stats.values_truncated,
         "columns": columns,
+        "protection": report.protection.as_ref().map(|p| p.to_json()),
         "error": r.error,
     })
 }

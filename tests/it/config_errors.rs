@@ -167,7 +167,7 @@ fn errors_in_wsync_toml_and_two_pipelines_are_reported_together() {
     );
     assert_eq!(
         text,
-        r#"7 configuration errors:
+        r#"8 configuration errors:
 - wsync.toml:2: defaults.environment: `prod` is not a valid environment
   hint: did you mean `production`? use one of: development, production
 - wsync.toml:3: defaults.chunk_rows: must be between 1 and 100000, not 0
@@ -180,6 +180,8 @@ fn errors_in_wsync_toml_and_two_pipelines_are_reported_together() {
   hint: add feed = "NAME" (available: main), set input_protection = "only_read" for a dry run, or add an [export] section for an export-only pipeline
 - schedules/b.toml:2: data_model: data model `orders` not found
   hint: create sql/orders.sql (available: users)
+- schedules/b.toml:3: input_protection: only_update needs a [resolver] to tell existing profiles from new ones
+  hint: add [resolver] with type = "idsync" (IDSync search with a platform key) or type = "sql" (a model listing the identities of known profiles); see the README's resolver section
 - schedules/b.toml:8: mappings[0].destination: `emial` is not an mParticle identity type
   hint: did you mean `email`? use one of: customer_id, email, facebook, twitter, google, microsoft, yahoo, facebook_custom_audience_id, other, other_id_2, other_id_3, other_id_4, other_id_5, other_id_6, other_id_7, other_id_8, other_id_9, other_id_10, mobile_number, phone_number_2, phone_number_3, alias
 "#
@@ -213,7 +215,7 @@ fn unknown_keys_are_all_reported_with_suggestions() {
 - wsync.toml:8: connections.pg.chunk_row: unknown key `chunk_row`
   hint: did you mean `chunk_rows`? valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows
 - schedules/a.toml:1: conection: unknown key `conection`
-  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export
+  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export, resolver
 - schedules/a.toml:7: sync_mode.iterator_feild: unknown key `iterator_feild`
   hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone
 - schedules/a.toml:13: mappings[0].colour: unknown key `colour`

@@ -11,6 +11,7 @@ mod export;
 mod export_runs;
 mod fake_selftest;
 mod kill;
+mod protect;
 mod scheduler;
 mod source_mysql;
 mod source_postgres;

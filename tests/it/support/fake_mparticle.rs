@@ -15,11 +15,20 @@
 //! ([`FakeMparticle::set_max_body_bytes`]) and a batches-per-second limit
 //! answered with 429 ([`FakeMparticle::set_rate_limit`]).
 //!
+//! A profile store models what mParticle keeps: every newly applied batch
+//! resolves its profile by `mpid`, else by any user identity or device id, and
+//! creates one when nothing matches; the latest attribute value wins and
+//! `deleted_user_attributes` removes. Tests seed profiles with
+//! [`FakeMparticle::seed_profile`] and read them back. IDSync search
+//! (`POST /v1/search`, §2) answers from the same store: platform key and secret
+//! checked (HTTP Basic), IDSync identity names only, 200 with the `mpid` or 404
+//! with mParticle's error body when no profile matches; it never creates one.
+//!
 //! The fake serves each connection itself (hyper, not `axum::serve`) so it can
 //! close one without answering, the way a proxy dies after the service applied
 //! a request.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -301,7 +310,83 @@ struct Recorded {
     poison_rule: bool,
     max_body_bytes: Option<usize>,
     rate_limit: Option<FakeRateLimit>,
+    profiles: Vec<FakeProfile>,
+    /// (Events API identity name, JSON text of the value) → profile index, so
+    /// resolving stays constant-time in 50k-batch tests.
+    identity_index: HashMap<(String, String), usize>,
+    profiles_created: usize,
+    idsync_credentials: Option<(String, String)>,
+    idsync_faults: VecDeque<u16>,
+    searches: Vec<SearchRecord>,
 }
+
+/// A profile in the fake's store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeProfile {
+    /// Its MPID.
+    pub mpid: i64,
+    /// User identities and device ids, by Events API name (`customer_id`,
+    /// `ios_advertising_id`, `mp_deviceid`).
+    pub identities: Map<String, Value>,
+    /// User attributes, latest value per name.
+    pub attributes: Map<String, Value>,
+    /// Whether a batch created it (seeded profiles are not).
+    pub created_by_batch: bool,
+    /// Batches applied to it after it existed.
+    pub updates: usize,
+}
+
+/// One IDSync search and its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRecord {
+    /// HTTP status answered.
+    pub status: u16,
+    /// The request's `known_identities`, when the body parsed.
+    pub known_identities: Option<Value>,
+    /// The `Authorization` header as sent (to check no secret leaks elsewhere).
+    pub authorization: Option<String>,
+}
+
+/// MPIDs the fake hands out to created profiles start here.
+const FIRST_CREATED_MPID: i64 = 8_000_000_000_000_001;
+
+/// IDSync `known_identities` names → the Events API name the store keys by
+/// (§2). Written out here independently of wsync's table, so a wrong entry on
+/// either side shows up as a failed search.
+const IDSYNC_NAMES: &[(&str, &str)] = &[
+    ("customerid", "customer_id"),
+    ("email", "email"),
+    ("facebook", "facebook"),
+    ("twitter", "twitter"),
+    ("google", "google"),
+    ("microsoft", "microsoft"),
+    ("yahoo", "yahoo"),
+    ("facebookcustomaudienceid", "facebook_custom_audience_id"),
+    ("other", "other"),
+    ("other_id_2", "other_id_2"),
+    ("other_id_3", "other_id_3"),
+    ("other_id_4", "other_id_4"),
+    ("other_id_5", "other_id_5"),
+    ("other_id_6", "other_id_6"),
+    ("other_id_7", "other_id_7"),
+    ("other_id_8", "other_id_8"),
+    ("other_id_9", "other_id_9"),
+    ("other_id_10", "other_id_10"),
+    ("mobile_number", "mobile_number"),
+    ("phone_number_2", "phone_number_2"),
+    ("phone_number_3", "phone_number_3"),
+    ("android_uuid", "android_uuid"),
+    ("ios_idfa", "ios_advertising_id"),
+    ("ios_idfv", "ios_idfv"),
+    ("android_aaid", "android_advertising_id"),
+    ("push_token", "push_token"),
+    ("roku_aid", "roku_advertising_id"),
+    ("roku_publisher_id", "roku_publisher_id"),
+    ("microsoft_aid", "microsoft_advertising_id"),
+    ("microsoft_publisher_id", "microsoft_publisher_id"),
+    ("fire_aid", "fire_advertising_id"),
+    ("device_application_stamp", "mp_deviceid"),
+];
 
 /// Closes one connection without an answer (see [`Fault::DropAfterApply`]).
 #[derive(Clone)]
@@ -342,6 +427,7 @@ impl FakeMparticle {
         let app = Router::new()
             .route("/v2/bulkevents", post(bulk_events))
             .route("/v2/events", post(single_event))
+            .route("/v1/search", post(idsync_search))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -481,6 +567,68 @@ impl FakeMparticle {
             updated: Instant::now(),
         });
     }
+
+    /// Adds a profile that exists before any batch (not counted as created);
+    /// `identities` use Events API names. Returns its MPID.
+    pub fn seed_profile(&self, mpid: i64, identities: &[(&str, &str)], attributes: Value) -> i64 {
+        let profile = FakeProfile {
+            mpid,
+            identities: identities
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                .collect(),
+            attributes: attributes.as_object().cloned().unwrap_or_default(),
+            created_by_batch: false,
+            updates: 0,
+        };
+        let mut recorded = self.shared.lock();
+        let ids: Vec<(String, Value)> = profile.identities.clone().into_iter().collect();
+        recorded.profiles.push(profile);
+        let index = recorded.profiles.len() - 1;
+        merge_identities(&mut recorded, index, ids);
+        mpid
+    }
+
+    /// Every profile, seeded ones first, then in creation order.
+    pub fn profiles(&self) -> Vec<FakeProfile> {
+        self.shared.lock().profiles.clone()
+    }
+
+    /// The profile with this MPID.
+    pub fn profile(&self, mpid: i64) -> Option<FakeProfile> {
+        self.shared
+            .lock()
+            .profiles
+            .iter()
+            .find(|p| p.mpid == mpid)
+            .cloned()
+    }
+
+    /// Profiles created by batches (none matched).
+    pub fn profiles_created(&self) -> usize {
+        self.shared.lock().profiles_created
+    }
+
+    /// Applied batches that landed on a profile that already existed.
+    pub fn profile_updates(&self) -> usize {
+        self.shared.lock().profiles.iter().map(|p| p.updates).sum()
+    }
+
+    /// Turns IDSync search on, accepting HTTP Basic with this platform key and secret.
+    pub fn enable_idsync(&self, key: &str, secret: &str) {
+        self.shared.lock().idsync_credentials = Some((key.to_owned(), secret.to_owned()));
+    }
+
+    /// Queues a status for the next IDSync search (before auth, like an outage).
+    pub fn push_idsync_fault(&self, status: u16) {
+        StatusCode::from_u16(status).expect("valid status");
+        self.shared.lock().idsync_faults.push_back(status);
+    }
+
+    /// Every IDSync search, in arrival order.
+    pub fn searches(&self) -> Vec<SearchRecord> {
+        self.shared.lock().searches.clone()
+    }
 }
 
 impl Drop for FakeMparticle {
@@ -607,10 +755,16 @@ fn settle(
     match outcome {
         Ok((batches, percentage_used)) => {
             for batch in batches {
+                let mut first_time = true;
                 if let Some(Value::String(id)) = batch.get("source_request_id") {
                     if !recorded.seen_source_request_ids.insert(id.clone()) {
                         recorded.duplicates += 1;
+                        first_time = false;
                     }
+                }
+                // mParticle applies a `source_request_id` once (§3.4).
+                if first_time {
+                    apply_to_profiles(&mut recorded, &batch);
                 }
                 recorded.batches.push(batch);
             }
@@ -860,6 +1014,11 @@ fn check_request(
 
 /// §3.1: `Authorization: Basic base64(key:secret)`; §3.4: missing → 401, present but invalid → 403.
 fn check_auth(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
+    check_basic(headers, &shared.api_key, &shared.api_secret)
+}
+
+/// HTTP Basic with exactly `api_key:api_secret`.
+fn check_basic(headers: &HeaderMap, api_key: &str, api_secret: &str) -> Result<(), Rejection> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(Rejection::new(
             StatusCode::UNAUTHORIZED,
@@ -887,10 +1046,204 @@ fn check_auth(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
     let (key, secret) = decoded
         .split_once(':')
         .ok_or_else(|| forbidden("no key:secret pair"))?;
-    if key != shared.api_key || secret != shared.api_secret {
+    if key != api_key || secret != api_secret {
         return Err(forbidden("wrong key or secret"));
     }
     Ok(())
+}
+
+/// The identities a batch carries, by Events API name: `user_identities`,
+/// identifying `device_info` fields and `mp_deviceid`.
+fn batch_identities(batch: &Value) -> Vec<(String, Value)> {
+    let mut ids: Vec<(String, Value)> = batch
+        .get("user_identities")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    if let Some(device) = batch.get("device_info").and_then(Value::as_object) {
+        ids.extend(
+            device
+                .iter()
+                .filter(|(k, v)| DEVICE_IDENTITY_KEYS.contains(&k.as_str()) && !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    if let Some(id) = batch.get("mp_deviceid").filter(|v| !v.is_null()) {
+        ids.push(("mp_deviceid".to_owned(), id.clone()));
+    }
+    ids
+}
+
+/// The index of the profile holding any of `ids`.
+fn find_profile(recorded: &Recorded, ids: &[(String, Value)]) -> Option<usize> {
+    ids.iter().find_map(|(k, v)| {
+        recorded
+            .identity_index
+            .get(&(k.clone(), v.to_string()))
+            .copied()
+    })
+}
+
+/// Give profile `index` these identities (a new value replaces the old one).
+fn merge_identities(recorded: &mut Recorded, index: usize, ids: Vec<(String, Value)>) {
+    for (k, v) in ids {
+        if let Some(old) = recorded.profiles[index]
+            .identities
+            .insert(k.clone(), v.clone())
+        {
+            let old_key = (k.clone(), old.to_string());
+            if recorded.identity_index.get(&old_key) == Some(&index) {
+                recorded.identity_index.remove(&old_key);
+            }
+        }
+        recorded.identity_index.insert((k, v.to_string()), index);
+    }
+}
+
+/// Apply one accepted batch to the store: resolve by `mpid`, else by any
+/// identity; create when nothing matches; merge identities and attributes.
+fn apply_to_profiles(recorded: &mut Recorded, batch: &Value) {
+    let ids = batch_identities(batch);
+    let by_mpid = batch
+        .get("mpid")
+        .and_then(Value::as_i64)
+        .and_then(|m| recorded.profiles.iter().position(|p| p.mpid == m));
+    let index = match by_mpid.or_else(|| find_profile(recorded, &ids)) {
+        Some(i) => {
+            recorded.profiles[i].updates += 1;
+            i
+        }
+        None => {
+            let mpid = FIRST_CREATED_MPID + recorded.profiles_created as i64;
+            recorded.profiles_created += 1;
+            recorded.profiles.push(FakeProfile {
+                mpid,
+                identities: Map::new(),
+                attributes: Map::new(),
+                created_by_batch: true,
+                updates: 0,
+            });
+            recorded.profiles.len() - 1
+        }
+    };
+    merge_identities(recorded, index, ids);
+    let profile = &mut recorded.profiles[index];
+    if let Some(attrs) = batch.get("user_attributes").and_then(Value::as_object) {
+        for (k, v) in attrs {
+            profile.attributes.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(deleted) = batch
+        .get("deleted_user_attributes")
+        .and_then(Value::as_array)
+    {
+        for name in deleted.iter().filter_map(Value::as_str) {
+            profile.attributes.remove(name);
+        }
+    }
+}
+
+async fn idsync_search(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let raw = axum::body::to_bytes(body, READ_CAP_BYTES).await.ok();
+    let parsed: Option<Value> = raw.as_ref().and_then(|r| serde_json::from_slice(r).ok());
+    let mut record = SearchRecord {
+        status: 0,
+        known_identities: parsed
+            .as_ref()
+            .and_then(|v| v.get("known_identities").cloned()),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let answer = search_answer(&shared, &headers, parsed.as_ref());
+    let response = match answer {
+        Ok(body) => {
+            record.status = 200;
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(rejection) => {
+            record.status = rejection.status.as_u16();
+            error_response(rejection.status, rejection.code, &rejection.message)
+        }
+    };
+    shared.lock().searches.push(record);
+    response
+}
+
+/// The search's answer: the matched profile, or the rejection to send.
+fn search_answer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Result<Value, Rejection> {
+    let mut recorded = shared.lock();
+    if let Some(status) = recorded.idsync_faults.pop_front() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(Rejection::new(
+            status,
+            fault_code(status),
+            "injected IDSync fault",
+        ));
+    }
+    let Some((key, secret)) = recorded.idsync_credentials.clone() else {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "IDSync is not enabled on this fake (call enable_idsync)",
+        ));
+    };
+    check_basic(headers, &key, &secret)?;
+    let body = body.ok_or_else(|| Rejection::bad_request("the body is not JSON"))?;
+    match body.get("environment").and_then(Value::as_str) {
+        Some("development" | "production") => {}
+        _ => {
+            return Err(Rejection::bad_request(
+                "environment must be development or production",
+            ))
+        }
+    }
+    let known = body
+        .get("known_identities")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| Rejection::bad_request("known_identities must be a non-empty object"))?;
+    let mut ids = Vec::new();
+    for (name, value) in known {
+        let Some((_, events)) = IDSYNC_NAMES.iter().find(|(n, _)| n == name) else {
+            return Err(Rejection::bad_request(format!(
+                "`{name}` is not an IDSync identity type"
+            )));
+        };
+        if !value.is_string() {
+            return Err(Rejection::bad_request(format!(
+                "identity `{name}` must be a string"
+            )));
+        }
+        ids.push(((*events).to_owned(), value.clone()));
+    }
+    match find_profile(&recorded, &ids) {
+        Some(i) => {
+            let profile = &recorded.profiles[i];
+            // IDSync sends MPIDs as strings (they exceed JavaScript's integers).
+            Ok(json!({
+                "mpid": profile.mpid.to_string(),
+                "matched_identities": known,
+                "context": null,
+                "is_ephemeral": false,
+                "is_logged_in": false,
+            }))
+        }
+        None => Err(Rejection::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no user matches the known identities",
+        )),
+    }
 }
 
 /// Decompresses a gzip body, reading at most one byte past the request limit so a
