@@ -28,11 +28,13 @@
 //!   exports and report.
 //! - [`scheduler`]: `wsync daemon`: when runs are due (interval grids, cron in
 //!   a zone, once), the pass that starts them, and pipeline status.
+//! - [`api`]: the daemon's HTTP API (axum) and `/metrics`.
 //! - [`cli`]: the `wsync` command line (the only place that uses `anyhow`).
 //! - [`telemetry`]: tracing setup and the typed log events.
 //! - [`clock`], [`redact`], [`env_vars`]: injected time, secret handling, and the
 //!   registry of environment variables wsync reads.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

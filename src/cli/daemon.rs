@@ -1,8 +1,10 @@
-//! `wsync daemon`: schedule every active pipeline until SIGTERM or SIGINT.
+//! `wsync daemon`: schedule every active pipeline until SIGTERM or SIGINT, with
+//! the HTTP API (and /metrics) on `daemon.http_bind`.
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::redact::Secret;
 use crate::scheduler::Daemon;
 
 /// Arguments of `wsync daemon`.
@@ -12,6 +14,48 @@ pub struct Args {}
 /// Run until a signal; exit 0 after running pipelines recorded where they stopped.
 pub async fn execute(root: &Path, _args: Args) -> anyhow::Result<ExitCode> {
     let ctx = super::context(root).await?;
-    Daemon::new(ctx).run().await?;
+    let settings = ctx.project.daemon.clone();
+    let token = match &settings.http_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Some(Secret::new(value)),
+            _ => {
+                return Err(super::UsageError(format!(
+                    "wsync.toml: daemon.http_token_env names `{var}`, which is not set; \
+                     export it or remove http_token_env"
+                ))
+                .into())
+            }
+        },
+    };
+    let daemon = Daemon::new(ctx.clone());
+    let api_stop = tokio_util::sync::CancellationToken::new();
+    let api = match settings.http_bind {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                super::UsageError(format!(
+                    "cannot listen on {addr} ({e}); set daemon.http_bind in wsync.toml to a free \
+                     address, or to \"\" to turn the HTTP API off"
+                ))
+            })?;
+            tracing::info!(address = %listener.local_addr()?, "HTTP API listening.");
+            let router = crate::api::router(ctx.clone(), daemon.clone(), token);
+            Some(tokio::spawn(crate::api::serve(
+                listener,
+                router,
+                api_stop.clone(),
+            )))
+        }
+    };
+    let result = daemon.run().await;
+    // The API answers (`/ready` says 503) until the runs have stopped.
+    api_stop.cancel();
+    if let Some(api) = api {
+        if let Ok(Err(e)) = api.await {
+            tracing::error!(error = %e, "HTTP API stopped with an error.");
+        }
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -34,6 +34,7 @@ retry_initial_backoff_ms = 1
 [daemon]
 checkpoint_rows = 5000
 shutdown_grace_secs = 10
+http_bind = "127.0.0.1:0"
 "#,
         url = db::postgres_url(),
         base = fake.base_url(),

@@ -4,6 +4,7 @@
 //! `support::db`); the Events API is the in-process fake in
 //! `support::fake_mparticle`.
 
+mod api;
 mod cli;
 mod config_errors;
 mod delivery;
