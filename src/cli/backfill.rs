@@ -34,6 +34,10 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let progress = super::progress::Progress::start(
+        std::sync::Arc::clone(&ctx.progress),
+        &format!("backfill {}", args.pipeline),
+    );
     let report = crate::sync::run(
         &ctx,
         &args.pipeline,
@@ -42,7 +46,9 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             until: args.until,
         },
     )
-    .await?;
+    .await;
+    drop(progress);
+    let report = report?;
     super::run::print_summary(&report);
     Ok(if report.record.state == RunState::Success {
         ExitCode::SUCCESS

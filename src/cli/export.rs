@@ -49,7 +49,15 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Codec::Snappy => Compression::Snappy,
         Codec::None => Compression::None,
     };
-    let file = crate::sync::export_once(&project, pipeline, &args.out, compression).await?;
+    let counters = std::sync::Arc::new(crate::telemetry::progress::RunProgress::default());
+    let progress = super::progress::Progress::start(
+        std::sync::Arc::clone(&counters),
+        &format!("export {}", args.pipeline),
+    );
+    let file =
+        crate::sync::export_once(&project, pipeline, &args.out, compression, &counters).await;
+    drop(progress);
+    let file = file?;
     println!(
         "Exported {} row(s), {} bytes, to {}",
         file.rows,

@@ -20,6 +20,7 @@ mod export;
 mod output;
 mod pause;
 mod preview;
+mod progress;
 mod run;
 mod runs;
 mod status;

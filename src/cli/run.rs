@@ -45,7 +45,13 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Some(p),
         None => ctx.pipeline(&args.pipeline)?.max_rejected_pct,
     };
-    let report = crate::sync::run(&ctx, &args.pipeline, RunKind::Manual).await?;
+    let progress = super::progress::Progress::start(
+        std::sync::Arc::clone(&ctx.progress),
+        &format!("run {}", args.pipeline),
+    );
+    let report = crate::sync::run(&ctx, &args.pipeline, RunKind::Manual).await;
+    drop(progress);
+    let report = report?;
     print_summary(&report);
     if report.record.state != RunState::Success {
         return Ok(ExitCode::from(1));

@@ -1309,6 +1309,7 @@ pub async fn export_once(
     pipeline: &Pipeline,
     out: &std::path::Path,
     compression: crate::export::Compression,
+    progress: &crate::telemetry::progress::RunProgress,
 ) -> Result<crate::export::ExportedFile, SyncError> {
     let (mut warehouse, query) = open(project, pipeline, None).await?;
     let columns = warehouse.probe(&query).await?;
@@ -1322,6 +1323,7 @@ pub async fn export_once(
     let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
     let write = async {
         while let Some(chunk) = rx.recv().await {
+            progress.add_rows(chunk.num_rows() as u64);
             file.write(&data.convert(&chunk)?)?;
         }
         Ok::<_, SyncError>(())

@@ -238,3 +238,25 @@ impl ShutdownRequested {
         );
     }
 }
+
+/// How far a long run has got (every few seconds when stderr is not a terminal).
+pub struct RunProgressed {
+    /// Rows read so far.
+    pub rows: u64,
+    /// Batches acknowledged so far.
+    pub batches: u64,
+    /// Rows per second since the start.
+    pub rows_per_sec: u64,
+}
+
+impl RunProgressed {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            rows = self.rows,
+            batches = self.batches,
+            rows_per_sec = self.rows_per_sec,
+            "Progress."
+        );
+    }
+}

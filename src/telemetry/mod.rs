@@ -27,7 +27,7 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new("warn,wsync=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         // Colour codes only for a person at a terminal, never into files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
