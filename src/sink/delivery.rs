@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::sink::events_api::{DeliveryError, EventsApiClient, RawResponse};
 use crate::sink::rate_limit::{RateLimiter, DEFAULT_RATE_PER_SEC};
@@ -290,10 +290,15 @@ impl Deliverer {
             .await
             .map_err(|_| self.closed())?;
         let this = self.clone();
-        Ok(tokio::spawn(async move {
-            let _permit = permit;
-            this.run(request).await
-        }))
+        // The task keeps the caller's span, so its log lines carry the
+        // pipeline and run ids too.
+        Ok(tokio::spawn(
+            async move {
+                let _permit = permit;
+                this.run(request).await
+            }
+            .in_current_span(),
+        ))
     }
 
     /// Waits until no request is in flight (takes every permit, then gives them

@@ -252,10 +252,22 @@ impl StateStore {
             .connect_with(options)
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
+        // Two processes opening a new store at once (a daemon starting while
+        // `wsync status` runs) race to apply the same migration; the loser's
+        // CREATE fails once the winner commits. Applied migrations are skipped,
+        // so trying again settles it.
+        let mut attempt = 0;
+        loop {
+            match sqlx::migrate!("./migrations").run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "State store migration raced; retrying.");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(open_error(e.to_string())),
+            }
+        }
         Ok(Self { pool })
     }
 

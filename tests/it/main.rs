@@ -12,6 +12,7 @@ mod export;
 mod export_runs;
 mod fake_selftest;
 mod kill;
+mod observability;
 mod protect;
 mod scheduler;
 mod source_mysql;
