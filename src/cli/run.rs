@@ -73,17 +73,20 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
 pub(crate) fn print_summary(report: &RunReport) {
     let r = &report.record;
     let c = &r.counts;
-    let mode = if r.dry_run {
-        " (only_read: nothing was sent)"
+    if r.dry_run {
+        println!(
+            "Dry run of pipeline `{}`: {} (only_read: nothing was sent, nothing recorded in the state store)",
+            r.pipeline_id,
+            r.state.as_str()
+        );
     } else {
-        ""
-    };
-    println!(
-        "Run {} of pipeline `{}`: {}{mode}",
-        r.id,
-        r.pipeline_id,
-        r.state.as_str()
-    );
+        println!(
+            "Run {} of pipeline `{}`: {}",
+            r.id,
+            r.pipeline_id,
+            r.state.as_str()
+        );
+    }
     if let Some((start, end)) = r.interval {
         println!("Interval: [{}, {})", start.to_rfc3339(), end.to_rfc3339());
     }

@@ -53,7 +53,11 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("No runs recorded yet. Start one with `wsync run PIPELINE`.");
+        println!(
+            "No runs recorded yet. Start one with `wsync run PIPELINE`. (Dry runs of only_read \
+             pipelines are not recorded here: their reports are under the runs folder, \
+             .wsync/runs/<pipeline>/dry-<time>/.)"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = table(&[

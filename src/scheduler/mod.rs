@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::state::{RunState, StateError};
+use crate::config::model::InputProtection;
+use crate::state::{RunState, ScheduleHistory, StateError};
 use crate::sync::{RunKind, SyncContext, SyncError};
 use crate::telemetry::events;
 
@@ -58,6 +59,9 @@ pub struct Daemon {
     /// a bad watermark): not retried before this time, so a broken pipeline
     /// costs one log line per few minutes, not one per pass.
     hold: Arc<Mutex<BTreeMap<String, DateTime<Utc>>>>,
+    /// The schedule history of `only_read` pipelines, whose dry runs leave no
+    /// record in the state store: kept for the life of the process.
+    dry: Arc<Mutex<BTreeMap<String, ScheduleHistory>>>,
 }
 
 /// How long a pipeline whose run could not start is left alone.
@@ -76,6 +80,7 @@ impl Daemon {
             permits,
             wake: Arc::default(),
             hold: Arc::default(),
+            dry: Arc::default(),
         }
     }
 
@@ -109,7 +114,11 @@ impl Daemon {
             if self.ctx.state.lock_holder(id).await?.is_some() {
                 continue;
             }
-            let history = self.ctx.state.schedule_history(id).await?;
+            let history = if pipeline.input_protection == InputProtection::OnlyRead {
+                lock(&self.dry).get(id).cloned().unwrap_or_default()
+            } else {
+                self.ctx.state.schedule_history(id).await?
+            };
             let plan = plan::plan(pipeline, &history, self.started, now);
             if let Some(next) = plan.next {
                 events::NextRunPlanned {
@@ -224,6 +233,7 @@ impl Daemon {
         let permits = Arc::clone(&self.permits);
         let wake = Arc::clone(&self.wake);
         let hold = Arc::clone(&self.hold);
+        let dry = Arc::clone(&self.dry);
         let id = pipeline.clone();
         // Each pipeline's runs get a thread of their own, driven by the shared
         // runtime: a run's future is not provably `Send` for every lifetime
@@ -239,7 +249,26 @@ impl Daemon {
                     if ctx.shutdown.is_cancelled() {
                         break;
                     }
-                    match crate::sync::run(&ctx, &id, kind).await {
+                    let interval = match &kind {
+                        RunKind::Scheduled { interval } => *interval,
+                        _ => None,
+                    };
+                    let scheduled = matches!(kind, RunKind::Scheduled { .. });
+                    let result = crate::sync::run(&ctx, &id, kind).await;
+                    if let (Ok(report), true) = (&result, scheduled) {
+                        if report.record.dry_run {
+                            let mut dry = lock(&dry);
+                            let h = dry.entry(id.clone()).or_default();
+                            h.last_scheduled_start = Some(report.record.start_date);
+                            h.last_scheduled_state = Some(report.record.state);
+                            h.scheduled_outcome |=
+                                matches!(report.record.state, RunState::Success | RunState::Failed);
+                            if report.record.state == RunState::Success {
+                                h.last_interval_end = interval.map(|i| i.1).or(h.last_interval_end);
+                            }
+                        }
+                    }
+                    match result {
                         Ok(report) if report.record.state == RunState::Success => {}
                         // A failed or interrupted run ends the catch-up; the plan
                         // decides when to try again.
@@ -258,9 +287,7 @@ impl Daemon {
                                 reason: &e.to_string(),
                             }
                             .emit();
-                            hold.lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(id.clone(), ctx.clock.now() + HOLD_AFTER_REFUSAL);
+                            lock(&hold).insert(id.clone(), ctx.clock.now() + HOLD_AFTER_REFUSAL);
                             break;
                         }
                     }
@@ -272,11 +299,7 @@ impl Daemon {
     }
 
     fn held(&self, pipeline: &str) -> Option<DateTime<Utc>> {
-        self.hold
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(pipeline)
-            .copied()
+        lock(&self.hold).get(pipeline).copied()
     }
 
     /// Forget tasks that ended.
@@ -285,8 +308,11 @@ impl Daemon {
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JoinHandle<()>>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.running)
     }
+}
+
+/// A mutex that stays usable after a panic elsewhere (the data is plain state).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -8,7 +8,8 @@
 //!   limit (hourly 7 days, daily 6 months, weekly 3 years, monthly 5 years, or
 //!   `catch_up_days`). Rows of skipped intervals are not lost: the first run's
 //!   lower bound is still the watermark. A full sync or an integer sequence has
-//!   no use for one run per interval, so its catch-up is one run.
+//!   no use for one run per interval, so its catch-up is one run; so is a dry
+//!   run's (`only_read`).
 //! - **Cron** fires at each wall-clock time the expression names in its zone. A
 //!   time that does not exist (spring forward) fires at the end of the gap; a
 //!   time that occurs twice (fall back) fires once, at its first occurrence.
@@ -98,12 +99,16 @@ pub fn plan(
                 frequency: *frequency,
                 end: *end,
             };
-            let one_run = match &pipeline.sync_mode {
-                SyncMode::Full => true,
-                SyncMode::Incremental {
-                    iterator_data_type, ..
-                } => *iterator_data_type == crate::config::model::IteratorDataType::Integer,
-            };
+            // A dry run has no watermark to carry forward, so one run over the
+            // missed intervals shows as much as one per interval would.
+            let one_run = pipeline.input_protection
+                == crate::config::model::InputProtection::OnlyRead
+                || match &pipeline.sync_mode {
+                    SyncMode::Full => true,
+                    SyncMode::Incremental {
+                        iterator_data_type, ..
+                    } => *iterator_data_type == crate::config::model::IteratorDataType::Integer,
+                };
             // After a failure, wait for the next boundary instead of retrying
             // in a loop.
             if history.last_scheduled_state == Some(RunState::Failed) {

@@ -324,26 +324,36 @@ pub async fn run(
     let dry_run = pipeline.input_protection == InputProtection::OnlyRead;
     let started = ctx.clock.now();
     let window = plan_window(ctx, &pipeline, &kind, started).await?;
-    let run_id = ctx
-        .state
-        .start_run(&NewRun {
-            pipeline_id: &pipeline.id,
-            run_type: kind.as_str(),
-            dry_run,
-            now: started,
-            window: (
-                window.lower.as_ref().map(window::to_text),
-                window.upper.as_ref().map(window::to_text),
-            ),
-            interval: match &kind {
-                RunKind::Scheduled { interval } => *interval,
-                _ => None,
-            },
-            resumed_from: window.resumed_from,
-        })
-        .await?;
-
-    let span = tracing::info_span!("run", pipeline = %pipeline.id, run_id);
+    let window_text = (
+        window.lower.as_ref().map(window::to_text),
+        window.upper.as_ref().map(window::to_text),
+    );
+    let interval = match &kind {
+        RunKind::Scheduled { interval } => *interval,
+        _ => None,
+    };
+    // A dry run leaves the state store exactly as it was: it is recorded by its
+    // report under runs_dir/<pipeline>/dry-<start time>/, not as a run record.
+    let (run_id, run_key, span) = if dry_run {
+        let key = format!("dry-{}", started.format("%Y%m%dT%H%M%S%.6fZ"));
+        let span = tracing::info_span!("run", pipeline = %pipeline.id, run_id = %key);
+        (0, key, span)
+    } else {
+        let id = ctx
+            .state
+            .start_run(&NewRun {
+                pipeline_id: &pipeline.id,
+                run_type: kind.as_str(),
+                dry_run,
+                now: started,
+                window: window_text.clone(),
+                interval,
+                resumed_from: window.resumed_from,
+            })
+            .await?;
+        let span = tracing::info_span!("run", pipeline = %pipeline.id, run_id = id);
+        (id, id.to_string(), span)
+    };
     if let (Some(from), Some(lower)) = (window.resumed_from, &window.lower) {
         let _entered = span.enter();
         events::RunResumed {
@@ -352,7 +362,24 @@ pub async fn run(
         }
         .emit();
     }
-    let mut attempt = Attempt::new(ctx, &pipeline, run_id, dry_run);
+    let mut attempt = Attempt::new(ctx, &pipeline, run_id, run_key, dry_run);
+    attempt.dry_record = dry_run.then(|| RunRecord {
+        id: 0,
+        pipeline_id: pipeline.id.clone(),
+        state: RunState::Running,
+        run_type: kind.as_str().to_owned(),
+        dry_run: true,
+        start_date: started,
+        end_date: None,
+        data_interval_start: window_text.0,
+        data_interval_end: window_text.1,
+        counts: RunCounts::default(),
+        files: serde_json::Value::Null,
+        error: None,
+        interval,
+        checkpoint: None,
+        resumed_from: window.resumed_from,
+    });
     // Backfills replay a range: they neither move the watermark nor leave a
     // checkpoint for the next scheduled run.
     attempt.moves_watermark = !dry_run && !matches!(kind, RunKind::Backfill { .. });
@@ -495,7 +522,13 @@ async fn open(
 struct Attempt<'a> {
     ctx: &'a SyncContext,
     pipeline: &'a Pipeline,
+    /// The state store's run id (0 for a dry run, which has no record).
     run_id: i64,
+    /// The run's folder name under runs_dir/<pipeline>/ and `{run_id}` in
+    /// export paths: the id, or `dry-<start time>`.
+    run_key: String,
+    /// A dry run's record, kept here instead of in the state store.
+    dry_record: Option<RunRecord>,
     dry_run: bool,
     stats: MapStats,
     counts: RunCounts,
@@ -557,17 +590,20 @@ pub fn deliverer_for(feed: &crate::config::model::Feed) -> Result<Deliverer, Syn
 }
 
 impl<'a> Attempt<'a> {
-    fn new(ctx: &'a SyncContext, pipeline: &'a Pipeline, run_id: i64, dry_run: bool) -> Self {
-        let dir = ctx
-            .project
-            .state
-            .runs_dir
-            .join(&pipeline.id)
-            .join(run_id.to_string());
+    fn new(
+        ctx: &'a SyncContext,
+        pipeline: &'a Pipeline,
+        run_id: i64,
+        run_key: String,
+        dry_run: bool,
+    ) -> Self {
+        let dir = ctx.project.state.runs_dir.join(&pipeline.id).join(&run_key);
         Self {
             ctx,
             pipeline,
             run_id,
+            run_key,
+            dry_record: None,
             dry_run,
             stats: MapStats::default(),
             counts: RunCounts::default(),
@@ -659,7 +695,7 @@ impl<'a> Attempt<'a> {
         let columns = warehouse.probe(&query).await?;
         let plan = MappingPlan::new(&columns, self.pipeline)?;
         if let Some(settings) = &self.pipeline.export {
-            let run_id = self.run_id.to_string();
+            let run_id = self.run_key.clone();
             let (start, end) = (
                 lower.as_ref().map(window::to_text),
                 upper.as_ref().map(window::to_text),
@@ -678,8 +714,7 @@ impl<'a> Attempt<'a> {
             )?);
         }
         self.plan = Some(plan.clone());
-        let run_dir =
-            (project.state.runs_dir.join(&self.pipeline.id)).join(self.run_id.to_string());
+        let run_dir = (project.state.runs_dir.join(&self.pipeline.id)).join(&self.run_key);
         self.protection =
             crate::resolve::Protection::open(project, self.pipeline, &run_dir).await?;
         let mapper = Mapper::new(plan, self.pipeline);
@@ -1116,6 +1151,8 @@ impl<'a> Attempt<'a> {
             dead_letters_redelivered,
             exported,
             protection,
+            run_key,
+            dry_record,
             ..
         } = self;
         if let Some(d) = &deliverer {
@@ -1249,9 +1286,11 @@ impl<'a> Attempt<'a> {
             },
         };
         let now = ctx.clock.now();
-        ctx.state
-            .finish_run(run_id, &pipeline.id, now, &outcome)
-            .await?;
+        if dry_record.is_none() {
+            ctx.state
+                .finish_run(run_id, &pipeline.id, now, &outcome)
+                .await?;
+        }
         events::RunFinished {
             state: state.as_str(),
             records_extracted: counts.records_extracted,
@@ -1260,13 +1299,23 @@ impl<'a> Attempt<'a> {
             error: error.as_deref(),
         }
         .emit();
-        let record = ctx
-            .state
-            .run(run_id)
-            .await?
-            .ok_or(SyncError::State(StateError::Query(
-                sqlx::Error::RowNotFound,
-            )))?;
+        let record = match dry_record {
+            Some(mut record) => {
+                record.state = state;
+                record.end_date = Some(now);
+                record.counts = counts.clone();
+                record.files = outcome.files.clone();
+                record.error = error.clone();
+                record
+            }
+            None => ctx
+                .state
+                .run(run_id)
+                .await?
+                .ok_or(SyncError::State(StateError::Query(
+                    sqlx::Error::RowNotFound,
+                )))?,
+        };
         ctx.metrics.run_finished(
             &record,
             protection.as_ref().map_or(0, |p| p.skipped_no_profile),
@@ -1288,7 +1337,7 @@ impl<'a> Attempt<'a> {
             .state
             .runs_dir
             .join(&pipeline.id)
-            .join(run_id.to_string())
+            .join(&run_key)
             .join("report.json");
         match report::write(&report, pipeline, &path) {
             Ok(()) => {

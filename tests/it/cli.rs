@@ -38,7 +38,7 @@ fn quickstart_runs_the_demo_as_a_dry_run() {
     let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("Run 1 of pipeline `demo_users`: success (only_read: nothing was sent)"),
+        stdout.contains("Dry run of pipeline `demo_users`: success (only_read: nothing was sent, nothing recorded in the state store)"),
         "{stdout}"
     );
     assert_eq!(
@@ -57,8 +57,25 @@ fn quickstart_runs_the_demo_as_a_dry_run() {
         "{stdout}"
     );
 
-    // The would-be batches: 8 demo rows, one without any identity.
-    let batches = read_jsonl(&p.root().join(".wsync/runs/demo_users/1/batches.jsonl"));
+    // The would-be batches: 8 demo rows, one without any identity. The summary
+    // names the files, in the dry run's own folder.
+    let file_of = |label: &str| -> std::path::PathBuf {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in {stdout}"));
+        std::path::PathBuf::from(line.trim())
+    };
+    let batches_file = file_of("Would-be batches:");
+    assert!(batches_file.starts_with(p.root().join(".wsync/runs/demo_users")));
+    assert!(batches_file
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("dry-"));
+    let batches = read_jsonl(&batches_file);
     assert_eq!(batches.len(), 7);
     let ada = &batches[0];
     assert_eq!(ada["environment"], "development");
@@ -70,7 +87,7 @@ fn quickstart_runs_the_demo_as_a_dry_run() {
         ada["user_attributes"].get("updated_at").is_none(),
         "the iterator is not sent"
     );
-    let rejected = read_jsonl(&p.root().join(".wsync/runs/demo_users/1/rejected.jsonl"));
+    let rejected = read_jsonl(&file_of("Rejected rows:"));
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["reason"], "no_identity");
     assert_eq!(rejected[0]["values"]["$firstname"], "Anonymous");
@@ -84,22 +101,21 @@ fn quickstart_runs_the_demo_as_a_dry_run() {
         "{stdout}"
     );
 
+    // Dry runs are not run records: the report in the dry run's folder is.
     let (code, stdout, _) = p.wsync(&["runs"], &[]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("success (dry run)"), "{stdout}");
-    let (code, stdout, _) = p.wsync(&["runs", "demo_users", "--json"], &[]);
-    assert_eq!(code, 0);
-    let runs: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    assert!(stdout.starts_with("No runs recorded yet."), "{stdout}");
+    let dry_runs: Vec<_> = std::fs::read_dir(p.root().join(".wsync/runs/demo_users"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(runs.len(), 2);
-    assert_eq!(runs[0]["pipeline_run_id"], 2);
-    assert_eq!(runs[0]["records_extracted"], 8);
-    assert_eq!(runs[0]["records_mapped"], 7);
-    assert_eq!(runs[0]["event_batches_generated"], 7);
-    assert_eq!(runs[0]["batches_sent"], 0);
-    assert_eq!(runs[0]["rows_rejected"], 1);
+    assert_eq!(dry_runs.len(), 2, "{dry_runs:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dry_runs[0].join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["rows_read"], 8);
+    assert_eq!(report["rows_rejected"], 1);
 }
 
 #[test]
@@ -186,9 +202,8 @@ fn sql_errors_fail_the_run_with_the_database_message() {
     let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stdout.contains("no_such_table"), "{stdout}");
-    let (_, stdout, _) = p.wsync(&["runs", "--json"], &[]);
     assert!(
-        stdout.contains("\"pipeline_run_state\":\"failed\""),
+        stdout.starts_with("Dry run of pipeline `demo_users`: failed"),
         "{stdout}"
     );
 }
@@ -299,8 +314,11 @@ fn status_pause_resume_and_backfill_as_a_user_meets_them() {
     assert_eq!(s["input_protection"], "only_read");
     assert_eq!(s["status"], "active");
     assert_eq!(s["schedule"], "cron `0 6 * * *` Europe/Berlin");
-    assert_eq!(s["latest_pipeline_run"]["pipeline_run_state"], "success");
-    assert_eq!(s["latest_pipeline_run"]["records_extracted"], 8);
+    assert_eq!(
+        s["latest_pipeline_run"],
+        serde_json::Value::Null,
+        "a dry run is not a run record"
+    );
     // The next 06:00 in Berlin is 04:00 or 05:00 UTC.
     let next = s["next_run"].as_str().expect("next run");
     assert!(
@@ -368,14 +386,5 @@ fn status_pause_resume_and_backfill_as_a_user_meets_them() {
         "{stderr}"
     );
     let (_, stdout, _) = p.wsync(&["runs", "--json"], &[]);
-    let types: Vec<String> = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["pipeline_run_type"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(types, ["backfill", "manual"]);
+    assert_eq!(stdout, "", "dry runs and dry backfills leave no run record");
 }

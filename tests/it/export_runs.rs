@@ -89,8 +89,19 @@ fn an_only_read_run_exports_a_snapshot_beside_its_report() {
     );
     let (code, stdout, _) = p.wsync(&["run", "people"], &[]);
     assert_eq!(code, 0, "{stdout}");
-    assert_eq!(read(&p.root().join("exports/people/1/rows.parquet")).1, 3);
-    assert!(!p.root().join("exports/people/1/batches.parquet").exists());
+    // A dry run's `{run_id}` is its folder name, `dry-<start time>`.
+    let runs: Vec<_> = std::fs::read_dir(p.root().join("exports/people"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("dry-"));
+    assert_eq!(read(&runs[0].join("rows.parquet")).1, 3);
+    assert!(!runs[0].join("batches.parquet").exists());
 }
 
 #[test]

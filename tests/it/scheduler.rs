@@ -535,3 +535,68 @@ type = "on_demand"
     assert_eq!(resumed.record.resumed_from, Some(run.id));
     assert_eq!(fake.distinct_applied(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_pipeline_runs_once_per_fire_although_it_leaves_no_record() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sched_dry");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, updated_at timestamptz);
+         INSERT INTO {table} VALUES ('a', '2026-03-01T00:00:00Z');"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&fake, "");
+    p.model("m", &format!("SELECT customer_id, updated_at FROM {table}"));
+    p.pipeline(
+        "dry",
+        r#"
+connection = "pg"
+data_model = "m"
+input_protection = "only_read"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+
+[schedule]
+type = "cron"
+expression = "0 * * * *"
+"#,
+    );
+    let clock = ManualClock::new(t("2026-03-01T06:10:00Z"));
+    let ctx = on_clock(&p, &clock).await;
+    let daemon = Daemon::new(ctx.clone());
+    let dry_runs = || {
+        std::fs::read_dir(p.root().join(".wsync/runs/dry"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        daemon.tick().await.unwrap(),
+        Some(t("2026-03-01T07:00:00Z"))
+    );
+    clock.set(t("2026-03-01T07:00:00Z"));
+    daemon.tick().await.unwrap();
+    daemon.wait_idle().await;
+    assert_eq!(dry_runs(), 1);
+    // The same fire does not run again, though the state store has no record.
+    clock.set(t("2026-03-01T07:00:01Z"));
+    assert_eq!(
+        daemon.tick().await.unwrap(),
+        Some(t("2026-03-01T08:00:00Z"))
+    );
+    daemon.wait_idle().await;
+    assert_eq!(dry_runs(), 1);
+    assert!(ctx.state.runs(None, 10, 0).await.unwrap().is_empty());
+    clock.set(t("2026-03-01T08:00:00Z"));
+    daemon.tick().await.unwrap();
+    daemon.wait_idle().await;
+    assert_eq!(dry_runs(), 2);
+    assert!(fake.requests().is_empty());
+}

@@ -318,12 +318,40 @@ iterator_data_type = "timestamp_tz"
 "#,
     );
     let ctx = p.context().await;
+    // Some content a dry run could disturb.
+    ctx.state
+        .set_paused("elsewhere", true, chrono::Utc::now())
+        .await
+        .unwrap();
+    // The database file and its write-ahead log, byte for byte.
+    let store_bytes = || {
+        ["state.db", "state.db-wal"]
+            .map(|f| std::fs::read(p.root().join(".wsync").join(f)).unwrap_or_default())
+    };
+    let store_before = store_bytes();
 
     let dry = wsync::sync::run(&ctx, "people_dry", wsync::sync::RunKind::Manual)
         .await
         .unwrap();
     assert_eq!(dry.record.state, RunState::Success);
     assert!(dry.record.dry_run);
+    assert!(
+        store_bytes() == store_before,
+        "a dry run leaves the state store byte for byte unchanged"
+    );
+    assert_eq!(dry.record.id, 0, "no run record");
+    let report_file = dry.files["report"].clone();
+    assert!(
+        report_file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dry-"),
+        "{}",
+        report_file.display()
+    );
     assert!(fake.requests().is_empty(), "a dry run sends nothing");
     assert_eq!(
         ctx.state.watermark("people_dry").await.unwrap(),
