@@ -115,7 +115,10 @@ struct Measured {
 /// Run `cmd` to completion and read its own resource usage with `wait4`.
 fn run_measured(mut cmd: Command) -> Result<Measured, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
     let pid = i32::try_from(child.id())?;
     // Read stdout on a thread so a chatty child cannot block on a full pipe.
     let mut stdout = child.stdout.ok_or("no stdout")?;
@@ -168,12 +171,11 @@ fn measure_child(
 async fn ensure_table(url: &str, rows: u64) -> Result<String, Box<dyn std::error::Error>> {
     let table = format!("bench_pipeline_{rows}");
     let pool = sqlx::PgPool::connect(url).await?;
-    let exists: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = $1",
-    )
-    .bind(&table)
-    .fetch_one(&pool)
-    .await?;
+    let exists: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = $1")
+            .bind(&table)
+            .fetch_one(&pool)
+            .await?;
     if exists == 0 {
         eprintln!("creating {table} ({rows} rows)…");
         sqlx::raw_sql(&format!(
@@ -274,7 +276,10 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 println!(
                     "{} rows, {} batches, {} requests, {} bytes",
-                    c.records_extracted, c.event_batches_generated, report.requests, report.request_bytes
+                    c.records_extracted,
+                    c.event_batches_generated,
+                    report.requests,
+                    report.request_bytes
                 );
                 // Remove the multi-GB batches.jsonl of the dry run right away.
                 let _ = std::fs::remove_dir_all(ctx.project.state.runs_dir.join(id));

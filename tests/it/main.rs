@@ -11,6 +11,7 @@ mod export;
 mod export_runs;
 mod fake_selftest;
 mod source_mysql;
+mod source_pg_copy;
 mod source_postgres;
 mod source_sqlite;
 mod support;
