@@ -127,6 +127,31 @@ impl MapStats {
         self.values_truncated.values().sum()
     }
 
+    /// Add the counters of a part of a chunk mapped separately (see
+    /// [`Mapper::map_chunk`]). Column values, NULLs and lengths are counted once
+    /// per chunk before it is cut, so a part carries only its adjustments.
+    fn merge(&mut self, part: MapStats) {
+        self.rows_read += part.rows_read;
+        self.rows_mapped += part.rows_mapped;
+        self.batches += part.batches;
+        for (reason, n) in part.rows_rejected {
+            *self.rows_rejected.entry(reason).or_default() += n;
+        }
+        for (reason, n) in part.values_dropped {
+            *self.values_dropped.entry(reason).or_default() += n;
+        }
+        for (reason, n) in part.values_truncated {
+            *self.values_truncated.entry(reason).or_default() += n;
+        }
+        for (mine, theirs) in self.columns.iter_mut().zip(part.columns) {
+            mine.values += theirs.values;
+            mine.nulls += theirs.nulls;
+            mine.longest_chars = mine.longest_chars.max(theirs.longest_chars);
+            mine.truncated += theirs.truncated;
+            mine.dropped += theirs.dropped;
+        }
+    }
+
     fn drop_value(&mut self, why: &'static str) {
         *self.values_dropped.entry(why).or_default() += 1;
     }
@@ -209,11 +234,73 @@ impl Mapper {
             .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
             .collect::<Result<Vec<_>, _>>()?;
         column_stats(&self.plan, chunk, stats);
+        let rows = chunk.num_rows();
+        let parts = parallel_parts(rows);
+        if parts <= 1 {
+            return Ok(self.map_rows(&readers, 0..rows, first_row, stats));
+        }
+        // Rows are independent, so the chunk is cut into contiguous ranges mapped
+        // on scoped threads and joined in order: the output is exactly that of one
+        // pass, and a run's consumer keeps every core busy while it maps.
+        let per_part = rows.div_ceil(parts);
+        let ranges: Vec<std::ops::Range<usize>> = (0..parts)
+            .map(|p| (p * per_part)..((p + 1) * per_part).min(rows))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let readers = &readers;
+        let columns = self.plan.columns.len();
+        let mapped: Vec<(MappedChunk, MapStats)> = std::thread::scope(|scope| {
+            let run = move |range: std::ops::Range<usize>| {
+                let mut part_stats = MapStats {
+                    columns: vec![ColumnStats::default(); columns],
+                    ..MapStats::default()
+                };
+                let out = self.map_rows(readers, range, first_row, &mut part_stats);
+                (out, part_stats)
+            };
+            let mut rest = ranges[1..]
+                .iter()
+                .map(|r| {
+                    let r = r.clone();
+                    scope.spawn(move || run(r))
+                })
+                .collect::<Vec<_>>();
+            let mut all = vec![run(ranges[0].clone())];
+            for handle in rest.drain(..) {
+                // A panic in a mapping thread is a wsync bug: surface it as one.
+                all.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                );
+            }
+            all
+        });
         let mut out = MappedChunk::default();
-        for row in 0..chunk.num_rows() {
+        for (part, part_stats) in mapped {
+            out.batches.extend(part.batches);
+            out.rejected.extend(part.rejected);
+            stats.merge(part_stats);
+        }
+        Ok(out)
+    }
+
+    /// Map `rows` of a chunk (the single-threaded pass of [`Self::map_chunk`]).
+    fn map_rows(
+        &self,
+        readers: &[ColumnReader<'_>],
+        rows: std::ops::Range<usize>,
+        first_row: u64,
+        stats: &mut MapStats,
+    ) -> MappedChunk {
+        let mut out = MappedChunk {
+            batches: Vec::with_capacity(rows.len()),
+            rejected: Vec::new(),
+        };
+        for row in rows {
             let row_number = first_row + row as u64;
             stats.rows_read += 1;
-            match self.map_row(&readers, row) {
+            match self.map_row(readers, row) {
                 Ok(parts) => match self.encode(&parts, row_number, stats) {
                     Ok(batches) => {
                         for (adjustment, column) in
@@ -241,16 +328,16 @@ impl Mapper {
                     }
                     Err((reason, detail)) => {
                         out.rejected
-                            .push(self.reject(&readers, row, row_number, reason, detail, stats));
+                            .push(self.reject(readers, row, row_number, reason, detail, stats));
                     }
                 },
                 Err((reason, detail)) => {
                     out.rejected
-                        .push(self.reject(&readers, row, row_number, reason, detail, stats));
+                        .push(self.reject(readers, row, row_number, reason, detail, stats));
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     fn reject(
@@ -615,6 +702,18 @@ pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
     hex::encode(&digest[..ID_HEX_LEN / 2])
 }
 
+/// Rows below which a chunk is mapped on the calling thread alone: a scoped
+/// thread costs some microseconds to start, a row a few.
+const MIN_ROWS_PER_PART: usize = 256;
+
+/// Into how many parts to cut a chunk of `rows` rows: one per core, each of at
+/// least [`MIN_ROWS_PER_PART`] rows.
+fn parallel_parts(rows: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    cores.min(rows / MIN_ROWS_PER_PART).max(1)
+}
+
 /// Column-wise counts for a chunk: NULLs from the Arrow null bitmaps and the
 /// longest text value from the offsets, so no per-row work is added.
 fn column_stats(plan: &MappingPlan, chunk: &RecordBatch, stats: &mut MapStats) {
@@ -746,6 +845,64 @@ mod tests {
     fn strip_id(mut v: serde_json::Value) -> serde_json::Value {
         v.as_object_mut().unwrap().remove("source_request_id");
         v
+    }
+
+    #[test]
+    fn chunk_cut_across_threads_maps_exactly_like_one_pass() {
+        let p = pipeline();
+        let n = 3 * MIN_ROWS_PER_PART + 17;
+        let ids: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 5 != 0).then(|| format!("c{i}")))
+            .collect();
+        let long: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 7 == 0).then(|| "é".repeat(4097 + i)))
+            .collect();
+        let floats: Vec<f64> = (0..n)
+            .map(|i| if i % 3 == 0 { f64::NAN } else { i as f64 * 0.1 })
+            .collect();
+        let info = |name: &str, kind: ColumnKind| ColumnInfo {
+            name: name.into(),
+            sql_type: "X".into(),
+            kind,
+            decimal: None,
+        };
+        let infos = vec![
+            info("customer_id", ColumnKind::Text),
+            info("bio", ColumnKind::Text),
+            info("score", ColumnKind::Float64),
+        ];
+        let chunk = RecordBatch::try_new(
+            crate::source::arrow_schema(&infos),
+            vec![
+                Arc::new(StringArray::from(ids)) as ArrayRef,
+                Arc::new(StringArray::from(long)),
+                Arc::new(Float64Array::from(floats)),
+            ],
+        )
+        .unwrap();
+        let mapper = Mapper::new(MappingPlan::new(&infos, &p).unwrap(), &p);
+        assert!(parallel_parts(n) >= 1);
+
+        let mut parallel_stats = MapStats::default();
+        let parallel = mapper.map_chunk(&chunk, 11, &mut parallel_stats).unwrap();
+
+        let readers = mapper
+            .plan
+            .columns
+            .iter()
+            .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)).unwrap())
+            .collect::<Vec<_>>();
+        let mut single_stats = MapStats::default();
+        column_stats(&mapper.plan, &chunk, &mut single_stats);
+        let single = mapper.map_rows(&readers, 0..n, 11, &mut single_stats);
+
+        assert_eq!(parallel.batches, single.batches);
+        assert_eq!(parallel.rejected, single.rejected);
+        assert_eq!(parallel_stats, single_stats);
+        assert_eq!(parallel_stats.rows_read, n as u64);
+        assert_eq!(parallel_stats.rejected_total(), n.div_ceil(5) as u64);
+        assert!(parallel_stats.truncated_total() > 0);
+        assert!(parallel_stats.dropped_total() > 0);
     }
 
     #[test]

@@ -49,7 +49,9 @@ use crate::redact::Secret;
 enum Conn {
     /// PostgreSQL or Redshift; `read_only` is false for Redshift.
     Pg {
-        conn: PgConnection,
+        /// `None` only while a COPY owns it on another task, or after that task
+        /// was lost; the next use then opens a new one.
+        conn: Option<PgConnection>,
         read_only: bool,
         /// Kept to replace the connection after an abandoned COPY (see `pg_copy`).
         options: Box<PgConnectOptions>,
@@ -126,7 +128,7 @@ impl Warehouse {
                     .application_name("wsync");
                 let c = pg_open(&options).await.map_err(|e| connect_err(&e))?;
                 Conn::Pg {
-                    conn: c,
+                    conn: Some(c),
                     read_only: conn.kind == ConnectionKind::Postgres,
                     options: Box::new(options),
                     // Redshift speaks the protocol but has no COPY … TO STDOUT.
@@ -185,8 +187,12 @@ impl Warehouse {
 
     /// Check the connection is alive.
     pub async fn ping(&mut self) -> Result<(), SourceError> {
+        self.ensure_pg().await?;
         let result = match &mut self.conn {
-            Conn::Pg { conn, .. } => conn.ping().await,
+            Conn::Pg { conn, .. } => match conn.as_mut() {
+                Some(conn) => conn.ping().await,
+                None => Err(sqlx::Error::PoolClosed),
+            },
             Conn::MySql(conn) => conn.ping().await,
             Conn::Sqlite(conn) => conn.ping().await,
         };
@@ -197,6 +203,7 @@ impl Warehouse {
     /// unsupported type is reported in one [`SourceError::UnsupportedType`].
     pub async fn probe(&mut self, query: &SourceQuery) -> Result<Vec<ColumnInfo>, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
         let sql = sql::base(&query.sql);
         let model = query.model.as_str();
         // (name, reported type, table result) per column.
@@ -208,7 +215,7 @@ impl Warehouse {
             Conn::Pg {
                 conn, read_only, ..
             } => {
-                let conn: &mut PgConnection = conn;
+                let conn: &mut PgConnection = live(conn)?;
                 in_pg_tx!(errs, model, conn, read_only, {
                     pg_describe(&mut *conn, &sql)
                         .await
@@ -284,6 +291,7 @@ impl Warehouse {
         tx: Sender<RecordBatch>,
     ) -> Result<u64, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
         if let Some(copied) = self.extract_pg_copy(query, columns, chunk_rows, &tx).await {
             self.last_read_path = Some(ReadPath::Copy);
             return copied;
@@ -300,7 +308,7 @@ impl Warehouse {
             Conn::Pg {
                 conn, read_only, ..
             } => {
-                let conn: &mut PgConnection = conn;
+                let conn: &mut PgConnection = live(conn)?;
                 let (sql, binds) = sql::wrap(Dialect::Postgres, query);
                 in_pg_tx!(errs, model, conn, read_only, {
                     let q = bind_pg(sqlx::query(&sql), &binds);
@@ -397,11 +405,39 @@ impl Warehouse {
         } else {
             format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
         };
-        if let Err(e) = sqlx::raw_sql(&begin).execute(&mut *conn).await {
+        let live_conn = match live(conn) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = sqlx::raw_sql(&begin).execute(&mut *live_conn).await {
             return Some(Err(errs.query(model, &e)));
         }
         let chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
-        let end = pg_copy::copy_out(conn, &pg_copy::statement(&inlined), chunker).await;
+        // The socket is read on its own task: the caller usually polls this
+        // future in the same task as the consumer of the chunks (`join!`), and
+        // the server must not wait while a chunk is being mapped. The connection
+        // goes with the task and comes back at its end.
+        let mut owned = conn.take()?;
+        let statement = pg_copy::statement(&inlined);
+        let task = tokio::spawn(async move {
+            let end = pg_copy::copy_out(&mut owned, &statement, chunker).await;
+            (owned, end)
+        });
+        let end = match task.await {
+            Ok((back, end)) => {
+                *conn = Some(back);
+                end
+            }
+            // The connection is gone with the task; the next use opens another.
+            Err(join) => {
+                return Some(Err(SourceError::Decode {
+                    model: model.to_owned(),
+                    column: String::new(),
+                    row: 0,
+                    message: format!("the COPY task ended abnormally: {join}"),
+                }))
+            }
+        };
         match end {
             pg_copy::CopyEnd::Refused(e) => {
                 // sqlx left the connection one answer behind: replace it (the
@@ -435,6 +471,9 @@ impl Warehouse {
                     // server stop.
                     self.reset_pg().await
                 } else {
+                    let Some(conn) = conn.as_mut() else {
+                        return Some(Err(live(conn).err()?));
+                    };
                     sqlx::raw_sql("ROLLBACK")
                         .execute(&mut *conn)
                         .await
@@ -453,14 +492,24 @@ impl Warehouse {
     /// Replace the PostgreSQL connection with a new one set up the same way.
     async fn reset_pg(&mut self) -> Result<(), SourceError> {
         if let Conn::Pg { conn, options, .. } = &mut self.conn {
+            // Dropping the old connection first closes its socket; that is what
+            // ends a COPY the server is still sending.
+            drop(conn.take());
             let fresh = pg_open(options)
                 .await
                 .map_err(|e| SourceError::connect(&self.name, &self.url, &e))?;
-            // Dropping the old connection closes its socket; that is what ends a
-            // COPY the server is still sending.
-            drop(std::mem::replace(conn, fresh));
+            *conn = Some(fresh);
         }
         Ok(())
+    }
+
+    /// Open a new PostgreSQL connection if the last one was lost with a COPY
+    /// task (an extraction dropped before its end).
+    async fn ensure_pg(&mut self) -> Result<(), SourceError> {
+        match &self.conn {
+            Conn::Pg { conn: None, .. } => self.reset_pg().await,
+            _ => Ok(()),
+        }
     }
 
     /// Turn the PostgreSQL `COPY` fast path on (the default for `postgres`
@@ -491,6 +540,7 @@ impl Warehouse {
         query: &SourceQuery,
     ) -> Result<Option<IteratorValue>, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
         let Some(filter) = &query.filter else {
             return Ok(None);
         };
@@ -511,7 +561,7 @@ impl Warehouse {
             Conn::Pg {
                 conn, read_only, ..
             } => {
-                let conn: &mut PgConnection = conn;
+                let conn: &mut PgConnection = live(conn)?;
                 let sql = sql::max_iterator(Dialect::Postgres, query, filter);
                 Ok(in_pg_tx!(errs, model, conn, read_only, {
                     match sqlx::query(&sql).fetch_one(&mut *conn).await {
@@ -544,6 +594,7 @@ impl Warehouse {
     /// as text. For diagnostics and tests (e.g. `SHOW transaction_read_only`).
     #[doc(hidden)]
     pub async fn query_scalar_text(&mut self, sql: &str) -> Result<Option<String>, SourceError> {
+        self.ensure_pg().await?;
         let model = "<diagnostic>";
         // Borrowed field by field so `conn` can be borrowed mutably alongside.
         let errs = ErrCtx {
@@ -554,7 +605,7 @@ impl Warehouse {
             Conn::Pg {
                 conn, read_only, ..
             } => {
-                let conn: &mut PgConnection = conn;
+                let conn: &mut PgConnection = live(conn)?;
                 Ok(in_pg_tx!(errs, model, conn, read_only, {
                     sqlx::query(sql)
                         .fetch_optional(&mut *conn)
@@ -611,6 +662,15 @@ impl ErrCtx<'_> {
             retryable: is_transient(err),
         }
     }
+}
+
+/// The open PostgreSQL connection ([`Warehouse::ensure_pg`] ran first).
+fn live(conn: &mut Option<PgConnection>) -> Result<&mut PgConnection, SourceError> {
+    conn.as_mut().ok_or_else(|| SourceError::Query {
+        model: String::new(),
+        message: "the connection was lost with an interrupted read; run again".to_owned(),
+        retryable: true,
+    })
 }
 
 /// Open a PostgreSQL connection and set its session up (UTC).
