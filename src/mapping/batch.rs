@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use arrow::array::RecordBatch;
 use sha2::{Digest, Sha256};
@@ -297,11 +298,12 @@ impl Mapper {
             batches: Vec::with_capacity(rows.len()),
             rejected: Vec::new(),
         };
+        let mut scratch = Scratch::default();
         for row in rows {
             let row_number = first_row + row as u64;
             stats.rows_read += 1;
             match self.map_row(readers, row) {
-                Ok(parts) => match self.encode(&parts, row_number, stats) {
+                Ok(parts) => match self.encode(&parts, row_number, stats, &mut scratch) {
                     Ok(batches) => {
                         for (adjustment, column) in
                             parts.adjustments.iter().zip(&parts.adjustment_columns)
@@ -546,24 +548,32 @@ impl Mapper {
         }
     }
 
-    /// Write the row as one or more batches.
+    /// Write the row as one or more batches. `scratch` is reused from row to row
+    /// so a row costs only the allocations of the batches it returns.
     fn encode(
         &self,
         parts: &RowParts<'_>,
         row: u64,
         stats: &mut MapStats,
+        scratch: &mut Scratch,
     ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
+        let Scratch {
+            head,
+            first,
+            members,
+        } = scratch;
         // Members every part carries: environment, mpid, user identities.
-        let mut head = Vec::with_capacity(256);
+        head.clear();
         head.extend_from_slice(b"\"environment\":");
-        write_str(&mut head, self.environment.as_str());
+        write_str(head, self.environment.as_str());
         if let Some(mpid) = parts.mpid {
-            head.extend_from_slice(format!(",\"mpid\":{mpid}").as_bytes());
+            // `write!` into a Vec cannot fail.
+            let _ = write!(head, ",\"mpid\":{mpid}");
         }
         if !parts.identities.is_empty() {
             head.extend_from_slice(b",\"user_identities\":{");
             write_members(
-                &mut head,
+                head,
                 parts
                     .identities
                     .iter()
@@ -572,17 +582,20 @@ impl Mapper {
             head.push(b'}');
         }
         // Members only the first part carries: device ids and deletions.
-        let mut first = Vec::new();
-        let device_info: Vec<_> = parts
+        first.clear();
+        if parts
             .devices
             .iter()
-            .filter(|(t, _)| *t != DeviceIdType::MpDeviceId)
-            .collect();
-        if !device_info.is_empty() {
+            .any(|(t, _)| *t != DeviceIdType::MpDeviceId)
+        {
             first.extend_from_slice(b",\"device_info\":{");
             write_members(
-                &mut first,
-                device_info.iter().map(|(t, v)| (t.as_str(), v.as_str())),
+                first,
+                parts
+                    .devices
+                    .iter()
+                    .filter(|(t, _)| *t != DeviceIdType::MpDeviceId)
+                    .map(|(t, v)| (t.as_str(), v.as_str())),
             );
             first.push(b'}');
         }
@@ -592,7 +605,7 @@ impl Mapper {
             .find(|(t, _)| *t == DeviceIdType::MpDeviceId)
         {
             first.extend_from_slice(b",\"mp_deviceid\":");
-            write_str(&mut first, id);
+            write_str(first, id);
         }
         if !parts.deleted.is_empty() {
             first.extend_from_slice(b",\"deleted_user_attributes\":[");
@@ -600,7 +613,7 @@ impl Mapper {
                 if i > 0 {
                     first.push(b',');
                 }
-                write_str(&mut first, name);
+                write_str(first, name);
             }
             first.push(b']');
         }
@@ -619,55 +632,69 @@ impl Mapper {
             ));
         }
 
-        // Greedy split: fill each part up to 100 attributes and 128 KiB.
-        let mut part_members: Vec<Vec<u8>> = vec![Vec::new()];
+        // Greedy split: fill each part up to 100 attributes and 128 KiB. Every
+        // part's members are one range of `members`, written in place.
+        members.clear();
+        let mut part_ranges: Vec<(usize, usize)> = vec![(0, 0)];
         let mut part_counts = vec![0usize];
         for (name, value) in &parts.attributes {
-            let mut member = Vec::with_capacity(name.len() + 16);
-            write_str(&mut member, name);
-            member.push(b':');
-            write_value(&mut member, value);
-            let first_extra = |part: usize| if part == 0 { first.len() } else { 0 };
-            if fixed + member.len() > limits::MAX_BATCH_BYTES {
+            let start = members.len();
+            write_str(members, name);
+            members.push(b':');
+            write_value(members, value);
+            let member_len = members.len() - start;
+            if fixed + member_len > limits::MAX_BATCH_BYTES {
+                members.truncate(start);
                 stats.drop_value(reason::ATTRIBUTE_TOO_LARGE);
                 continue;
             }
-            let current = part_members.len() - 1;
-            let used = fixed + first_extra(current) + part_members[current].len();
+            let current = part_ranges.len() - 1;
+            let first_extra = if current == 0 { first.len() } else { 0 };
+            let used = fixed + first_extra + (start - part_ranges[current].0);
             let fits = part_counts[current] < limits::MAX_ATTRIBUTES_PER_BATCH
-                && used + 1 + member.len() <= limits::MAX_BATCH_BYTES;
+                && used + 1 + member_len <= limits::MAX_BATCH_BYTES;
             if !fits {
-                part_members.push(Vec::new());
+                part_ranges.push((start, start));
                 part_counts.push(0);
+            } else if part_counts[current] > 0 {
+                members.insert(start, b',');
             }
-            let current = part_members.len() - 1;
-            if part_counts[current] > 0 {
-                part_members[current].push(b',');
-            }
-            part_members[current].extend_from_slice(&member);
+            let current = part_ranges.len() - 1;
+            part_ranges[current].1 = members.len();
             part_counts[current] += 1;
         }
 
-        let mut batches = Vec::with_capacity(part_members.len());
-        for (part, members) in part_members.iter().enumerate() {
-            let mut body = Vec::with_capacity(fixed + first.len() + members.len());
-            body.push(b'{');
-            body.extend_from_slice(&head);
-            if part == 0 {
-                body.extend_from_slice(&first);
+        let mut batches = Vec::with_capacity(part_ranges.len());
+        for (part, &(from, to)) in part_ranges.iter().enumerate() {
+            let attrs = &members[from..to];
+            let first = if part == 0 { &first[..] } else { &[][..] };
+            // The id hashes the batch as it would read without it:
+            // `{` head first [attributes] `}`, fed to the hash piece by piece.
+            let mut hasher = id_hasher(&self.pipeline_id);
+            hasher.update(b"{");
+            hasher.update(&head[..]);
+            hasher.update(first);
+            if !attrs.is_empty() {
+                hasher.update(ATTRS_OPEN);
+                hasher.update(attrs);
+                hasher.update(b"}");
             }
-            if !members.is_empty() {
-                body.extend_from_slice(ATTRS_OPEN);
-                body.extend_from_slice(members);
-                body.push(b'}');
-            }
-            body.push(b'}');
-            let id = source_request_id(&self.pipeline_id, &body);
-            let mut json = Vec::with_capacity(body.len() + ID_MEMBER_BYTES);
+            hasher.update(b"}");
+            let id = id_hex(hasher);
+            let mut json = Vec::with_capacity(
+                ID_MEMBER_BYTES + 2 + head.len() + first.len() + ATTRS_OPEN.len() + attrs.len() + 2,
+            );
             json.extend_from_slice(b"{\"source_request_id\":\"");
             json.extend_from_slice(id.as_bytes());
             json.extend_from_slice(b"\",");
-            json.extend_from_slice(&body[1..]);
+            json.extend_from_slice(head);
+            json.extend_from_slice(first);
+            if !attrs.is_empty() {
+                json.extend_from_slice(ATTRS_OPEN);
+                json.extend_from_slice(attrs);
+                json.push(b'}');
+            }
+            json.push(b'}');
             batches.push(EncodedBatch {
                 row,
                 part: u32::try_from(part).unwrap_or(u32::MAX),
@@ -677,6 +704,17 @@ impl Mapper {
         }
         Ok(batches)
     }
+}
+
+/// Buffers [`Mapper::encode`] reuses from row to row.
+#[derive(Default)]
+struct Scratch {
+    /// Members every part carries.
+    head: Vec<u8>,
+    /// Members only the first part carries.
+    first: Vec<u8>,
+    /// Every part's attribute members, one range per part.
+    members: Vec<u8>,
 }
 
 fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a str)>) {
@@ -694,10 +732,21 @@ fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, 
 /// `sha256(pipeline_id ‖ 0x00 ‖ batch JSON without the id)`, in hex. The same
 /// pipeline and the same row content always give the same id.
 pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
+    let mut hasher = id_hasher(pipeline_id);
+    hasher.update(body);
+    id_hex(hasher)
+}
+
+/// The hash of [`source_request_id`] with the pipeline id fed in.
+fn id_hasher(pipeline_id: &str) -> Sha256 {
     let mut hasher = Sha256::new();
     hasher.update(pipeline_id.as_bytes());
     hasher.update([0u8]);
-    hasher.update(body);
+    hasher
+}
+
+/// The first 128 bits of the hash, in hex.
+fn id_hex(hasher: Sha256) -> String {
     let digest = hasher.finalize();
     hex::encode(&digest[..ID_HEX_LEN / 2])
 }
