@@ -167,6 +167,13 @@ fn measure_child(
     run_measured(cmd)
 }
 
+/// The SQL that creates the benchmark table (shared with `tests/it/perf_smoke.rs`).
+fn table_sql(table: &str, rows: u64) -> String {
+    include_str!("pipeline_table.sql")
+        .replace("{table}", table)
+        .replace("{rows}", &rows.to_string())
+}
+
 /// Create `bench_pipeline_<rows>` unless it exists.
 async fn ensure_table(url: &str, rows: u64) -> Result<String, Box<dyn std::error::Error>> {
     let table = format!("bench_pipeline_{rows}");
@@ -178,28 +185,9 @@ async fn ensure_table(url: &str, rows: u64) -> Result<String, Box<dyn std::error
             .await?;
     if exists == 0 {
         eprintln!("creating {table} ({rows} rows)…");
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE {table} AS SELECT
-                g::int8 AS id,
-                'c' || lpad(g::text, 9, '0') AS customer_id,
-                'user' || g || '@example.com' AS email,
-                (ARRAY['Ada','Grace','Linus','Zoë','Margaret','Alan'])[1 + g % 6] AS first_name,
-                'Family' || (g % 997) AS last_name,
-                (18 + g % 70)::int4 AS age,
-                (g * 7 % 100000)::int8 AS visits,
-                round((g * 0.37)::numeric % 100000, 2)::numeric(14,2) AS balance,
-                (g * 1.37)::float8 AS ltv,
-                ((g % 1000) / 1000.0)::float8 AS churn_risk,
-                (g % 2 = 0) AS vip,
-                (g % 3 <> 0) AS opted_in,
-                ARRAY['tag' || (g % 7), 'tag' || (g % 11)] AS tags,
-                TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * INTERVAL '1 second' AS updated_at,
-                DATE '2020-01-01' + (g % 1500)::int AS signup_date
-             FROM generate_series(1, {rows}) AS g;
-             ANALYZE {table};"
-        ))
-        .execute(&pool)
-        .await?;
+        sqlx::raw_sql(&table_sql(&table, rows))
+            .execute(&pool)
+            .await?;
     }
     pool.close().await;
     Ok(table)
@@ -218,11 +206,7 @@ fn write_project(root: &Path, table: &str, sink_port: u16) -> std::io::Result<()
     )?;
     std::fs::write(
         root.join("sql").join("bench.sql"),
-        format!(
-            "SELECT customer_id, email, first_name AS \"$firstname\", last_name AS \"$lastname\",\n\
-             age AS \"$age\", id AS account_id, visits, balance, ltv, churn_risk, vip, opted_in,\n\
-             tags, updated_at, signup_date\nFROM {table}\n"
-        ),
+        include_str!("pipeline_model.sql").replace("{table}", table),
     )?;
     std::fs::write(
         root.join("schedules").join("bench_dry.toml"),

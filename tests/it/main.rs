@@ -10,6 +10,7 @@ mod delivery;
 mod export;
 mod export_runs;
 mod fake_selftest;
+mod perf_smoke;
 mod source_mysql;
 mod source_pg_copy;
 mod source_postgres;
