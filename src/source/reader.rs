@@ -19,6 +19,11 @@
 //!
 //! Rows are read with sqlx's streaming `fetch`, decoded straight into Arrow
 //! builders and sent every `chunk_rows` rows, so memory is bounded by one chunk.
+//! PostgreSQL (not Redshift) reads through `COPY (<query>) TO STDOUT (FORMAT
+//! binary)` instead (`pg_copy.rs`): the same values, decoded by the same code into
+//! the same builders, inside the same read-only transaction and statement
+//! timeout. A server that refuses COPY as unsupported is read through `fetch`
+//! from then on.
 
 use std::str::FromStr;
 use std::time::Duration;
