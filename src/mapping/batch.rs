@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use arrow::array::RecordBatch;
 use sha2::{Digest, Sha256};
@@ -127,6 +128,31 @@ impl MapStats {
         self.values_truncated.values().sum()
     }
 
+    /// Add the counters of a part of a chunk mapped separately (see
+    /// [`Mapper::map_chunk`]). Column values, NULLs and lengths are counted once
+    /// per chunk before it is cut, so a part carries only its adjustments.
+    fn merge(&mut self, part: MapStats) {
+        self.rows_read += part.rows_read;
+        self.rows_mapped += part.rows_mapped;
+        self.batches += part.batches;
+        for (reason, n) in part.rows_rejected {
+            *self.rows_rejected.entry(reason).or_default() += n;
+        }
+        for (reason, n) in part.values_dropped {
+            *self.values_dropped.entry(reason).or_default() += n;
+        }
+        for (reason, n) in part.values_truncated {
+            *self.values_truncated.entry(reason).or_default() += n;
+        }
+        for (mine, theirs) in self.columns.iter_mut().zip(part.columns) {
+            mine.values += theirs.values;
+            mine.nulls += theirs.nulls;
+            mine.longest_chars = mine.longest_chars.max(theirs.longest_chars);
+            mine.truncated += theirs.truncated;
+            mine.dropped += theirs.dropped;
+        }
+    }
+
     fn drop_value(&mut self, why: &'static str) {
         *self.values_dropped.entry(why).or_default() += 1;
     }
@@ -209,12 +235,75 @@ impl Mapper {
             .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
             .collect::<Result<Vec<_>, _>>()?;
         column_stats(&self.plan, chunk, stats);
+        let rows = chunk.num_rows();
+        let parts = parallel_parts(rows);
+        if parts <= 1 {
+            return Ok(self.map_rows(&readers, 0..rows, first_row, stats));
+        }
+        // Rows are independent, so the chunk is cut into contiguous ranges mapped
+        // on scoped threads and joined in order: the output is exactly that of one
+        // pass, and a run's consumer keeps every core busy while it maps.
+        let per_part = rows.div_ceil(parts);
+        let ranges: Vec<std::ops::Range<usize>> = (0..parts)
+            .map(|p| (p * per_part)..((p + 1) * per_part).min(rows))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let readers = &readers;
+        let columns = self.plan.columns.len();
+        let mapped: Vec<(MappedChunk, MapStats)> = std::thread::scope(|scope| {
+            let run = move |range: std::ops::Range<usize>| {
+                let mut part_stats = MapStats {
+                    columns: vec![ColumnStats::default(); columns],
+                    ..MapStats::default()
+                };
+                let out = self.map_rows(readers, range, first_row, &mut part_stats);
+                (out, part_stats)
+            };
+            let mut rest = ranges[1..]
+                .iter()
+                .map(|r| {
+                    let r = r.clone();
+                    scope.spawn(move || run(r))
+                })
+                .collect::<Vec<_>>();
+            let mut all = vec![run(ranges[0].clone())];
+            for handle in rest.drain(..) {
+                // A panic in a mapping thread is a wsync bug: surface it as one.
+                all.push(
+                    handle
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                );
+            }
+            all
+        });
         let mut out = MappedChunk::default();
-        for row in 0..chunk.num_rows() {
+        for (part, part_stats) in mapped {
+            out.batches.extend(part.batches);
+            out.rejected.extend(part.rejected);
+            stats.merge(part_stats);
+        }
+        Ok(out)
+    }
+
+    /// Map `rows` of a chunk (the single-threaded pass of [`Self::map_chunk`]).
+    fn map_rows(
+        &self,
+        readers: &[ColumnReader<'_>],
+        rows: std::ops::Range<usize>,
+        first_row: u64,
+        stats: &mut MapStats,
+    ) -> MappedChunk {
+        let mut out = MappedChunk {
+            batches: Vec::with_capacity(rows.len()),
+            rejected: Vec::new(),
+        };
+        let mut scratch = Scratch::default();
+        for row in rows {
             let row_number = first_row + row as u64;
             stats.rows_read += 1;
-            match self.map_row(&readers, row) {
-                Ok(parts) => match self.encode(&parts, row_number, stats) {
+            match self.map_row(readers, row) {
+                Ok(parts) => match self.encode(&parts, row_number, stats, &mut scratch) {
                     Ok(batches) => {
                         for (adjustment, column) in
                             parts.adjustments.iter().zip(&parts.adjustment_columns)
@@ -241,16 +330,16 @@ impl Mapper {
                     }
                     Err((reason, detail)) => {
                         out.rejected
-                            .push(self.reject(&readers, row, row_number, reason, detail, stats));
+                            .push(self.reject(readers, row, row_number, reason, detail, stats));
                     }
                 },
                 Err((reason, detail)) => {
                     out.rejected
-                        .push(self.reject(&readers, row, row_number, reason, detail, stats));
+                        .push(self.reject(readers, row, row_number, reason, detail, stats));
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     fn reject(
@@ -459,24 +548,32 @@ impl Mapper {
         }
     }
 
-    /// Write the row as one or more batches.
+    /// Write the row as one or more batches. `scratch` is reused from row to row
+    /// so a row costs only the allocations of the batches it returns.
     fn encode(
         &self,
         parts: &RowParts<'_>,
         row: u64,
         stats: &mut MapStats,
+        scratch: &mut Scratch,
     ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
+        let Scratch {
+            head,
+            first,
+            members,
+        } = scratch;
         // Members every part carries: environment, mpid, user identities.
-        let mut head = Vec::with_capacity(256);
+        head.clear();
         head.extend_from_slice(b"\"environment\":");
-        write_str(&mut head, self.environment.as_str());
+        write_str(head, self.environment.as_str());
         if let Some(mpid) = parts.mpid {
-            head.extend_from_slice(format!(",\"mpid\":{mpid}").as_bytes());
+            // `write!` into a Vec cannot fail.
+            let _ = write!(head, ",\"mpid\":{mpid}");
         }
         if !parts.identities.is_empty() {
             head.extend_from_slice(b",\"user_identities\":{");
             write_members(
-                &mut head,
+                head,
                 parts
                     .identities
                     .iter()
@@ -485,17 +582,20 @@ impl Mapper {
             head.push(b'}');
         }
         // Members only the first part carries: device ids and deletions.
-        let mut first = Vec::new();
-        let device_info: Vec<_> = parts
+        first.clear();
+        if parts
             .devices
             .iter()
-            .filter(|(t, _)| *t != DeviceIdType::MpDeviceId)
-            .collect();
-        if !device_info.is_empty() {
+            .any(|(t, _)| *t != DeviceIdType::MpDeviceId)
+        {
             first.extend_from_slice(b",\"device_info\":{");
             write_members(
-                &mut first,
-                device_info.iter().map(|(t, v)| (t.as_str(), v.as_str())),
+                first,
+                parts
+                    .devices
+                    .iter()
+                    .filter(|(t, _)| *t != DeviceIdType::MpDeviceId)
+                    .map(|(t, v)| (t.as_str(), v.as_str())),
             );
             first.push(b'}');
         }
@@ -505,7 +605,7 @@ impl Mapper {
             .find(|(t, _)| *t == DeviceIdType::MpDeviceId)
         {
             first.extend_from_slice(b",\"mp_deviceid\":");
-            write_str(&mut first, id);
+            write_str(first, id);
         }
         if !parts.deleted.is_empty() {
             first.extend_from_slice(b",\"deleted_user_attributes\":[");
@@ -513,7 +613,7 @@ impl Mapper {
                 if i > 0 {
                     first.push(b',');
                 }
-                write_str(&mut first, name);
+                write_str(first, name);
             }
             first.push(b']');
         }
@@ -532,55 +632,69 @@ impl Mapper {
             ));
         }
 
-        // Greedy split: fill each part up to 100 attributes and 128 KiB.
-        let mut part_members: Vec<Vec<u8>> = vec![Vec::new()];
+        // Greedy split: fill each part up to 100 attributes and 128 KiB. Every
+        // part's members are one range of `members`, written in place.
+        members.clear();
+        let mut part_ranges: Vec<(usize, usize)> = vec![(0, 0)];
         let mut part_counts = vec![0usize];
         for (name, value) in &parts.attributes {
-            let mut member = Vec::with_capacity(name.len() + 16);
-            write_str(&mut member, name);
-            member.push(b':');
-            write_value(&mut member, value);
-            let first_extra = |part: usize| if part == 0 { first.len() } else { 0 };
-            if fixed + member.len() > limits::MAX_BATCH_BYTES {
+            let start = members.len();
+            write_str(members, name);
+            members.push(b':');
+            write_value(members, value);
+            let member_len = members.len() - start;
+            if fixed + member_len > limits::MAX_BATCH_BYTES {
+                members.truncate(start);
                 stats.drop_value(reason::ATTRIBUTE_TOO_LARGE);
                 continue;
             }
-            let current = part_members.len() - 1;
-            let used = fixed + first_extra(current) + part_members[current].len();
+            let current = part_ranges.len() - 1;
+            let first_extra = if current == 0 { first.len() } else { 0 };
+            let used = fixed + first_extra + (start - part_ranges[current].0);
             let fits = part_counts[current] < limits::MAX_ATTRIBUTES_PER_BATCH
-                && used + 1 + member.len() <= limits::MAX_BATCH_BYTES;
+                && used + 1 + member_len <= limits::MAX_BATCH_BYTES;
             if !fits {
-                part_members.push(Vec::new());
+                part_ranges.push((start, start));
                 part_counts.push(0);
+            } else if part_counts[current] > 0 {
+                members.insert(start, b',');
             }
-            let current = part_members.len() - 1;
-            if part_counts[current] > 0 {
-                part_members[current].push(b',');
-            }
-            part_members[current].extend_from_slice(&member);
+            let current = part_ranges.len() - 1;
+            part_ranges[current].1 = members.len();
             part_counts[current] += 1;
         }
 
-        let mut batches = Vec::with_capacity(part_members.len());
-        for (part, members) in part_members.iter().enumerate() {
-            let mut body = Vec::with_capacity(fixed + first.len() + members.len());
-            body.push(b'{');
-            body.extend_from_slice(&head);
-            if part == 0 {
-                body.extend_from_slice(&first);
+        let mut batches = Vec::with_capacity(part_ranges.len());
+        for (part, &(from, to)) in part_ranges.iter().enumerate() {
+            let attrs = &members[from..to];
+            let first = if part == 0 { &first[..] } else { &[][..] };
+            // The id hashes the batch as it would read without it:
+            // `{` head first [attributes] `}`, fed to the hash piece by piece.
+            let mut hasher = id_hasher(&self.pipeline_id);
+            hasher.update(b"{");
+            hasher.update(&head[..]);
+            hasher.update(first);
+            if !attrs.is_empty() {
+                hasher.update(ATTRS_OPEN);
+                hasher.update(attrs);
+                hasher.update(b"}");
             }
-            if !members.is_empty() {
-                body.extend_from_slice(ATTRS_OPEN);
-                body.extend_from_slice(members);
-                body.push(b'}');
-            }
-            body.push(b'}');
-            let id = source_request_id(&self.pipeline_id, &body);
-            let mut json = Vec::with_capacity(body.len() + ID_MEMBER_BYTES);
+            hasher.update(b"}");
+            let id = id_hex(hasher);
+            let mut json = Vec::with_capacity(
+                ID_MEMBER_BYTES + 2 + head.len() + first.len() + ATTRS_OPEN.len() + attrs.len() + 2,
+            );
             json.extend_from_slice(b"{\"source_request_id\":\"");
             json.extend_from_slice(id.as_bytes());
             json.extend_from_slice(b"\",");
-            json.extend_from_slice(&body[1..]);
+            json.extend_from_slice(head);
+            json.extend_from_slice(first);
+            if !attrs.is_empty() {
+                json.extend_from_slice(ATTRS_OPEN);
+                json.extend_from_slice(attrs);
+                json.push(b'}');
+            }
+            json.push(b'}');
             batches.push(EncodedBatch {
                 row,
                 part: u32::try_from(part).unwrap_or(u32::MAX),
@@ -590,6 +704,17 @@ impl Mapper {
         }
         Ok(batches)
     }
+}
+
+/// Buffers [`Mapper::encode`] reuses from row to row.
+#[derive(Default)]
+struct Scratch {
+    /// Members every part carries.
+    head: Vec<u8>,
+    /// Members only the first part carries.
+    first: Vec<u8>,
+    /// Every part's attribute members, one range per part.
+    members: Vec<u8>,
 }
 
 fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a str)>) {
@@ -607,12 +732,43 @@ fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, 
 /// `sha256(pipeline_id ‖ 0x00 ‖ batch JSON without the id)`, in hex. The same
 /// pipeline and the same row content always give the same id.
 pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
+    let mut hasher = id_hasher(pipeline_id);
+    hasher.update(body);
+    id_hex(hasher)
+}
+
+/// The hash of [`source_request_id`] with the pipeline id fed in.
+fn id_hasher(pipeline_id: &str) -> Sha256 {
     let mut hasher = Sha256::new();
     hasher.update(pipeline_id.as_bytes());
     hasher.update([0u8]);
-    hasher.update(body);
+    hasher
+}
+
+/// The first 128 bits of the hash, in hex.
+fn id_hex(hasher: Sha256) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = hasher.finalize();
-    hex::encode(&digest[..ID_HEX_LEN / 2])
+    // By hand rather than `hex::encode`, which collects the text char by char;
+    // this runs once per batch.
+    let mut out = String::with_capacity(ID_HEX_LEN);
+    for byte in &digest[..ID_HEX_LEN / 2] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+/// Rows below which a chunk is mapped on the calling thread alone: a scoped
+/// thread costs some microseconds to start, a row a few.
+const MIN_ROWS_PER_PART: usize = 256;
+
+/// Into how many parts to cut a chunk of `rows` rows: one per core, each of at
+/// least [`MIN_ROWS_PER_PART`] rows.
+fn parallel_parts(rows: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    cores.min(rows / MIN_ROWS_PER_PART).max(1)
 }
 
 /// Column-wise counts for a chunk: NULLs from the Arrow null bitmaps and the
@@ -746,6 +902,71 @@ mod tests {
     fn strip_id(mut v: serde_json::Value) -> serde_json::Value {
         v.as_object_mut().unwrap().remove("source_request_id");
         v
+    }
+
+    #[test]
+    fn source_request_id_is_hex_of_the_sha256_prefix() {
+        let id = source_request_id("p", b"{}");
+        let digest = Sha256::digest(b"p\0{}");
+        assert_eq!(id, hex::encode(&digest[..16]));
+    }
+
+    #[test]
+    fn chunk_cut_across_threads_maps_exactly_like_one_pass() {
+        let p = pipeline();
+        let n = 3 * MIN_ROWS_PER_PART + 17;
+        let ids: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 5 != 0).then(|| format!("c{i}")))
+            .collect();
+        let long: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 7 == 0).then(|| "é".repeat(4097 + i)))
+            .collect();
+        let floats: Vec<f64> = (0..n)
+            .map(|i| if i % 3 == 0 { f64::NAN } else { i as f64 * 0.1 })
+            .collect();
+        let info = |name: &str, kind: ColumnKind| ColumnInfo {
+            name: name.into(),
+            sql_type: "X".into(),
+            kind,
+            decimal: None,
+        };
+        let infos = vec![
+            info("customer_id", ColumnKind::Text),
+            info("bio", ColumnKind::Text),
+            info("score", ColumnKind::Float64),
+        ];
+        let chunk = RecordBatch::try_new(
+            crate::source::arrow_schema(&infos),
+            vec![
+                Arc::new(StringArray::from(ids)) as ArrayRef,
+                Arc::new(StringArray::from(long)),
+                Arc::new(Float64Array::from(floats)),
+            ],
+        )
+        .unwrap();
+        let mapper = Mapper::new(MappingPlan::new(&infos, &p).unwrap(), &p);
+        assert!(parallel_parts(n) >= 1);
+
+        let mut parallel_stats = MapStats::default();
+        let parallel = mapper.map_chunk(&chunk, 11, &mut parallel_stats).unwrap();
+
+        let readers = mapper
+            .plan
+            .columns
+            .iter()
+            .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)).unwrap())
+            .collect::<Vec<_>>();
+        let mut single_stats = MapStats::default();
+        column_stats(&mapper.plan, &chunk, &mut single_stats);
+        let single = mapper.map_rows(&readers, 0..n, 11, &mut single_stats);
+
+        assert_eq!(parallel.batches, single.batches);
+        assert_eq!(parallel.rejected, single.rejected);
+        assert_eq!(parallel_stats, single_stats);
+        assert_eq!(parallel_stats.rows_read, n as u64);
+        assert_eq!(parallel_stats.rejected_total(), n.div_ceil(5) as u64);
+        assert!(parallel_stats.truncated_total() > 0);
+        assert!(parallel_stats.dropped_total() > 0);
     }
 
     #[test]

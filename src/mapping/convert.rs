@@ -278,20 +278,42 @@ pub fn int_value(v: i64) -> Value<'static> {
 /// string. `None` for NaN and ±Infinity.
 pub fn decimal_value(text: &str) -> Option<Value<'_>> {
     let trimmed = text.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    if lower.contains("nan") || lower.contains("inf") {
+    let has = |word: &[u8]| {
+        trimmed
+            .as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    if has(b"nan") || has(b"inf") {
         return None;
     }
     match trimmed.parse::<f64>() {
-        Ok(f) if f.is_finite() && same_decimal(&format_f64(f), trimmed) => Some(Value::Float(f)),
+        Ok(f) if f.is_finite() && round_trips(f, trimmed) => Some(Value::Float(f)),
         _ => Some(Value::Str(Cow::Borrowed(trimmed))),
     }
+}
+
+/// Whether the shortest text of `f` ([`format_f64`]) is the same decimal as
+/// `text`, formatted on the stack: it runs for every decimal cell.
+fn round_trips(f: f64, text: &str) -> bool {
+    use std::io::Write as _;
+    // A finite double's plain text is at most 1 sign + 309 integer digits, or
+    // "0." + 323 zeros + 17 digits: 400 bytes are enough; `false` if not.
+    let mut buf = [0u8; 400];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{f}").is_err() {
+        return false;
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    let shortest = std::str::from_utf8(&buf[..len]).unwrap_or("");
+    // `format_f64` writes -0 as 0; `same_decimal` already treats them alike.
+    same_decimal(shortest, text)
 }
 
 /// Do two plain decimal texts denote the same number? (Sign, leading zeros of
 /// the integer part and trailing zeros of the fraction do not matter.)
 fn same_decimal(a: &str, b: &str) -> bool {
-    fn normal(s: &str) -> Option<(bool, String, String)> {
+    fn normal(s: &str) -> Option<(bool, &str, &str)> {
         let (negative, digits) = match s.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -300,8 +322,8 @@ fn same_decimal(a: &str, b: &str) -> bool {
             return None;
         }
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        let int = int.trim_start_matches('0').to_owned();
-        let frac = frac.trim_end_matches('0').to_owned();
+        let int = int.trim_start_matches('0');
+        let frac = frac.trim_end_matches('0');
         let zero = int.is_empty() && frac.is_empty();
         Some((negative && !zero, int, frac))
     }
@@ -320,8 +342,45 @@ pub fn format_f64(f: f64) -> String {
     }
 }
 
+/// Days from 0001-01-01 (day 1 of the common era) to 1970-01-01.
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// `out` += `value` as exactly `width` ASCII digits (`value` < 10^width).
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(
+            b'0' + u8::try_from(value / div % 10).unwrap_or(0),
+        ));
+        div /= 10;
+    }
+}
+
+/// `YYYY-MM-DD` of a date in years 0–9999 (chrono's `%Y-%m-%d` there), written
+/// digit by digit: chrono's formatter parses its format string on every call,
+/// and dates and timestamps are in most rows. `None` outside those years.
+fn push_ymd(out: &mut String, date: NaiveDate) -> Option<()> {
+    use chrono::Datelike as _;
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    push_digits(out, year, 4);
+    out.push('-');
+    push_digits(out, date.month(), 2);
+    out.push('-');
+    push_digits(out, date.day(), 2);
+    Some(())
+}
+
 /// `YYYY-MM-DD` for days since the Unix epoch.
 pub fn format_date(days: i32) -> String {
+    let date = days
+        .checked_add(UNIX_EPOCH_DAYS_FROM_CE)
+        .and_then(NaiveDate::from_num_days_from_ce_opt);
+    if let Some(date) = date {
+        let mut out = String::with_capacity(10);
+        if push_ymd(&mut out, date).is_some() {
+            return out;
+        }
+    }
     NaiveDate::from_ymd_opt(1970, 1, 1)
         .and_then(|epoch| epoch.checked_add_signed(chrono::Duration::days(i64::from(days))))
         .map_or_else(
@@ -344,6 +403,36 @@ pub fn format_time(micros: i64) -> String {
 /// ISO-8601 UTC (`…Z`) for microseconds since the Unix epoch; the fraction is
 /// written only when non-zero, with as many digits as needed (3 or 6).
 pub fn format_timestamp_micros(micros: i64) -> String {
+    // Years 0–9999 digit by digit; chrono for the rest (same text).
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let date = i32::try_from(days)
+        .ok()
+        .and_then(|d| d.checked_add(UNIX_EPOCH_DAYS_FROM_CE))
+        .and_then(NaiveDate::from_num_days_from_ce_opt);
+    if let Some(date) = date {
+        let mut out = String::with_capacity(27);
+        if push_ymd(&mut out, date).is_some() {
+            let sod = u32::try_from(second_of_day).unwrap_or(0);
+            let frac = u32::try_from(frac).unwrap_or(0);
+            out.push('T');
+            push_digits(&mut out, sod / 3600, 2);
+            out.push(':');
+            push_digits(&mut out, sod / 60 % 60, 2);
+            out.push(':');
+            push_digits(&mut out, sod % 60, 2);
+            // `SecondsFormat::AutoSi`: no fraction, milliseconds or microseconds.
+            if frac != 0 && frac % 1000 == 0 {
+                out.push('.');
+                push_digits(&mut out, frac / 1000, 3);
+            } else if frac != 0 {
+                out.push('.');
+                push_digits(&mut out, frac, 6);
+            }
+            out.push('Z');
+            return out;
+        }
+    }
     DateTime::from_timestamp_micros(micros).map_or_else(
         || format!("invalid timestamp ({micros} µs)"),
         |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -436,6 +525,50 @@ mod tests {
             "2024-05-01T12:30:00.123456Z"
         );
         assert_eq!(format_timestamp_micros(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn fast_temporal_formats_match_chrono() {
+        let chrono_ts = |m: i64| {
+            DateTime::from_timestamp_micros(m)
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+                .unwrap()
+        };
+        let chrono_date = |d: i32| {
+            NaiveDate::from_ymd_opt(1970, 1, 1)
+                .and_then(|e| e.checked_add_signed(chrono::Duration::days(i64::from(d))))
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .unwrap()
+        };
+        let mut micros = vec![
+            0,
+            -1,
+            1,
+            999,
+            1000,
+            -1000,
+            86_399_999_999,
+            -86_400_000_000,
+            253_402_300_799_999_999,  // 9999-12-31T23:59:59.999999
+            253_402_300_800_000_000,  // 10000-01-01: chrono's own text
+            -62_167_219_200_000_000,  // 0000-01-01
+            -62_167_219_200_000_001,  // just before year 0
+            -210_866_803_200_000_000, // 4713 BC
+            i64::MAX / 2,
+        ];
+        // A spread of instants across the years 0–9999 and their fractions.
+        let mut x: i64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            micros.push(x.rem_euclid(316_000_000_000_000_000) - 62_167_219_200_000_000);
+        }
+        for m in micros {
+            assert_eq!(format_timestamp_micros(m), chrono_ts(m), "{m}");
+            let days = i32::try_from(m.div_euclid(86_400_000_000)).unwrap();
+            assert_eq!(format_date(days), chrono_date(days), "{days}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! `serde_json::Value`, so a row costs no intermediate tree and the encoder knows
 //! every batch's exact size while packing it.
 
+use std::io::Write as _;
+
 use crate::mapping::convert::Value;
 
 /// Append `s` as a JSON string literal.
@@ -37,9 +39,14 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value<'_>) {
     match value {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        // `write!` into a Vec cannot fail, and formats without a temporary String.
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
         Value::Float(f) => match serde_json::Number::from_f64(*f) {
-            Some(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
             // Unreachable for converted values; `null` keeps the JSON valid regardless.
             None => out.extend_from_slice(b"null"),
         },

@@ -6,7 +6,7 @@
 //! lose `NaN`/`±Infinity` numerics and numeric scale); MySQL and SQLite use sqlx's
 //! decoders (see `reader.rs`).
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -233,63 +233,90 @@ fn take<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], String> {
 
 /// The exact text of a PostgreSQL binary `NUMERIC`: `NaN`, `Infinity`,
 /// `-Infinity`, or digits with exactly `dscale` fractional digits (`12.50`).
-pub(crate) fn pg_numeric_text(mut buf: &[u8]) -> Result<String, String> {
+#[cfg(test)]
+pub(crate) fn pg_numeric_text(buf: &[u8]) -> Result<String, String> {
+    let mut out = String::new();
+    pg_numeric_write(buf, &mut out)?;
+    Ok(out)
+}
+
+/// [`pg_numeric_text`] written straight into `out` (a string builder's current
+/// value), with no allocation: one runs for every decimal of every row.
+pub(crate) fn pg_numeric_write(mut buf: &[u8], out: &mut impl Write) -> Result<(), String> {
     let ndigits = i16::from_be_bytes(take(&mut buf)?);
     let weight = i16::from_be_bytes(take(&mut buf)?);
     let sign = u16::from_be_bytes(take(&mut buf)?);
     let dscale = u16::from_be_bytes(take(&mut buf)?);
+    // `write!` into a String or a string builder cannot fail.
     match sign {
-        0xC000 => return Ok("NaN".into()),
-        0xD000 => return Ok("Infinity".into()),
-        0xF000 => return Ok("-Infinity".into()),
+        0xC000 => return out.write_str("NaN").map_err(|e| e.to_string()),
+        0xD000 => return out.write_str("Infinity").map_err(|e| e.to_string()),
+        0xF000 => return out.write_str("-Infinity").map_err(|e| e.to_string()),
         0x0000 | 0x4000 => {}
         other => return Err(format!("invalid numeric sign 0x{other:04x}")),
     }
     let ndigits = usize::try_from(ndigits).map_err(|_| "negative numeric digit count")?;
-    let mut digits = Vec::with_capacity(ndigits);
-    for _ in 0..ndigits {
-        let d = i16::from_be_bytes(take(&mut buf)?);
-        if !(0..10_000).contains(&d) {
-            return Err(format!("invalid numeric digit {d}"));
-        }
-        digits.push(d);
+    if buf.len() < ndigits * 2 {
+        return Err(format!(
+            "truncated numeric: {ndigits} digit groups, {} bytes",
+            buf.len()
+        ));
+    }
+    let digits = &buf[..ndigits * 2];
+    if let Some(bad) = digits
+        .chunks_exact(2)
+        .map(|d| i16::from_be_bytes([d[0], d[1]]))
+        .find(|d| !(0..10_000).contains(d))
+    {
+        return Err(format!("invalid numeric digit {bad}"));
     }
     // Group `i` (0-based) is worth 10000^(weight - i); missing groups are zeros.
     let group = |i: i32| -> i16 {
         usize::try_from(i)
             .ok()
-            .and_then(|i| digits.get(i).copied())
-            .unwrap_or(0)
+            .filter(|i| *i < ndigits)
+            .map_or(0, |i| {
+                i16::from_be_bytes([digits[2 * i], digits[2 * i + 1]])
+            })
     };
     let weight = i32::from(weight);
-    let mut out = String::new();
-    if sign == 0x4000 && !digits.is_empty() {
-        out.push('-');
+    let fmt_err = |e: std::fmt::Error| e.to_string();
+    if sign == 0x4000 && ndigits > 0 {
+        out.write_char('-').map_err(fmt_err)?;
     }
     if weight < 0 {
-        out.push('0');
+        out.write_char('0').map_err(fmt_err)?;
     } else {
         for i in 0..=weight {
-            // `write!` to a String cannot fail.
-            let _ = if i == 0 {
-                write!(out, "{}", group(i))
+            if i == 0 {
+                write!(out, "{}", group(i)).map_err(fmt_err)?;
             } else {
-                write!(out, "{:04}", group(i))
-            };
+                write!(out, "{:04}", group(i)).map_err(fmt_err)?;
+            }
         }
     }
     if dscale > 0 {
-        out.push('.');
-        let mut frac = String::new();
+        out.write_char('.').map_err(fmt_err)?;
+        let mut left = usize::from(dscale);
         let mut i = weight + 1;
-        while frac.len() < usize::from(dscale) {
-            let _ = write!(frac, "{:04}", group(i));
+        while left > 0 {
+            let g = format_group(group(i));
+            let n = left.min(4);
+            // The four ASCII digits of a group, cut to the scale still owed.
+            out.write_str(std::str::from_utf8(&g[..n]).unwrap_or("0000"))
+                .map_err(fmt_err)?;
+            left -= n;
             i += 1;
         }
-        frac.truncate(usize::from(dscale));
-        out.push_str(&frac);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A base-10000 digit group as its four ASCII digits.
+fn format_group(g: i16) -> [u8; 4] {
+    let g = u16::try_from(g).unwrap_or(0);
+    let digit = |d: u16| b'0' + u8::try_from(d % 10).unwrap_or(0);
+    [digit(g / 1000), digit(g / 100), digit(g / 10), digit(g)]
 }
 
 /// Decode one PostgreSQL binary value (`None` = NULL) into `b`.
@@ -317,10 +344,15 @@ pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), 
         }),
         ColBuilder::Str(b, kind) => match kind {
             TextKind::Text => b.append_value(utf8(buf)?),
-            TextKind::Decimal => b.append_value(pg_numeric_text(buf)?),
+            TextKind::Decimal => {
+                // Written into the builder's current value, then closed as a row.
+                pg_numeric_write(buf, b)?;
+                b.append_value("");
+            }
             TextKind::Uuid => {
                 let u = uuid::Uuid::from_slice(buf).map_err(|e| format!("invalid uuid: {e}"))?;
-                b.append_value(u.hyphenated().to_string());
+                write!(b, "{}", u.hyphenated()).map_err(|e| e.to_string())?;
+                b.append_value("");
             }
             TextKind::Json => {
                 // JSONB's binary form is a version byte (1) then the JSON text; JSON

@@ -14,16 +14,18 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::config::model::IteratorDataType;
 
+mod chunker;
 mod decode;
 pub mod error;
 pub mod guard;
+mod pg_copy;
 mod reader;
 mod sql;
 pub mod types;
 
 pub use error::{SourceError, UnsupportedColumn};
 pub use guard::{check_single_select, GuardError};
-pub use reader::Warehouse;
+pub use reader::{ReadPath, Warehouse};
 
 /// Field metadata key holding the column's SQL type name as the database reported it.
 pub const META_SQL_TYPE: &str = "wsync.sql_type";

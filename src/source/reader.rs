@@ -19,6 +19,11 @@
 //!
 //! Rows are read with sqlx's streaming `fetch`, decoded straight into Arrow
 //! builders and sent every `chunk_rows` rows, so memory is bounded by one chunk.
+//! PostgreSQL (not Redshift) reads through `COPY (<query>) TO STDOUT (FORMAT
+//! binary)` instead (`pg_copy.rs`): the same values, decoded by the same code into
+//! the same builders, inside the same read-only transaction and statement
+//! timeout. A server that refuses COPY as unsupported is read through `fetch`
+//! from then on.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,11 +39,13 @@ use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{Column, Connection as _, Decode, Executor, Row, TypeInfo, ValueRef};
 use tokio::sync::mpsc::Sender;
 
+use super::chunker::Chunker;
 use super::decode::{self, ColBuilder, TextKind};
 use super::error::{is_transient, scrub_url_secrets, LowercaseFirst, UnsupportedColumn};
+use super::pg_copy;
 use super::sql::{self, Bind, Dialect};
 use super::types::{self, Unsupported};
-use super::{arrow_schema, ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
+use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
 use crate::config::model::{Connection, ConnectionKind, IteratorDataType};
 use crate::redact::Secret;
 
@@ -46,7 +53,17 @@ use crate::redact::Secret;
 #[derive(Debug)]
 enum Conn {
     /// PostgreSQL or Redshift; `read_only` is false for Redshift.
-    Pg { conn: PgConnection, read_only: bool },
+    Pg {
+        /// `None` only while a COPY owns it on another task, or after that task
+        /// was lost; the next use then opens a new one.
+        conn: Option<PgConnection>,
+        read_only: bool,
+        /// Kept to replace the connection after an abandoned COPY (see `pg_copy`).
+        options: Box<PgConnectOptions>,
+        /// Whether reads use `COPY … (FORMAT binary)`: never on Redshift, and off
+        /// for good once the server refused it as unsupported.
+        copy: bool,
+    },
     /// MySQL or MariaDB.
     MySql(MySqlConnection),
     /// SQLite.
@@ -64,6 +81,17 @@ pub struct Warehouse {
     statement_timeout: Duration,
     /// The driver connection.
     conn: Conn,
+    /// How the last extraction read its rows.
+    last_read_path: Option<ReadPath>,
+}
+
+/// How rows were read from the warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPath {
+    /// PostgreSQL `COPY (…) TO STDOUT (FORMAT binary)`.
+    Copy,
+    /// The driver's row protocol.
+    Rows,
 }
 
 /// Run `$body` (which uses `$c: &mut PgConnection`) inside the per-query
@@ -103,16 +131,13 @@ impl Warehouse {
                 let options = PgConnectOptions::from_str(url)
                     .map_err(|e| connect_err(&e))?
                     .application_name("wsync");
-                let mut c = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                sqlx::raw_sql("SET TIME ZONE 'UTC'")
-                    .execute(&mut c)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
+                let c = pg_open(&options).await.map_err(|e| connect_err(&e))?;
                 Conn::Pg {
-                    conn: c,
+                    conn: Some(c),
                     read_only: conn.kind == ConnectionKind::Postgres,
+                    options: Box::new(options),
+                    // Redshift speaks the protocol but has no COPY … TO STDOUT.
+                    copy: conn.kind == ConnectionKind::Postgres,
                 }
             }
             ConnectionKind::MySql => {
@@ -156,6 +181,7 @@ impl Warehouse {
             url: conn.url.clone(),
             statement_timeout: timeout,
             conn: driver,
+            last_read_path: None,
         })
     }
 
@@ -166,8 +192,12 @@ impl Warehouse {
 
     /// Check the connection is alive.
     pub async fn ping(&mut self) -> Result<(), SourceError> {
+        self.ensure_pg().await?;
         let result = match &mut self.conn {
-            Conn::Pg { conn, .. } => conn.ping().await,
+            Conn::Pg { conn, .. } => match conn.as_mut() {
+                Some(conn) => conn.ping().await,
+                None => Err(sqlx::Error::PoolClosed),
+            },
             Conn::MySql(conn) => conn.ping().await,
             Conn::Sqlite(conn) => conn.ping().await,
         };
@@ -178,6 +208,7 @@ impl Warehouse {
     /// unsupported type is reported in one [`SourceError::UnsupportedType`].
     pub async fn probe(&mut self, query: &SourceQuery) -> Result<Vec<ColumnInfo>, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
         let sql = sql::base(&query.sql);
         let model = query.model.as_str();
         // (name, reported type, table result) per column.
@@ -186,8 +217,10 @@ impl Warehouse {
             statement_timeout: self.statement_timeout,
         };
         let described: Vec<Described> = match &mut self.conn {
-            Conn::Pg { conn, read_only } => {
-                let conn: &mut PgConnection = conn;
+            Conn::Pg {
+                conn, read_only, ..
+            } => {
+                let conn: &mut PgConnection = live(conn)?;
                 in_pg_tx!(errs, model, conn, read_only, {
                     pg_describe(&mut *conn, &sql)
                         .await
@@ -263,6 +296,12 @@ impl Warehouse {
         tx: Sender<RecordBatch>,
     ) -> Result<u64, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
+        if let Some(copied) = self.extract_pg_copy(query, columns, chunk_rows, &tx).await {
+            self.last_read_path = Some(ReadPath::Copy);
+            return copied;
+        }
+        self.last_read_path = Some(ReadPath::Rows);
         let model = query.model.as_str();
         let mut chunker = Chunker::new(model, columns, chunk_rows.max(1), tx);
         // Borrowed field by field so `conn` can be borrowed mutably alongside.
@@ -271,8 +310,10 @@ impl Warehouse {
             statement_timeout: self.statement_timeout,
         };
         match &mut self.conn {
-            Conn::Pg { conn, read_only } => {
-                let conn: &mut PgConnection = conn;
+            Conn::Pg {
+                conn, read_only, ..
+            } => {
+                let conn: &mut PgConnection = live(conn)?;
                 let (sql, binds) = sql::wrap(Dialect::Postgres, query);
                 in_pg_tx!(errs, model, conn, read_only, {
                     let q = bind_pg(sqlx::query(&sql), &binds);
@@ -334,6 +375,168 @@ impl Warehouse {
         chunker.finish().await
     }
 
+    /// The PostgreSQL fast path of [`Self::extract`]: the wrapped query through
+    /// `COPY … TO STDOUT (FORMAT binary)` (see `pg_copy`), in the same read-only
+    /// transaction with the same statement timeout. `None` = use the row protocol:
+    /// not PostgreSQL, COPY turned off, a bound that has no exact literal, or the
+    /// server refused COPY as unsupported (then COPY stays off for this connection).
+    async fn extract_pg_copy(
+        &mut self,
+        query: &SourceQuery,
+        columns: &[ColumnInfo],
+        chunk_rows: usize,
+        tx: &Sender<RecordBatch>,
+    ) -> Option<Result<u64, SourceError>> {
+        let Conn::Pg {
+            conn,
+            read_only,
+            copy: true,
+            ..
+        } = &mut self.conn
+        else {
+            return None;
+        };
+        let inlined = sql::wrap_pg_inline(query)?;
+        let model = query.model.as_str();
+        // A copy, so the connection can be replaced while errors are still built.
+        let url = self.url.clone();
+        let errs = ErrCtx {
+            url: &url,
+            statement_timeout: self.statement_timeout,
+        };
+        let timeout_ms = self.statement_timeout.as_millis();
+        let begin = if *read_only {
+            format!("BEGIN TRANSACTION READ ONLY; SET LOCAL statement_timeout = {timeout_ms}")
+        } else {
+            format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
+        };
+        let live_conn = match live(conn) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = sqlx::raw_sql(&begin).execute(&mut *live_conn).await {
+            return Some(Err(errs.query(model, &e)));
+        }
+        let chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
+        // The socket is read on its own task: the caller usually polls this
+        // future in the same task as the consumer of the chunks (`join!`), and
+        // the server must not wait while a chunk is being mapped. The connection
+        // goes with the task and comes back at its end.
+        let mut owned = conn.take()?;
+        let statement = pg_copy::statement(&inlined);
+        let task = tokio::spawn(async move {
+            let end = pg_copy::copy_out(&mut owned, &statement, chunker).await;
+            (owned, end)
+        });
+        let end = match task.await {
+            Ok((back, end)) => {
+                *conn = Some(back);
+                end
+            }
+            // The connection is gone with the task; the next use opens another.
+            Err(join) => {
+                return Some(Err(SourceError::Decode {
+                    model: model.to_owned(),
+                    column: String::new(),
+                    row: 0,
+                    message: format!("the COPY task ended abnormally: {join}"),
+                }))
+            }
+        };
+        match end {
+            pg_copy::CopyEnd::Refused(e) => {
+                // sqlx left the connection one answer behind: replace it (the
+                // transaction goes with it).
+                let unsupported = pg_copy::is_unsupported(&e);
+                let error = errs.query(model, &e);
+                if let Err(reset) = self.reset_pg().await {
+                    return Some(Err(reset));
+                }
+                if !unsupported {
+                    return Some(Err(error));
+                }
+                tracing::warn!(
+                    connection = %self.name,
+                    error = %error,
+                    "The server refused COPY; reading through the row protocol from now on."
+                );
+                if let Conn::Pg { copy, .. } = &mut self.conn {
+                    *copy = false;
+                }
+                None
+            }
+            pg_copy::CopyEnd::Ended {
+                rows,
+                abandoned,
+                result,
+            } => {
+                let end = if abandoned {
+                    // Unread rows are still on the wire: a new connection is
+                    // quicker than draining them, and closing this one makes the
+                    // server stop.
+                    self.reset_pg().await
+                } else {
+                    let Some(conn) = conn.as_mut() else {
+                        return Some(Err(live(conn).err()?));
+                    };
+                    sqlx::raw_sql("ROLLBACK")
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| errs.query(model, &e))
+                };
+                Some(match result {
+                    Err(pg_copy::CopyFailure::Server(e)) => Err(errs.query(model, &e)),
+                    Err(pg_copy::CopyFailure::Decode(e)) => Err(e),
+                    Ok(()) => end.map(|()| rows),
+                })
+            }
+        }
+    }
+
+    /// Replace the PostgreSQL connection with a new one set up the same way.
+    async fn reset_pg(&mut self) -> Result<(), SourceError> {
+        if let Conn::Pg { conn, options, .. } = &mut self.conn {
+            // Dropping the old connection first closes its socket; that is what
+            // ends a COPY the server is still sending.
+            drop(conn.take());
+            let fresh = pg_open(options)
+                .await
+                .map_err(|e| SourceError::connect(&self.name, &self.url, &e))?;
+            *conn = Some(fresh);
+        }
+        Ok(())
+    }
+
+    /// Open a new PostgreSQL connection if the last one was lost with a COPY
+    /// task (an extraction dropped before its end).
+    async fn ensure_pg(&mut self) -> Result<(), SourceError> {
+        match &self.conn {
+            Conn::Pg { conn: None, .. } => self.reset_pg().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Turn the PostgreSQL `COPY` fast path on (the default for `postgres`
+    /// connections) or off (always off for `redshift`). For comparing the two
+    /// read paths; runs never need it.
+    #[doc(hidden)]
+    pub fn set_pg_copy(&mut self, enabled: bool) {
+        if let Conn::Pg {
+            copy, read_only, ..
+        } = &mut self.conn
+        {
+            // `read_only` is false exactly for Redshift, which has no COPY TO STDOUT.
+            *copy = enabled && *read_only;
+        }
+    }
+
+    /// Which protocol the last [`Self::extract`] read with (`None` before any).
+    #[doc(hidden)]
+    pub fn last_read_path(&self) -> Option<ReadPath> {
+        self.last_read_path
+    }
+
     /// `MAX(<iterator>)` over the whole model (no window), used to fix the upper
     /// bound of an integer-iterator window before reading. `None` when the model is
     /// empty or `query` has no filter.
@@ -342,6 +545,7 @@ impl Warehouse {
         query: &SourceQuery,
     ) -> Result<Option<IteratorValue>, SourceError> {
         check_guard(query)?;
+        self.ensure_pg().await?;
         let Some(filter) = &query.filter else {
             return Ok(None);
         };
@@ -359,8 +563,10 @@ impl Warehouse {
             statement_timeout: self.statement_timeout,
         };
         match &mut self.conn {
-            Conn::Pg { conn, read_only } => {
-                let conn: &mut PgConnection = conn;
+            Conn::Pg {
+                conn, read_only, ..
+            } => {
+                let conn: &mut PgConnection = live(conn)?;
                 let sql = sql::max_iterator(Dialect::Postgres, query, filter);
                 Ok(in_pg_tx!(errs, model, conn, read_only, {
                     match sqlx::query(&sql).fetch_one(&mut *conn).await {
@@ -393,6 +599,7 @@ impl Warehouse {
     /// as text. For diagnostics and tests (e.g. `SHOW transaction_read_only`).
     #[doc(hidden)]
     pub async fn query_scalar_text(&mut self, sql: &str) -> Result<Option<String>, SourceError> {
+        self.ensure_pg().await?;
         let model = "<diagnostic>";
         // Borrowed field by field so `conn` can be borrowed mutably alongside.
         let errs = ErrCtx {
@@ -400,8 +607,10 @@ impl Warehouse {
             statement_timeout: self.statement_timeout,
         };
         match &mut self.conn {
-            Conn::Pg { conn, read_only } => {
-                let conn: &mut PgConnection = conn;
+            Conn::Pg {
+                conn, read_only, ..
+            } => {
+                let conn: &mut PgConnection = live(conn)?;
                 Ok(in_pg_tx!(errs, model, conn, read_only, {
                     sqlx::query(sql)
                         .fetch_optional(&mut *conn)
@@ -458,6 +667,22 @@ impl ErrCtx<'_> {
             retryable: is_transient(err),
         }
     }
+}
+
+/// The open PostgreSQL connection ([`Warehouse::ensure_pg`] ran first).
+fn live(conn: &mut Option<PgConnection>) -> Result<&mut PgConnection, SourceError> {
+    conn.as_mut().ok_or_else(|| SourceError::Query {
+        model: String::new(),
+        message: "the connection was lost with an interrupted read; run again".to_owned(),
+        retryable: true,
+    })
+}
+
+/// Open a PostgreSQL connection and set its session up (UTC).
+async fn pg_open(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    let mut c = PgConnection::connect_with(options).await?;
+    sqlx::raw_sql("SET TIME ZONE 'UTC'").execute(&mut c).await?;
+    Ok(c)
 }
 
 /// Refuse a model that is not a single SELECT before sending it anywhere.
@@ -669,135 +894,8 @@ fn bind_sqlite<'q>(
     q
 }
 
-/// Builders for the current chunk, and the sending of full chunks.
-struct Chunker<'a> {
-    /// Model name, for errors.
-    model: &'a str,
-    /// The probed columns.
-    columns: &'a [ColumnInfo],
-    /// Schema shared by every batch.
-    schema: arrow::datatypes::SchemaRef,
-    /// One builder per column, recreated for every chunk.
-    builders: Vec<ColBuilder>,
-    /// Rows per batch.
-    chunk_rows: usize,
-    /// Rows in the current chunk.
-    in_chunk: usize,
-    /// Rows read in total (also the 1-based number of the row being decoded, minus one).
-    rows: u64,
-    /// Where batches go.
-    tx: Sender<RecordBatch>,
-}
-
-impl<'a> Chunker<'a> {
-    fn new(
-        model: &'a str,
-        columns: &'a [ColumnInfo],
-        chunk_rows: usize,
-        tx: Sender<RecordBatch>,
-    ) -> Self {
-        Self {
-            model,
-            columns,
-            schema: arrow_schema(columns),
-            builders: Self::builders(columns, chunk_rows),
-            chunk_rows,
-            in_chunk: 0,
-            rows: 0,
-            tx,
-        }
-    }
-
-    fn builders(columns: &[ColumnInfo], capacity: usize) -> Vec<ColBuilder> {
-        columns
-            .iter()
-            .map(|c| ColBuilder::new(&c.kind, capacity))
-            .collect()
-    }
-
-    /// A decode error for column `index` of the row being decoded.
-    fn error(&self, index: usize, message: String) -> SourceError {
-        SourceError::Decode {
-            model: self.model.to_owned(),
-            column: self
-                .columns
-                .get(index)
-                .map(|c| c.name.clone())
-                .unwrap_or_default(),
-            row: self.rows + 1,
-            message,
-        }
-    }
-
-    /// Check the row has the probed number of columns (the model may have changed
-    /// since the probe).
-    fn check_width(&self, width: usize) -> Result<(), SourceError> {
-        if width == self.columns.len() {
-            Ok(())
-        } else {
-            Err(SourceError::Decode {
-                model: self.model.to_owned(),
-                column: String::new(),
-                row: self.rows + 1,
-                message: format!(
-                    "the row has {width} columns but the probe found {}: the model changed, run again",
-                    self.columns.len()
-                ),
-            })
-        }
-    }
-
-    /// Count a decoded row and send the chunk when full. `Ok(false)` = the receiver
-    /// is gone, stop reading.
-    async fn row_done(&mut self) -> Result<bool, SourceError> {
-        self.rows += 1;
-        self.in_chunk += 1;
-        if self.in_chunk >= self.chunk_rows {
-            return self.flush().await;
-        }
-        Ok(true)
-    }
-
-    /// Send the current chunk, if any, and start a new one.
-    async fn flush(&mut self) -> Result<bool, SourceError> {
-        if self.in_chunk == 0 {
-            return Ok(true);
-        }
-        let mut arrays = Vec::with_capacity(self.builders.len());
-        for (i, b) in self.builders.iter_mut().enumerate() {
-            let array = b.finish().map_err(|m| SourceError::Decode {
-                model: self.model.to_owned(),
-                column: self
-                    .columns
-                    .get(i)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default(),
-                row: self.rows,
-                message: m,
-            })?;
-            arrays.push(array);
-        }
-        self.builders = Self::builders(self.columns, self.chunk_rows);
-        self.in_chunk = 0;
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| SourceError::Decode {
-                model: self.model.to_owned(),
-                column: String::new(),
-                row: self.rows,
-                message: format!("cannot assemble the batch: {e}"),
-            })?;
-        Ok(self.tx.send(batch).await.is_ok())
-    }
-
-    /// Send the last partial chunk and return the row count.
-    async fn finish(mut self) -> Result<u64, SourceError> {
-        self.flush().await?;
-        Ok(self.rows)
-    }
-}
-
 /// Decode one PostgreSQL row (binary format) into the chunk's builders.
-fn decode_pg_row(row: &PgRow, chunker: &mut Chunker<'_>) -> Result<(), SourceError> {
+fn decode_pg_row(row: &PgRow, chunker: &mut Chunker) -> Result<(), SourceError> {
     chunker.check_width(row.len())?;
     for i in 0..chunker.builders.len() {
         let result = row
@@ -830,7 +928,7 @@ fn my<'r, T: Decode<'r, MySql>>(v: sqlx::mysql::MySqlValueRef<'r>) -> Result<T, 
 fn decode_mysql_row(
     row: &MySqlRow,
     unsigned: &[bool],
-    chunker: &mut Chunker<'_>,
+    chunker: &mut Chunker,
 ) -> Result<(), SourceError> {
     chunker.check_width(row.len())?;
     for i in 0..chunker.builders.len() {
@@ -891,7 +989,7 @@ fn lite<'r, T: Decode<'r, Sqlite>>(v: sqlx::sqlite::SqliteValueRef<'r>) -> Resul
 /// Decode one SQLite row, converting each value's storage class to its column's
 /// kind (SQLite columns are dynamically typed; SQLite's own conversions would
 /// silently turn `'abc'` into `0`, so they are not used).
-fn decode_sqlite_row(row: &SqliteRow, chunker: &mut Chunker<'_>) -> Result<(), SourceError> {
+fn decode_sqlite_row(row: &SqliteRow, chunker: &mut Chunker) -> Result<(), SourceError> {
     chunker.check_width(row.len())?;
     for i in 0..chunker.builders.len() {
         let b = &mut chunker.builders[i];

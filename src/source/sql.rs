@@ -95,18 +95,69 @@ pub(crate) fn base(sql: &str) -> String {
 
 /// The full extraction query and its parameters, in placeholder order.
 pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>) {
-    let mut sql = base(&query.sql);
     let mut binds = Vec::new();
+    let sql = wrap_with(dialect, query, |bind| {
+        binds.push(bind);
+        Some(placeholder(dialect, binds.len()))
+    });
+    (sql.unwrap_or_default(), binds)
+}
+
+/// The PostgreSQL extraction query with its bounds written as typed literals,
+/// for `COPY (…) TO STDOUT`, which takes no parameters. The literals come from
+/// typed values ([`Bind`]), never from text, so nothing can be injected; `None`
+/// when a bound has no exact literal (a year outside 1–9999), and the caller
+/// reads through the row protocol with bound parameters instead.
+pub(crate) fn wrap_pg_inline(query: &SourceQuery) -> Option<String> {
+    wrap_with(Dialect::Postgres, query, |bind| pg_literal(&bind))
+}
+
+/// `bind` as a PostgreSQL literal of the type the row protocol binds it as.
+fn pg_literal(bind: &Bind) -> Option<String> {
+    use chrono::Datelike as _;
+    let year_ok = |year: i32| (1..=9999).contains(&year);
+    Some(match bind {
+        Bind::Int(i) => format!("CAST({i} AS BIGINT)"),
+        Bind::TimestampTz(t) if year_ok(t.year()) => format!(
+            "CAST('{}' AS TIMESTAMPTZ)",
+            micros_exact(t.naive_utc())?.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        ),
+        Bind::Timestamp(t) if year_ok(t.year()) => format!(
+            "CAST('{}' AS TIMESTAMP)",
+            micros_exact(*t)?.format("%Y-%m-%dT%H:%M:%S%.6f")
+        ),
+        Bind::Date(d) if year_ok(d.year()) => {
+            format!("CAST('{}' AS DATE)", d.format("%Y-%m-%d"))
+        }
+        _ => return None,
+    })
+}
+
+/// `t` at microsecond precision, rounded as sqlx encodes a bound timestamp
+/// (microseconds since 2000-01-01, truncated toward zero), so the literal and the
+/// parameter select the same rows.
+fn micros_exact(t: NaiveDateTime) -> Option<NaiveDateTime> {
+    let epoch = NaiveDate::from_ymd_opt(2000, 1, 1)?.and_hms_opt(0, 0, 0)?;
+    let micros = (t - epoch).num_microseconds()?;
+    epoch.checked_add_signed(chrono::Duration::microseconds(micros))
+}
+
+/// The extraction query; `render` turns each bound into its SQL text (a
+/// placeholder or a literal), or `None` to give up.
+fn wrap_with(
+    dialect: Dialect,
+    query: &SourceQuery,
+    mut render: impl FnMut(Bind) -> Option<String>,
+) -> Option<String> {
+    let mut sql = base(&query.sql);
     if let Some(filter) = &query.filter {
         let expr = iterator_expr(dialect, filter);
         let mut conditions = Vec::new();
         if let Some(lower) = filter.lower {
-            binds.push(bind_for(dialect, lower));
-            conditions.push(format!("{expr} >= {}", placeholder(dialect, binds.len())));
+            conditions.push(format!("{expr} >= {}", render(bind_for(dialect, lower))?));
         }
         if let Some(upper) = filter.upper {
-            binds.push(bind_for(dialect, upper));
-            conditions.push(format!("{expr} < {}", placeholder(dialect, binds.len())));
+            conditions.push(format!("{expr} < {}", render(bind_for(dialect, upper))?));
         }
         if !conditions.is_empty() {
             sql.push_str("\nWHERE ");
@@ -118,7 +169,7 @@ pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>)
     if let Some(limit) = query.limit {
         sql.push_str(&format!("\nLIMIT {limit}"));
     }
-    (sql, binds)
+    Some(sql)
 }
 
 /// `SELECT MAX(<it>) FROM (\n<model>\n) AS m`, typed so one decoder fits every
@@ -194,6 +245,34 @@ mod tests {
             sql.ends_with("WHERE m.`id` >= ? AND m.`id` < ?\nORDER BY m.`id`"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn postgres_inline_bounds_are_typed_literals() {
+        let t = NaiveDate::from_ymd_opt(2024, 1, 2)
+            .and_then(|d| d.and_hms_nano_opt(3, 4, 5, 678_901_999))
+            .map(|t| t.and_utc());
+        let filter = IteratorFilter {
+            column: "ts".into(),
+            data_type: IteratorDataType::TimestampTz,
+            lower: t.map(IteratorValue::TimestampTz),
+            upper: Some(IteratorValue::Integer(-7)),
+        };
+        let sql = wrap_pg_inline(&query(Some(filter.clone()), Some(3))).unwrap();
+        assert!(
+            sql.ends_with(
+                "WHERE m.\"ts\" >= CAST('2024-01-02T03:04:05.678901+00:00' AS TIMESTAMPTZ) \
+                 AND m.\"ts\" < CAST(-7 AS BIGINT)\nORDER BY m.\"ts\"\nLIMIT 3"
+            ),
+            "{sql}"
+        );
+        let far = NaiveDate::from_ymd_opt(-44, 3, 15).map(IteratorValue::Date);
+        let filter = IteratorFilter {
+            data_type: IteratorDataType::Date,
+            lower: far,
+            ..filter
+        };
+        assert_eq!(wrap_pg_inline(&query(Some(filter), None)), None);
     }
 
     #[test]

@@ -982,6 +982,9 @@ impl<'a> Attempt<'a> {
         };
         let bytes = request.body.len();
         in_flight.push((bytes, deliverer.submit(request).await?));
+        // Only the dead-letter retry reads acknowledged ids; kept for every new
+        // row they grew with the table (~70 MB per million rows).
+        self.acknowledged_ids.clear();
         self.reap(in_flight, false).await
     }
 
