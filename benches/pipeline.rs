@@ -7,7 +7,8 @@
 //!
 //! 1. `psql -c "\copy (SELECT * FROM t) TO /dev/null"`: the yardstick;
 //! 2. a dry run (`input_protection = "only_read"`): extract, map, convert,
-//!    validate, pack and serialize, writing `batches.jsonl` as `wsync run` does;
+//!    validate, pack and serialize every batch (the would-be batches are not
+//!    written to a file: that is opt-in, `write_batches = true`);
 //! 3. a Parquet export of the model (`wsync export`, zstd);
 //! 4. a push to a local sink: an HTTP server in this (parent) process that reads
 //!    every `/v2/bulkevents` body and answers 202, with pacing off

@@ -17,11 +17,16 @@ pub struct Args {
     /// gate for `only_read` runs); overrides the pipeline's `max_rejected_pct`.
     #[arg(long, value_name = "P")]
     pub max_rejected_pct: Option<f64>,
+    /// For an only_read run: also write the would-be batches to batches.jsonl
+    /// (as the pipeline's `write_batches = true` does).
+    #[arg(long)]
+    pub write_batches: bool,
 }
 
 /// Run and print the summary; exit 1 when the run failed.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let ctx = super::context(root).await?;
+    let mut ctx = super::context(root).await?;
+    ctx.write_batches = args.write_batches;
     let pipeline = ctx.pipeline(&args.pipeline)?;
     if pipeline.paused || ctx.state.paused(&pipeline.id).await? {
         return Err(super::UsageError(format!(

@@ -513,6 +513,8 @@ pub struct Pipeline {
     pub retry_dead_letters: bool,
     /// Fail the run when more than this percentage of rows is rejected.
     pub max_rejected_pct: Option<f64>,
+    /// `only_read`: also write the would-be batches as `batches.jsonl`.
+    pub write_batches: bool,
     /// Parquet exports, if configured.
     pub export: Option<ExportSettings>,
 }

@@ -170,6 +170,8 @@ pub(crate) struct RawPipeline {
     pub retry_dead_letters: Option<bool>,
     /// Fail the run (exit 1) when more than this percentage of rows is rejected.
     pub max_rejected_pct: Option<f64>,
+    /// `only_read`: also write the would-be batches to `batches.jsonl`.
+    pub write_batches: Option<bool>,
     /// `[export]`: Parquet files written by each run.
     pub export: Option<RawExport>,
     /// `[resolver]`: how `only_update` finds existing profiles.
@@ -579,7 +581,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, export, resolver",
+                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver",
                 "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]

@@ -1117,6 +1117,17 @@ fn validate_pipeline(
         limit_policy,
         mappings,
         retry_dead_letters: raw.retry_dead_letters.unwrap_or(true),
+        write_batches: match raw.write_batches {
+            Some(true) if input_protection.is_some_and(|p| p != InputProtection::OnlyRead) => {
+                ctx.push(
+                    "write_batches",
+                    "only applies to only_read pipelines",
+                    "remove it, or set input_protection = \"only_read\" for a dry run",
+                );
+                false
+            }
+            other => other.unwrap_or(false),
+        },
         max_rejected_pct: match raw.max_rejected_pct {
             Some(p) if !(0.0..=100.0).contains(&p) => {
                 ctx.push(
@@ -2258,6 +2269,10 @@ api_secret = "x"
                 "schedules/p.toml:10: sync_mode.iterator_time_zone: `Mars/Olympus` is not a known time zone",
                 "schedules/p.toml:15: schedule.catch_up_days: must be between 0 and 36600, not -1",
             ]
+        );
+        assert_eq!(
+            pipeline_errors(&format!("{HEAD}write_batches = true\n")),
+            vec!["schedules/p.toml:5: write_batches: only applies to only_read pipelines"]
         );
         let errors = pipeline_errors(&format!("{HEAD}[sync_mode]\ntype = \"full\"\nlag = 5\n[schedule]\ntype = \"cron\"\nexpression = \"0 * * * *\"\ncatch_up_days = 3\n"));
         assert_eq!(

@@ -855,6 +855,7 @@ mod tests {
             limit_policy: LimitPolicy::Truncate,
             mappings: vec![],
             retry_dead_letters: true,
+            write_batches: false,
             max_rejected_pct: None,
             export: None,
         }

@@ -257,6 +257,7 @@ pub(crate) mod tests {
             limit_policy: LimitPolicy::Truncate,
             mappings,
             retry_dead_letters: true,
+            write_batches: false,
             max_rejected_pct: None,
             export: None,
         }

@@ -182,6 +182,9 @@ pub struct SyncContext {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Live counters of the run in progress (progress bars).
     pub progress: Arc<crate::telemetry::progress::RunProgress>,
+    /// Dry runs write their would-be batches even if the pipeline does not
+    /// ask (`wsync run --write-batches`).
+    pub write_batches: bool,
 }
 
 /// What starts a run and which window it covers.
@@ -227,6 +230,7 @@ impl SyncContext {
             shutdown: tokio_util::sync::CancellationToken::new(),
             metrics: Arc::default(),
             progress: Arc::default(),
+            write_batches: false,
         }
     }
 
@@ -610,7 +614,10 @@ impl<'a> Attempt<'a> {
             requests: 0,
             request_bytes: 0,
             rejected: JsonlFile::new(dir.join("rejected.jsonl")),
-            would_be: dry_run.then(|| JsonlFile::new(dir.join("batches.jsonl"))),
+            // Asked for by the pipeline or `--write-batches`: at ~440 bytes a
+            // row, writing them costs a dry run more than mapping does.
+            would_be: (dry_run && (pipeline.write_batches || ctx.write_batches))
+                .then(|| JsonlFile::new(dir.join("batches.jsonl"))),
             watermark: None,
             plan: None,
             samples: BTreeMap::new(),

@@ -318,6 +318,7 @@ fn pipeline(null_policy: NullPolicy) -> Pipeline {
         limit_policy: LimitPolicy::Truncate,
         mappings: Vec::new(),
         retry_dead_letters: true,
+        write_batches: false,
         max_rejected_pct: None,
         export: None,
     }

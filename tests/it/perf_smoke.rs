@@ -46,7 +46,7 @@ async fn benchmark_steps_on_a_small_table() {
     );
     p.pipeline(
         "bench_dry",
-        "connection = \"wh\"\ndata_model = \"bench\"\ninput_protection = \"only_read\"\n",
+        "connection = \"wh\"\ndata_model = \"bench\"\ninput_protection = \"only_read\"\nwrite_batches = true\n",
     );
     p.pipeline(
         "bench_push",

@@ -585,6 +585,15 @@ expression = "0 * * * *"
     daemon.tick().await.unwrap();
     daemon.wait_idle().await;
     assert_eq!(dry_runs(), 1);
+    // Its report is its record; the would-be batches are written only when asked.
+    let dir = std::fs::read_dir(p.root().join(".wsync/runs/dry"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(dir.join("report.json").exists());
+    assert!(!dir.join("batches.jsonl").exists());
     // The same fire does not run again, though the state store has no record.
     clock.set(t("2026-03-01T07:00:01Z"));
     assert_eq!(

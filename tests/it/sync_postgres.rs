@@ -310,6 +310,7 @@ async fn an_only_read_report_matches_the_real_run_that_follows() {
 connection = "pg"
 data_model = "people"
 input_protection = "only_read"
+write_batches = true
 
 [sync_mode]
 type = "incremental"
