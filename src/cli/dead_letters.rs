@@ -51,18 +51,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             pipeline.clone()
         }
     };
-    if !project.pipelines.contains_key(&pipeline) {
-        return Err(crate::sync::SyncError::UnknownPipeline {
-            id: pipeline,
-            available: project
-                .pipelines
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-        .into());
-    }
+    crate::sync::find_pipeline(&project, &pipeline)?;
     let state = StateStore::open(project.state.url.expose()).await?;
     match args.action {
         Action::List { limit, json, .. } => {

@@ -33,17 +33,7 @@ pub enum Codec {
 /// Write the file and say what was written.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
-    let pipeline = project.pipelines.get(&args.pipeline).ok_or_else(|| {
-        crate::sync::SyncError::UnknownPipeline {
-            id: args.pipeline.clone(),
-            available: project
-                .pipelines
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    })?;
+    let pipeline = crate::sync::find_pipeline(&project, &args.pipeline)?;
     let compression = match args.compression {
         Codec::Zstd => Compression::Zstd,
         Codec::Snappy => Compression::Snappy,

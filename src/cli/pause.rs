@@ -17,13 +17,8 @@ pub struct Args {
 /// Record the pause (`pause = true`) or its end.
 pub async fn execute(root: &Path, args: Args, pause: bool) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
+    let pipeline = crate::sync::find_pipeline(&project, &args.pipeline)?;
     let state = crate::state::StateStore::open(project.state.url.expose()).await?;
-    let ctx = crate::sync::SyncContext::new(
-        std::sync::Arc::new(project),
-        state,
-        std::sync::Arc::new(crate::clock::SystemClock),
-    );
-    let pipeline = ctx.pipeline(&args.pipeline)?;
     if !pause && pipeline.paused {
         return Err(super::UsageError(format!(
             "pipeline `{}` is paused in its file; remove `paused = true` from {}",
@@ -32,7 +27,7 @@ pub async fn execute(root: &Path, args: Args, pause: bool) -> anyhow::Result<Exi
         ))
         .into());
     }
-    ctx.state
+    state
         .set_paused(&pipeline.id, pause, crate::clock::SystemClock.now())
         .await?;
     if pause {

@@ -16,17 +16,7 @@ pub struct Args {
 /// Print the first batches as a JSON array on stdout; counters on stderr.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
-    let pipeline = project.pipelines.get(&args.pipeline).ok_or_else(|| {
-        crate::sync::SyncError::UnknownPipeline {
-            id: args.pipeline.clone(),
-            available: project
-                .pipelines
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    })?;
+    let pipeline = crate::sync::find_pipeline(&project, &args.pipeline)?;
     let (batches, stats) = crate::sync::preview(&project, pipeline, args.limit).await?;
     println!("{}", serde_json::to_string_pretty(&batches)?);
     eprintln!(

@@ -28,7 +28,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut ctx = super::context(root).await?;
     ctx.write_batches = args.write_batches;
     let pipeline = ctx.pipeline(&args.pipeline)?;
-    if pipeline.paused || ctx.state.paused(&pipeline.id).await? {
+    if crate::scheduler::is_paused(&ctx.state, pipeline).await? {
         return Err(super::UsageError(format!(
             "pipeline `{}` is paused ({}); resume it first, or replay a range with `wsync backfill`",
             pipeline.id,

@@ -27,18 +27,7 @@ pub struct Args {
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
     if let Some(id) = &args.pipeline {
-        if !project.pipelines.contains_key(id) {
-            return Err(crate::sync::SyncError::UnknownPipeline {
-                id: id.clone(),
-                available: project
-                    .pipelines
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into());
-        }
+        crate::sync::find_pipeline(&project, id)?;
     }
     let state = StateStore::open(project.state.url.expose()).await?;
     let offset = args.page.saturating_sub(1).saturating_mul(args.limit);

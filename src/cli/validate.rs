@@ -20,19 +20,7 @@ pub struct Args {
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project: Project = super::load(root)?;
     let ids: Vec<String> = match &args.pipeline {
-        Some(id) if project.pipelines.contains_key(id) => vec![id.clone()],
-        Some(id) => {
-            return Err(crate::sync::SyncError::UnknownPipeline {
-                id: id.clone(),
-                available: project
-                    .pipelines
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into())
-        }
+        Some(id) => vec![crate::sync::find_pipeline(&project, id)?.id.clone()],
         None => project.pipelines.keys().cloned().collect(),
     };
     println!(

@@ -86,8 +86,7 @@ impl Daemon {
 
     /// Whether `pipeline` is paused, in its file or from the command line.
     pub async fn is_paused(&self, pipeline: &str) -> Result<bool, SchedulerError> {
-        let p = self.ctx.pipeline(pipeline)?;
-        Ok(p.paused || self.ctx.state.paused(pipeline).await?)
+        Ok(is_paused(&self.ctx.state, self.ctx.pipeline(pipeline)?).await?)
     }
 
     /// Pipelines with a task in this process.
@@ -310,6 +309,15 @@ impl Daemon {
     fn lock_running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JoinHandle<()>>> {
         lock(&self.running)
     }
+}
+
+/// Whether `pipeline` is paused: `paused = true` in its file, or `wsync pause`
+/// (or the API) recorded in the state store.
+pub async fn is_paused(
+    state: &crate::state::StateStore,
+    pipeline: &crate::config::model::Pipeline,
+) -> Result<bool, StateError> {
+    Ok(pipeline.paused || state.paused(&pipeline.id).await?)
 }
 
 /// A mutex that stays usable after a panic elsewhere (the data is plain state).

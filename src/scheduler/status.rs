@@ -46,7 +46,7 @@ pub async fn pipeline_status(
     now: DateTime<Utc>,
 ) -> Result<PipelineStatus, StateError> {
     let running = state.lock_holder(&pipeline.id).await?;
-    let paused = pipeline.paused || state.paused(&pipeline.id).await?;
+    let paused = super::is_paused(state, pipeline).await?;
     let history = state.schedule_history(&pipeline.id).await?;
     let plan = plan::plan(pipeline, &history, now, now);
     let next = if plan.due.is_empty() {

@@ -236,20 +236,24 @@ impl SyncContext {
 
     /// The pipeline with this id, or an error listing the ones that exist.
     pub fn pipeline(&self, id: &str) -> Result<&Pipeline, SyncError> {
-        self.project
-            .pipelines
-            .get(id)
-            .ok_or_else(|| SyncError::UnknownPipeline {
-                id: id.to_owned(),
-                available: self
-                    .project
-                    .pipelines
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        find_pipeline(&self.project, id)
     }
+}
+
+/// The pipeline with this id in `project`, or an error listing the ones that exist.
+pub fn find_pipeline<'p>(project: &'p Project, id: &str) -> Result<&'p Pipeline, SyncError> {
+    project
+        .pipelines
+        .get(id)
+        .ok_or_else(|| SyncError::UnknownPipeline {
+            id: id.to_owned(),
+            available: project
+                .pipelines
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// A pipeline's model, probed and planned: what `validate` shows.

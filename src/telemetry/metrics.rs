@@ -66,92 +66,98 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every wsync metric registered.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wsync");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
-            runs: Family::default(),
-            rows_extracted: Family::default(),
-            rows_sent: Family::default(),
-            rows_rejected: Family::default(),
-            rows_skipped: Family::default(),
-            batches_sent: Family::default(),
-            retries: Family::default(),
-            responses_429: Family::default(),
-            rate_limit_wait: Family::default(),
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            watermark_lag: Family::default(),
-            last_success: Family::default(),
-        };
-        registry.register(
-            "runs",
-            "Finished runs by pipeline and state",
-            m.runs.clone(),
-        );
-        registry.register(
+        let runs = Family::default();
+        let rows_extracted = Family::default();
+        let rows_sent = Family::default();
+        let rows_rejected = Family::default();
+        let rows_skipped = Family::default();
+        let batches_sent = Family::default();
+        let retries = Family::default();
+        let responses_429 = Family::default();
+        let rate_limit_wait = Family::default();
+        let requests = Family::default();
+        let latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let watermark_lag = Family::default();
+        let last_success = Family::default();
+        let mut r = Registry::with_prefix("wsync");
+        r.register("runs", "Finished runs by pipeline and state", runs.clone());
+        r.register(
             "rows_extracted",
             "Rows read from the warehouse",
-            m.rows_extracted.clone(),
+            rows_extracted.clone(),
         );
-        registry.register(
+        r.register(
             "rows_sent",
             "Rows mapped into batches by runs that send (not dry runs)",
-            m.rows_sent.clone(),
+            rows_sent.clone(),
         );
-        registry.register(
+        r.register(
             "rows_rejected",
             "Rows rejected before sending",
-            m.rows_rejected.clone(),
+            rows_rejected.clone(),
         );
-        registry.register(
+        r.register(
             "rows_skipped",
             "Rows skipped by input protection (only_update: no existing profile)",
-            m.rows_skipped.clone(),
+            rows_skipped.clone(),
         );
-        registry.register(
+        r.register(
             "batches_sent",
             "Batches acknowledged by the Events API",
-            m.batches_sent.clone(),
+            batches_sent.clone(),
         );
-        registry.register(
+        r.register(
             "retries",
             "Requests re-sent after a retryable failure",
-            m.retries.clone(),
+            retries.clone(),
         );
-        registry.register(
+        r.register(
             "responses_429",
             "429 answers from the Events API",
-            m.responses_429.clone(),
+            responses_429.clone(),
         );
-        registry.register(
+        r.register(
             "rate_limit_wait_seconds",
             "Time spent waiting on rate limits",
-            m.rate_limit_wait.clone(),
+            rate_limit_wait.clone(),
         );
-        registry.register(
+        r.register(
             "requests",
             "Events API requests by feed and HTTP status (status=\"none\": no answer)",
-            m.requests.clone(),
+            requests.clone(),
         );
-        registry.register(
+        r.register(
             "request_duration_seconds",
             "Events API request latency by feed",
-            m.latency.clone(),
+            latency.clone(),
         );
-        registry.register(
+        r.register(
             "watermark_lag_seconds",
             "How far a pipeline's watermark is behind now",
-            m.watermark_lag.clone(),
+            watermark_lag.clone(),
         );
-        registry.register(
+        r.register(
             "last_success_timestamp_seconds",
             "End of the pipeline's last successful run (Unix time)",
-            m.last_success.clone(),
+            last_success.clone(),
         );
-        *m.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
-        m
+        Self {
+            registry: Mutex::new(r),
+            runs,
+            rows_extracted,
+            rows_sent,
+            rows_rejected,
+            rows_skipped,
+            batches_sent,
+            retries,
+            responses_429,
+            rate_limit_wait,
+            requests,
+            latency,
+            watermark_lag,
+            last_success,
+        }
     }
 
     /// Count a finished run.
