@@ -39,6 +39,8 @@ pub struct Extracted {
     pub spool_bytes: u64,
     /// Stopped by shutdown before the end.
     pub interrupted: bool,
+    /// From connecting to closing the warehouse connection (zero when resumed).
+    pub session: std::time::Duration,
 }
 
 /// An extract under way.
@@ -90,6 +92,7 @@ impl Extract {
                 rows: manifest.rows,
                 spool_bytes: manifest.bytes,
                 interrupted: false,
+                session: std::time::Duration::ZERO,
             }),
         })
     }
@@ -104,6 +107,7 @@ impl Extract {
         spool: Option<(SpoolDir, Manifest)>,
     ) -> Result<Self, SyncError> {
         let project = &ctx.project;
+        let connected = std::time::Instant::now();
         let (lower, mut upper) = (plan.lower, plan.upper);
         let (mut warehouse, mut query) =
             open(project, pipeline, filter_for(pipeline, lower, upper)).await?;
@@ -151,6 +155,7 @@ impl Extract {
                         (tx, rx),
                         (dir, manifest, writer),
                         stop,
+                        connected,
                     )
                 });
                 (ChunkSource::Spool(Box::new(reader)), task)
@@ -159,7 +164,7 @@ impl Extract {
                 let stop = stop.clone();
                 let columns = columns.clone();
                 let task = on_own_thread(move || {
-                    stream_task(warehouse, query, columns, chunk_rows, tx, stop)
+                    stream_task(warehouse, query, columns, chunk_rows, tx, stop, connected)
                 });
                 (ChunkSource::Stream(rx), task)
             }
@@ -280,19 +285,23 @@ async fn stream_task(
     chunk_rows: usize,
     tx: mpsc::Sender<RecordBatch>,
     stop: CancellationToken,
+    connected: std::time::Instant,
 ) -> Result<Extracted, SyncError> {
     let result = read(&mut warehouse, &query, &columns, chunk_rows, tx, &stop).await;
     warehouse.close().await;
+    let session = connected.elapsed();
     match result {
         None => Ok(Extracted {
             rows: 0,
             spool_bytes: 0,
             interrupted: true,
+            session,
         }),
         Some(r) => r.map(|rows| Extracted {
             rows,
             spool_bytes: 0,
             interrupted: false,
+            session,
         }),
     }
 }
@@ -305,6 +314,7 @@ async fn spool_task(
     (tx, mut rx): (mpsc::Sender<RecordBatch>, mpsc::Receiver<RecordBatch>),
     (dir, mut manifest, mut writer): (SpoolDir, Manifest, SpoolWriter),
     stop: CancellationToken,
+    connected: std::time::Instant,
 ) -> Result<Extracted, SyncError> {
     // Compressing and writing happen on a blocking thread, beside the reads.
     let writing = tokio::task::spawn_blocking(move || {
@@ -318,6 +328,7 @@ async fn spool_task(
     let result = read(&mut warehouse, &query, &columns, chunk_rows, tx, &stop).await;
     // The warehouse's part is over: close before the spool is even finished.
     warehouse.close().await;
+    let session = connected.elapsed();
     let writer = match writing.await {
         Ok((writer, None)) => writer,
         // A write failure ends the extract (the channel closed); it is the
@@ -339,6 +350,7 @@ async fn spool_task(
                 rows: 0,
                 spool_bytes: 0,
                 interrupted: true,
+                session,
             })
         }
         Some(Err(e)) => {
@@ -357,6 +369,7 @@ async fn spool_task(
                 rows,
                 spool_bytes: bytes,
                 interrupted: false,
+                session,
             })
         }
     }

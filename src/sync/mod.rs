@@ -91,6 +91,9 @@ pub struct SpoolSummary {
     pub batches_already_done: u64,
     /// Whether the spool is still on disk (the run did not commit).
     pub kept: bool,
+    /// How long the warehouse connection was open, connect to close (zero
+    /// when the spool was resumed).
+    pub warehouse_session: std::time::Duration,
 }
 
 /// Shared services a run needs.
@@ -481,6 +484,7 @@ impl Attempt<'_> {
             resumed_from: resumed.map(|m| m.run_id),
             batches_already_done: 0,
             kept: true,
+            warehouse_session: std::time::Duration::ZERO,
         };
         let (mut extract, dir) = match spool {
             Some((dir, SpoolPlan::Resume(m))) => {
@@ -557,6 +561,7 @@ impl Attempt<'_> {
             if let Ok(e) = &extracted {
                 s.rows = s.rows.max(e.rows);
                 s.bytes = s.bytes.max(e.spool_bytes);
+                s.warehouse_session = e.session;
             }
         }
         let stopped = ctx.shutdown.is_cancelled()

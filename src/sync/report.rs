@@ -89,6 +89,7 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
             "resumed_from_run": s.resumed_from,
             "batches_already_delivered": s.batches_already_done,
             "kept": s.kept,
+            "warehouse_session_secs": s.warehouse_session.as_secs_f64(),
         })),
         "error": r.error,
     })
