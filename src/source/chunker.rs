@@ -46,6 +46,9 @@ pub(crate) struct Chunker {
     row_reason: Option<String>,
     /// Rows decoded since the chunk's size was last measured.
     since_measured: usize,
+    /// Whether rows carry one more field, the server's size report (see
+    /// [`sql::pg_size_guard`](super::sql::pg_size_guard)).
+    size_report: bool,
 }
 
 /// Rows between two measurements of a chunk's bytes: measuring walks every
@@ -72,6 +75,31 @@ impl Chunker {
             rejected: StringBuilder::new(),
             row_reason: None,
             since_measured: 0,
+            size_report: false,
+        }
+    }
+
+    /// Rows carry the server's size report as one more, last field.
+    pub(crate) fn with_size_report(mut self) -> Self {
+        self.size_report = true;
+        self
+    }
+
+    /// Whether rows carry the server's size report.
+    pub(crate) fn has_size_report(&self) -> bool {
+        self.size_report
+    }
+
+    /// Read the server's size report of the row being decoded (`i:bytes`, comma
+    /// separated): each column named was sent as NULL because its value is too
+    /// large, and the row is rejected saying so.
+    pub(crate) fn size_report(&mut self, report: &[u8]) {
+        let report = String::from_utf8_lossy(report);
+        for entry in report.split(',').filter(|e| !e.is_empty()) {
+            let (index, bytes) = entry.split_once(':').unwrap_or((entry, "0"));
+            let index = index.parse::<usize>().unwrap_or(usize::MAX);
+            let bytes = bytes.parse::<usize>().unwrap_or(0);
+            self.mark_rejected(index, &super::decode::too_large(bytes));
         }
     }
 
@@ -88,6 +116,12 @@ impl Chunker {
         if let Some(b) = self.builders.get_mut(index) {
             b.append_null();
         }
+        self.mark_rejected(index, message);
+    }
+
+    /// Mark the row being decoded rejected because of column `index`, whose
+    /// (NULL) value is already appended.
+    fn mark_rejected(&mut self, index: usize, message: &str) {
         let column = self.columns.get(index).map_or("", |c| c.name.as_str());
         let reason = format!("column `{column}`: {message}");
         tracing::debug!(
@@ -120,7 +154,7 @@ impl Chunker {
     /// Check the row has the probed number of columns (the model may have changed
     /// since the probe).
     pub(crate) fn check_width(&self, width: usize) -> Result<(), SourceError> {
-        if width == self.columns.len() {
+        if width == self.columns.len() + usize::from(self.size_report) {
             Ok(())
         } else {
             Err(SourceError::Decode {

@@ -121,13 +121,25 @@ pub(crate) async fn copy_out(
         };
         match next {
             Ok(Some(data)) => {
-                block.extend_from_slice(&data);
-                if block.len() >= BLOCK_BYTES {
-                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES));
-                    if block_tx.send(full).await.is_err() {
-                        // The decoder stopped: receiver gone or a decode error.
-                        break;
+                // PostgreSQL sends a row per message, so one message may be a
+                // 100 MB value: it is handed on in blocks, never copied whole.
+                let mut rest: &[u8] = &data;
+                let mut stopped = false;
+                while !rest.is_empty() {
+                    let n = (BLOCK_BYTES - block.len().min(BLOCK_BYTES - 1)).min(rest.len());
+                    block.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    if block.len() >= BLOCK_BYTES {
+                        let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES));
+                        if block_tx.send(full).await.is_err() {
+                            // The decoder stopped: receiver gone or a decode error.
+                            stopped = true;
+                            break;
+                        }
                     }
+                }
+                if stopped {
+                    break;
                 }
             }
             Ok(None) => {
@@ -297,7 +309,10 @@ impl Parser {
                 // -1 is NULL (any negative length is read as NULL, as PostgreSQL does).
                 pos += 4;
                 self.row_bytes += 4;
-                chunker.builders[next].append_null();
+                // Past the builders is only the server's size report: NULL, none.
+                if let Some(b) = chunker.builders.get_mut(next) {
+                    b.append_null();
+                }
                 self.tuple = Some((fields, next + 1));
                 continue;
             };
@@ -313,9 +328,15 @@ impl Parser {
             if end > buf.len() {
                 break;
             }
-            if let Err(m) = decode::pg_append(&mut chunker.builders[next], Some(&buf[pos + 4..end]))
-            {
-                chunker.reject_value(next, &m);
+            let value = &buf[pos + 4..end];
+            match chunker.builders.get_mut(next) {
+                Some(builder) => {
+                    if let Err(m) = decode::pg_append(builder, Some(value)) {
+                        chunker.reject_value(next, &m);
+                    }
+                }
+                // `check_width` allows one field past the builders: the report.
+                None => chunker.size_report(value),
             }
             self.row_bytes += 4 + len;
             pos = end;

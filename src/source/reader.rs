@@ -378,7 +378,17 @@ impl Warehouse {
                 conn, read_only, ..
             } => {
                 let conn: &mut PgConnection = live(conn)?;
-                let (sql, binds) = sql::wrap(Dialect::Postgres, query);
+                // Redshift (not read-only) has neither `pg_column_size` nor
+                // `concat_ws`: its values are not cut on the server.
+                let guard = if *read_only {
+                    sql::pg_size_guard(columns)
+                } else {
+                    None
+                };
+                let (sql, binds) = sql::wrap_selecting(Dialect::Postgres, query, guard.as_deref());
+                if guard.is_some() {
+                    chunker = chunker.with_size_report();
+                }
                 in_pg_tx!(errs, model, conn, read_only, {
                     let q = bind_pg(sqlx::query(&sql), &binds);
                     let mut rows = q.fetch(&mut *conn);
@@ -470,7 +480,8 @@ impl Warehouse {
         else {
             return None;
         };
-        let inlined = sql::wrap_pg_inline(query)?;
+        let guard = sql::pg_size_guard(columns);
+        let inlined = sql::wrap_pg_inline(query, guard.as_deref())?;
         let model = query.model.as_str();
         // A copy, so the connection can be replaced while errors are still built.
         let url = self.url.clone();
@@ -492,7 +503,10 @@ impl Warehouse {
         if let Err(e) = bounded(limit, sqlx::raw_sql(&begin).execute(&mut *live_conn)).await {
             return Some(Err(errs.query(model, &e)));
         }
-        let chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
+        let mut chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
+        if guard.is_some() {
+            chunker = chunker.with_size_report();
+        }
         // The socket is read on its own task: the caller usually polls this
         // future in the same task as the consumer of the chunks (`join!`), and
         // the server must not wait while a chunk is being mapped. The connection
@@ -993,6 +1007,17 @@ fn decode_pg_row(row: &PgRow, chunker: &mut Chunker) -> Result<usize, SourceErro
             });
         if let Err(m) = result {
             chunker.reject_value(i, &m);
+        }
+    }
+    if chunker.has_size_report() {
+        let index = chunker.builders.len();
+        if let Some(report) = row
+            .try_get_raw(index)
+            .ok()
+            .filter(|raw| !raw.is_null())
+            .and_then(|raw| raw.as_bytes().ok())
+        {
+            chunker.size_report(report);
         }
     }
     Ok(row_bytes)

@@ -95,8 +95,17 @@ pub(crate) fn base(sql: &str) -> String {
 
 /// The full extraction query and its parameters, in placeholder order.
 pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>) {
+    wrap_selecting(dialect, query, None)
+}
+
+/// [`wrap`] with `select` (see [`pg_size_guard`]) instead of `*`.
+pub(crate) fn wrap_selecting(
+    dialect: Dialect,
+    query: &SourceQuery,
+    select: Option<&str>,
+) -> (String, Vec<Bind>) {
     let mut binds = Vec::new();
-    let sql = wrap_with(dialect, query, |bind| {
+    let sql = wrap_with(dialect, query, select, |bind| {
         binds.push(bind);
         Some(placeholder(dialect, binds.len()))
     });
@@ -108,8 +117,59 @@ pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>)
 /// typed values ([`Bind`]), never from text, so nothing can be injected; `None`
 /// when a bound has no exact literal (a year outside 1–9999), and the caller
 /// reads through the row protocol with bound parameters instead.
-pub(crate) fn wrap_pg_inline(query: &SourceQuery) -> Option<String> {
-    wrap_with(Dialect::Postgres, query, |bind| pg_literal(&bind))
+pub(crate) fn wrap_pg_inline(query: &SourceQuery, select: Option<&str>) -> Option<String> {
+    wrap_with(Dialect::Postgres, query, select, |bind| pg_literal(&bind))
+}
+
+/// The select list that keeps PostgreSQL from sending values larger than
+/// [`MAX_VALUE_BYTES`](super::MAX_VALUE_BYTES): it sends NULL instead, and one
+/// more column last, `i:bytes` for each column `i` so replaced (comma-separated,
+/// empty when none), from which the reader rejects the row. PostgreSQL sends a
+/// row as one message, and the driver holds a message whole, so a value is cut
+/// on the server or not at all. Sizes: `octet_length` for text types and bytea
+/// (the exact size, read from the TOAST header without decompressing),
+/// `pg_column_size` for json, jsonb and arrays (their stored size, which
+/// compression may make smaller than what is sent). `None` when no column needs
+/// it, or when two columns share a name (they cannot be told apart by name).
+pub(crate) fn pg_size_guard(columns: &[super::ColumnInfo]) -> Option<String> {
+    use super::ColumnKind;
+    let limit = super::MAX_VALUE_BYTES;
+    let mut names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    let mut list = Vec::with_capacity(columns.len() + 1);
+    let mut reports = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        let col = format!("m.{}", quote_ident(Dialect::Postgres, &c.name));
+        let size = match c.kind {
+            // `::text` for enums, `name` and `char`, a no-op (no detoasting) for text.
+            ColumnKind::Text => format!("octet_length({col}::text)"),
+            ColumnKind::Bytes => format!("octet_length({col})"),
+            ColumnKind::Json | ColumnKind::List(_) => format!("pg_column_size({col})"),
+            _ => {
+                list.push(col);
+                continue;
+            }
+        };
+        list.push(format!(
+            "CASE WHEN {size} > {limit} THEN NULL ELSE {col} END AS {}",
+            quote_ident(Dialect::Postgres, &c.name)
+        ));
+        reports.push(format!(
+            "CASE WHEN {size} > {limit} THEN '{i}:' || {size} END"
+        ));
+    }
+    if reports.is_empty() {
+        return None;
+    }
+    list.push(format!(
+        "concat_ws(',', {}) AS {}",
+        reports.join(", "),
+        quote_ident(Dialect::Postgres, super::REJECTED_COLUMN)
+    ));
+    Some(list.join(", "))
 }
 
 /// `bind` as a PostgreSQL literal of the type the row protocol binds it as.
@@ -147,9 +207,16 @@ fn micros_exact(t: NaiveDateTime) -> Option<NaiveDateTime> {
 fn wrap_with(
     dialect: Dialect,
     query: &SourceQuery,
+    select: Option<&str>,
     mut render: impl FnMut(Bind) -> Option<String>,
 ) -> Option<String> {
-    let mut sql = base(&query.sql);
+    let mut sql = match select {
+        Some(select) => format!(
+            "SELECT {select} FROM (\n{}\n) AS m",
+            strip_trailing_semicolon(&query.sql)
+        ),
+        None => base(&query.sql),
+    };
     if let Some(filter) = &query.filter {
         let expr = iterator_expr(dialect, filter);
         let mut conditions = Vec::new();
@@ -258,7 +325,7 @@ mod tests {
             lower: t.map(IteratorValue::TimestampTz),
             upper: Some(IteratorValue::Integer(-7)),
         };
-        let sql = wrap_pg_inline(&query(Some(filter.clone()), Some(3))).unwrap();
+        let sql = wrap_pg_inline(&query(Some(filter.clone()), Some(3)), None).unwrap();
         assert!(
             sql.ends_with(
                 "WHERE m.\"ts\" >= CAST('2024-01-02T03:04:05.678901+00:00' AS TIMESTAMPTZ) \
@@ -272,7 +339,7 @@ mod tests {
             lower: far,
             ..filter
         };
-        assert_eq!(wrap_pg_inline(&query(Some(filter), None)), None);
+        assert_eq!(wrap_pg_inline(&query(Some(filter), None), None), None);
     }
 
     #[test]
