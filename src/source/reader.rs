@@ -1467,7 +1467,26 @@ fn sqlite_iterator(
 
 #[cfg(test)]
 mod tests {
-    use super::numeric_typmod;
+    use std::time::Duration;
+
+    use super::{bounded, numeric_typmod, read_timeout, READ_TIMEOUT_MARGIN};
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_connections_time_out() {
+        // A server that never answers: the wait ends at the limit, as an I/O
+        // (retryable) error that says what happened.
+        let limit = read_timeout(Duration::from_secs(5));
+        assert_eq!(limit, Duration::from_secs(5) + READ_TIMEOUT_MARGIN);
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<(), sqlx::Error>>();
+        let err = bounded(limit, never).await.unwrap_err();
+        assert_eq!(started.elapsed(), limit);
+        assert!(crate::source::error::is_transient(&err), "{err}");
+        assert!(err.to_string().contains("sent nothing for 35s"), "{err}");
+        // An answer in time passes through.
+        let answered = bounded(limit, async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(answered.unwrap(), 7);
+    }
 
     #[test]
     fn numeric_typmods() {

@@ -500,3 +500,92 @@ async fn mysql_nasty_table_every_value_checked() {
         .await
         .expect("drop");
 }
+
+/// A TCP proxy to `upstream` on 127.0.0.1 that stops passing bytes either way
+/// once `frozen` is set, as a dropped peer or a NAT that forgot the connection
+/// would: the sockets stay open, nothing arrives.
+async fn freezing_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to, flag) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    flag.clone(),
+                ),
+                (Box::new(sr) as _, Box::new(cw) as _, flag.clone()),
+            ] {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the other half open: a half-open peer never says goodbye.
+                    std::future::pending::<()>().await;
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test]
+async fn half_open_connections_time_out() {
+    let Some(_pool) = db::postgres().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db::postgres_url()).expect("url");
+    let upstream =
+        std::net::SocketAddr::new("127.0.0.1".parse().expect("ip"), url.port().unwrap_or(5432));
+    let (proxy, frozen) = freezing_proxy(upstream).await;
+    url.set_port(Some(proxy.port())).expect("port");
+    let mut conn = connection(ConnectionKind::Postgres, url.as_str());
+    conn.statement_timeout = std::time::Duration::from_secs(1);
+    let mut wh = Warehouse::connect(&conn).await.expect("connect");
+    let q = query("stuck", "SELECT 1 AS id");
+    let columns = wh.probe(&q).await.expect("probe");
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let (tx, _rx) = tokio::sync::mpsc::channel(2);
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        wh.extract(&q, &columns, 10, tx),
+    )
+    .await
+    .expect("the read must not hang")
+    .expect_err("a dead connection fails the read");
+    let waited = started.elapsed();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("sent nothing for 31s"), "{err}");
+    assert!(
+        waited >= std::time::Duration::from_secs(31) && waited < std::time::Duration::from_secs(90),
+        "{waited:?}"
+    );
+}
