@@ -27,7 +27,10 @@
 //! the text is exact and every reader can cast it. A `NaN`/`±Infinity` (which
 //! `Decimal128` cannot hold) or an out-of-range value in a constrained column
 //! becomes null and is counted ([`RowsDataset::decimals_nulled`]). Every field
-//! keeps the source's `wsync.sql_type` and `wsync.kind` metadata.
+//! keeps the source's `wsync.sql_type` and `wsync.kind` metadata. The reserved
+//! last column of extracted chunks (`source::REJECTED_COLUMN`, why a row could
+//! not be read) is not exported: such a row is in the dataset with its bad value
+//! null, and in the `rejected` dataset with its reason.
 //!
 //! **`batches`**: one row per mapped batch: `source_request_id`, `row`, `part`,
 //! `environment`, `mpid`, then one column per destination of the mapping plan

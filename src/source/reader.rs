@@ -1056,7 +1056,7 @@ async fn mysql_text_columns(
         .join(", ");
     let probe = format!(
         "SELECT {select} FROM (SELECT 1) AS one LEFT JOIN (SELECT * FROM (\n{}\n) AS m0 LIMIT 0) AS m ON TRUE",
-        model_sql.trim().trim_end_matches(';')
+        super::guard::strip_trailing_semicolon(model_sql)
     );
     let row = match bounded(limit, sqlx::query(&probe).fetch_one(&mut *conn)).await {
         Ok(row) => row,
