@@ -268,6 +268,45 @@ pub(crate) fn max_iterator(
 mod tests {
     use super::*;
 
+    #[test]
+    fn huge_values_are_cut_on_the_server() {
+        use crate::source::{ColumnInfo, ColumnKind};
+        let col = |name: &str, kind: ColumnKind| ColumnInfo {
+            name: name.into(),
+            sql_type: "X".into(),
+            kind,
+            decimal: None,
+        };
+        let columns = vec![
+            col("id", ColumnKind::Int),
+            col("bio", ColumnKind::Text),
+            col("doc", ColumnKind::Json),
+            col("raw", ColumnKind::Bytes),
+        ];
+        let select = pg_size_guard(&columns).expect("text columns need it");
+        assert!(select.starts_with(r#"m."id", CASE WHEN octet_length(m."bio"::text) > 8388608 THEN NULL ELSE m."bio" END AS "bio", "#), "{select}");
+        assert!(
+            select.contains(
+                r#"CASE WHEN pg_column_size(m."doc") > 8388608 THEN NULL ELSE m."doc" END AS "doc""#
+            ),
+            "{select}"
+        );
+        assert!(select.ends_with(r#"CASE WHEN octet_length(m."raw") > 8388608 THEN '3:' || octet_length(m."raw") END) AS "__wsync_rejected""#), "{select}");
+        let q = SourceQuery {
+            model: "m".into(),
+            sql: "SELECT 1 AS id;".into(),
+            filter: None,
+            limit: Some(5),
+        };
+        let sql = wrap_pg_inline(&q, Some(&select)).unwrap();
+        assert!(sql.starts_with("SELECT m.\"id\", CASE"), "{sql}");
+        assert!(sql.ends_with(") AS m\nLIMIT 5"), "{sql}");
+        // Nothing to cut, or names that cannot be told apart: plain `*`.
+        assert_eq!(pg_size_guard(&columns[..1]), None);
+        let twice = vec![col("a", ColumnKind::Text), col("a", ColumnKind::Text)];
+        assert_eq!(pg_size_guard(&twice), None);
+    }
+
     fn query(filter: Option<IteratorFilter>, limit: Option<u64>) -> SourceQuery {
         SourceQuery {
             model: "m".into(),
