@@ -47,7 +47,7 @@ pub(crate) struct Chunker {
     /// Rows decoded since the chunk's size was last measured.
     since_measured: usize,
     /// Whether rows carry one more field, the server's size report (see
-    /// [`sql::pg_size_guard`](super::sql::pg_size_guard)).
+    /// [`sql::size_guard`](super::sql::size_guard)).
     size_report: bool,
 }
 

@@ -381,7 +381,7 @@ impl Warehouse {
                 // Redshift (not read-only) has neither `pg_column_size` nor
                 // `concat_ws`: its values are not cut on the server.
                 let guard = if *read_only {
-                    sql::pg_size_guard(columns)
+                    sql::size_guard(Dialect::Postgres, columns)
                 } else {
                     None
                 };
@@ -424,7 +424,11 @@ impl Warehouse {
                 })
             }
             Conn::MySql(conn) => {
-                let (sql, binds) = sql::wrap(Dialect::MySql, query);
+                let guard = sql::size_guard(Dialect::MySql, columns);
+                let (sql, binds) = sql::wrap_selecting(Dialect::MySql, query, guard.as_deref());
+                if guard.is_some() {
+                    chunker = chunker.with_size_report();
+                }
                 let unsigned: Vec<bool> = columns
                     .iter()
                     .map(|c| c.sql_type.to_ascii_uppercase().ends_with("UNSIGNED"))
@@ -480,7 +484,7 @@ impl Warehouse {
         else {
             return None;
         };
-        let guard = sql::pg_size_guard(columns);
+        let guard = sql::size_guard(Dialect::Postgres, columns);
         let inlined = sql::wrap_pg_inline(query, guard.as_deref())?;
         let model = query.model.as_str();
         // A copy, so the connection can be replaced while errors are still built.
@@ -1231,6 +1235,17 @@ fn decode_mysql_row(
         });
         if let Err(m) = result {
             chunker.reject_value(i, &m);
+        }
+    }
+    if chunker.has_size_report() {
+        let index = chunker.builders.len();
+        if let Some(report) = row
+            .try_get_raw(index)
+            .ok()
+            .filter(|v| !v.is_null())
+            .and_then(|v| my::<&[u8]>(v).ok())
+        {
+            chunker.size_report(report);
         }
     }
     Ok(())

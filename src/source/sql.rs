@@ -98,7 +98,7 @@ pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>)
     wrap_selecting(dialect, query, None)
 }
 
-/// [`wrap`] with `select` (see [`pg_size_guard`]) instead of `*`.
+/// [`wrap`] with `select` (see [`size_guard`]) instead of `*`.
 pub(crate) fn wrap_selecting(
     dialect: Dialect,
     query: &SourceQuery,
@@ -121,20 +121,30 @@ pub(crate) fn wrap_pg_inline(query: &SourceQuery, select: Option<&str>) -> Optio
     wrap_with(Dialect::Postgres, query, select, |bind| pg_literal(&bind))
 }
 
-/// The select list that keeps PostgreSQL from sending values larger than
+/// The select list that keeps the server from sending values larger than
 /// [`MAX_VALUE_BYTES`](super::MAX_VALUE_BYTES): it sends NULL instead, and one
 /// more column last, `i:bytes` for each column `i` so replaced (comma-separated,
-/// empty when none), from which the reader rejects the row. PostgreSQL sends a
-/// row as one message, and the driver holds a message whole, so a value is cut
-/// on the server or not at all. Sizes: `octet_length` for text types and bytea
-/// (the exact size, read from the TOAST header without decompressing),
-/// `pg_column_size` for json, jsonb and arrays (their stored size, which
-/// compression may make smaller than what is sent). `None` when no column needs
-/// it, or when two columns share a name (they cannot be told apart by name).
-pub(crate) fn pg_size_guard(columns: &[super::ColumnInfo]) -> Option<String> {
+/// empty when none), from which the reader rejects the row. PostgreSQL and MySQL
+/// send a row as one message, and the drivers hold a message whole, so a value is
+/// cut on the server or not at all.
+///
+/// Sizes: PostgreSQL `octet_length` for text types and bytea (the exact size,
+/// read from the TOAST header without decompressing), `pg_column_size` for json,
+/// jsonb and arrays (their stored size, which compression may make smaller than
+/// what is sent); MySQL `LENGTH` (bytes) for text, blobs and JSON. `None` when no
+/// column needs it, or when two columns share a name (they cannot be told apart
+/// by name).
+pub(crate) fn size_guard(dialect: Dialect, columns: &[super::ColumnInfo]) -> Option<String> {
     use super::ColumnKind;
     let limit = super::MAX_VALUE_BYTES;
-    let mut names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    // MySQL compares column names without case.
+    let mut names: Vec<String> = columns
+        .iter()
+        .map(|c| match dialect {
+            Dialect::MySql => c.name.to_lowercase(),
+            _ => c.name.clone(),
+        })
+        .collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
         return None;
@@ -142,12 +152,17 @@ pub(crate) fn pg_size_guard(columns: &[super::ColumnInfo]) -> Option<String> {
     let mut list = Vec::with_capacity(columns.len() + 1);
     let mut reports = Vec::new();
     for (i, c) in columns.iter().enumerate() {
-        let col = format!("m.{}", quote_ident(Dialect::Postgres, &c.name));
-        let size = match c.kind {
+        let col = format!("m.{}", quote_ident(dialect, &c.name));
+        let size = match (dialect, &c.kind) {
             // `::text` for enums, `name` and `char`, a no-op (no detoasting) for text.
-            ColumnKind::Text => format!("octet_length({col}::text)"),
-            ColumnKind::Bytes => format!("octet_length({col})"),
-            ColumnKind::Json | ColumnKind::List(_) => format!("pg_column_size({col})"),
+            (Dialect::Postgres, ColumnKind::Text) => format!("octet_length({col}::text)"),
+            (Dialect::Postgres, ColumnKind::Bytes) => format!("octet_length({col})"),
+            (Dialect::Postgres, ColumnKind::Json | ColumnKind::List(_)) => {
+                format!("pg_column_size({col})")
+            }
+            (Dialect::MySql, ColumnKind::Text | ColumnKind::Bytes | ColumnKind::Json) => {
+                format!("LENGTH({col})")
+            }
             _ => {
                 list.push(col);
                 continue;
@@ -155,19 +170,24 @@ pub(crate) fn pg_size_guard(columns: &[super::ColumnInfo]) -> Option<String> {
         };
         list.push(format!(
             "CASE WHEN {size} > {limit} THEN NULL ELSE {col} END AS {}",
-            quote_ident(Dialect::Postgres, &c.name)
+            quote_ident(dialect, &c.name)
         ));
-        reports.push(format!(
-            "CASE WHEN {size} > {limit} THEN '{i}:' || {size} END"
-        ));
+        reports.push(match dialect {
+            Dialect::MySql => format!("CASE WHEN {size} > {limit} THEN CONCAT('{i}:', {size}) END"),
+            _ => format!("CASE WHEN {size} > {limit} THEN '{i}:' || {size} END"),
+        });
     }
-    if reports.is_empty() {
+    if reports.is_empty() || dialect == Dialect::Sqlite {
         return None;
     }
+    let concat = match dialect {
+        Dialect::MySql => "CONCAT_WS",
+        _ => "concat_ws",
+    };
     list.push(format!(
-        "concat_ws(',', {}) AS {}",
+        "{concat}(',', {}) AS {}",
         reports.join(", "),
-        quote_ident(Dialect::Postgres, super::REJECTED_COLUMN)
+        quote_ident(dialect, super::REJECTED_COLUMN)
     ));
     Some(list.join(", "))
 }
@@ -283,7 +303,7 @@ mod tests {
             col("doc", ColumnKind::Json),
             col("raw", ColumnKind::Bytes),
         ];
-        let select = pg_size_guard(&columns).expect("text columns need it");
+        let select = size_guard(Dialect::Postgres, &columns).expect("text columns need it");
         assert!(select.starts_with(r#"m."id", CASE WHEN octet_length(m."bio"::text) > 8388608 THEN NULL ELSE m."bio" END AS "bio", "#), "{select}");
         assert!(
             select.contains(
@@ -302,9 +322,21 @@ mod tests {
         assert!(sql.starts_with("SELECT m.\"id\", CASE"), "{sql}");
         assert!(sql.ends_with(") AS m\nLIMIT 5"), "{sql}");
         // Nothing to cut, or names that cannot be told apart: plain `*`.
-        assert_eq!(pg_size_guard(&columns[..1]), None);
+        assert_eq!(size_guard(Dialect::Postgres, &columns[..1]), None);
         let twice = vec![col("a", ColumnKind::Text), col("a", ColumnKind::Text)];
-        assert_eq!(pg_size_guard(&twice), None);
+        assert_eq!(size_guard(Dialect::Postgres, &twice), None);
+        let my = size_guard(Dialect::MySql, &columns).expect("mysql too");
+        assert!(
+            my.contains("CASE WHEN LENGTH(m.`bio`) > 8388608 THEN NULL ELSE m.`bio` END AS `bio`"),
+            "{my}"
+        );
+        assert!(
+            my.ends_with("CONCAT('3:', LENGTH(m.`raw`)) END) AS `__wsync_rejected`"),
+            "{my}"
+        );
+        let cased = vec![col("A", ColumnKind::Text), col("a", ColumnKind::Text)];
+        assert_eq!(size_guard(Dialect::MySql, &cased), None);
+        assert!(size_guard(Dialect::Postgres, &cased).is_some());
     }
 
     fn query(filter: Option<IteratorFilter>, limit: Option<u64>) -> SourceQuery {

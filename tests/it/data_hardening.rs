@@ -589,3 +589,56 @@ async fn half_open_connections_time_out() {
         "{waited:?}"
     );
 }
+
+#[tokio::test]
+async fn mysql_huge_values_are_cut_on_the_server() {
+    let Some(pool) = db::mysql().await else {
+        return;
+    };
+    let t = db::unique_table("my_huge");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id INT, bio LONGTEXT, raw LONGBLOB, doc JSON) CHARACTER SET utf8mb4;
+         INSERT INTO {t} VALUES (1, REPEAT('x', 9 * 1024 * 1024), 'ok', '[1]'),
+           (2, REPEAT('y', 3 * 1024 * 1024), REPEAT('z', 9 * 1024 * 1024), '{{\"n\": 12345678901234567890123}}'),
+           (3, 'small', X'00', NULL);"
+    ))
+    .execute(&pool)
+    .await
+    .expect("setup");
+    let mut wh = Warehouse::connect(&connection(ConnectionKind::MySql, &db::mysql_url()))
+        .await
+        .expect("connect");
+    let q = query(
+        "huge",
+        &format!("SELECT id, bio, raw, doc FROM {t} ORDER BY id"),
+    );
+    let (_, rows, batches) = extract_all(&mut wh, &q, 1000).await.expect("extract");
+    assert_eq!(rows, 3);
+    let reasons = rejected_reasons(&batches);
+    assert_eq!(
+        reasons[0].as_deref().unwrap_or_default(),
+        "column `bio`: a value of 9437184 bytes is larger than the 8 MiB wsync reads (a user attribute holds at most 4096 characters): cut it in the model, e.g. LEFT(col, 4096)"
+    );
+    assert!(
+        reasons[1]
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("column `raw`: a value of 9437184 bytes"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2], None);
+    let b = one_batch(&batches);
+    let bio = col::<StringArray>(&b, "bio");
+    assert!(bio.is_null(0));
+    assert_eq!(bio.value(1).len(), 3 * 1024 * 1024);
+    assert_eq!(bio.value(2), "small");
+    assert_eq!(
+        col::<StringArray>(&b, "doc").value(1),
+        r#"{"n":12345678901234567890123}"#
+    );
+    assert_eq!(col::<BinaryArray>(&b, "raw").value(2), [0u8]);
+    sqlx::raw_sql(&format!("DROP TABLE {t}"))
+        .execute(&pool)
+        .await
+        .expect("drop");
+}
