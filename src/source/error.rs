@@ -33,6 +33,16 @@ fn list_unsupported(columns: &[UnsupportedColumn]) -> String {
         .join("; ")
 }
 
+/// What a decode error is about: `` column `x` at row 5 `` or, for a fault of
+/// the whole row (its width, the stream), `row 5`.
+fn what(column: &str, row: u64) -> String {
+    if column.is_empty() {
+        format!("row {row}")
+    } else {
+        format!("column `{column}` at row {row}")
+    }
+}
+
 /// A source failure. Messages name the connection, model, column or row involved
 /// and never contain a password (URLs are redacted, driver text is scrubbed).
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +87,10 @@ pub enum SourceError {
         /// Whether it was an I/O or pool-timeout class failure.
         retryable: bool,
     },
-    /// A value could not be converted to its column's Arrow type.
-    #[error("model `{model}`: cannot decode column `{column}` at row {row}: {message}")]
+    /// A row or value could not be read (a value that cannot be converted to its
+    /// column's Arrow type rejects only its row; this fails the read). `column`
+    /// is empty when the fault is the row's, not one value's.
+    #[error("model `{model}`: cannot decode {}: {message}", what(.column, *.row))]
     Decode {
         /// Model name.
         model: String,

@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod config_errors;
+mod data_hardening;
 mod delivery;
 mod export;
 mod export_runs;
