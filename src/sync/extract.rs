@@ -144,20 +144,18 @@ impl Extract {
                 dir.create(&manifest)?;
                 let (writer, progress) = SpoolWriter::new(&dir, project.state.min_free_disk_mb);
                 let reader = SpoolReader::follow(&dir, progress);
-                let stop = stop.clone();
-                let columns = columns.clone();
-                let task = on_own_thread(move || {
-                    spool_task(
-                        warehouse,
-                        query,
-                        columns,
-                        chunk_rows,
-                        (tx, rx),
-                        (dir, manifest, writer),
-                        stop,
-                        connected,
-                    )
-                });
+                let job = SpoolJob {
+                    warehouse,
+                    query,
+                    columns: columns.clone(),
+                    chunk_rows,
+                    dir,
+                    manifest,
+                    writer,
+                    stop: stop.clone(),
+                    connected,
+                };
+                let task = on_own_thread(move || spool_task(job, (tx, rx)));
                 (ChunkSource::Spool(Box::new(reader)), task)
             }
             None => {
@@ -306,16 +304,34 @@ async fn stream_task(
     }
 }
 
-async fn spool_task(
-    mut warehouse: Warehouse,
+/// What the spooling extract task owns.
+struct SpoolJob {
+    warehouse: Warehouse,
     query: SourceQuery,
     columns: Vec<ColumnInfo>,
     chunk_rows: usize,
-    (tx, mut rx): (mpsc::Sender<RecordBatch>, mpsc::Receiver<RecordBatch>),
-    (dir, mut manifest, mut writer): (SpoolDir, Manifest, SpoolWriter),
+    dir: SpoolDir,
+    manifest: Manifest,
+    writer: SpoolWriter,
     stop: CancellationToken,
     connected: std::time::Instant,
+}
+
+async fn spool_task(
+    job: SpoolJob,
+    (tx, mut rx): (mpsc::Sender<RecordBatch>, mpsc::Receiver<RecordBatch>),
 ) -> Result<Extracted, SyncError> {
+    let SpoolJob {
+        mut warehouse,
+        query,
+        columns,
+        chunk_rows,
+        dir,
+        mut manifest,
+        mut writer,
+        stop,
+        connected,
+    } = job;
     // Compressing and writing happen on a blocking thread, beside the reads.
     let writing = tokio::task::spawn_blocking(move || {
         while let Some(chunk) = rx.blocking_recv() {
