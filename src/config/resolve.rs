@@ -10,14 +10,20 @@ use std::path::{Path, PathBuf};
 
 use super::error::ConfigError;
 use super::locate::{relative_to, SourceFile};
-use super::model::{Connection, ConnectionKind, Feed, Project};
+use super::model::{
+    BigQueryAuth, BigQuerySettings, CloudWarehouse, Connection, ConnectionKind, Feed, Project,
+    SnowflakeAuth, SnowflakeSettings,
+};
 use super::resolver::{IdSyncSettings, ResolverSettings, SqlResolverSettings};
+use super::validate::cloud::PendingCloud;
 use super::validate::resolver::{PendingKind, PendingResolver};
 use super::validate::{
     sqlite_url, url_scheme, Part, PendingConnection, PendingFeed, PendingSecret, SecretSource,
     Validated,
 };
 use crate::redact::Secret;
+use crate::source::bigquery::ServiceAccountKey;
+use crate::source::jwt::RsaKey;
 
 /// Reads an environment variable (injected so tests need not touch the process
 /// environment).
@@ -151,6 +157,22 @@ impl Resolver<'_> {
 
     fn connection(&mut self, c: PendingConnection) -> Option<Connection> {
         let base = format!("connections.{}", c.name);
+        if let Some(pending) = c.cloud {
+            let cloud = self.cloud(pending);
+            if !c.valid {
+                return None;
+            }
+            let (cloud, url) = cloud?;
+            return Some(Connection {
+                name: c.name,
+                kind: c.kind?,
+                url: Secret::new(url),
+                seed_sql: None,
+                statement_timeout: c.statement_timeout,
+                chunk_rows: c.chunk_rows,
+                cloud: Some(cloud),
+            });
+        }
         let url = c.url.as_ref().and_then(|u| self.secret(u));
         let url = match (url, c.url.as_ref(), c.kind) {
             (Some(url), Some(pending), Some(kind)) => self.connection_url(kind, &url, pending),
@@ -178,7 +200,84 @@ impl Resolver<'_> {
             seed_sql: c.seed_sql,
             statement_timeout: c.statement_timeout,
             chunk_rows: c.chunk_rows,
+            cloud: None,
         })
+    }
+
+    /// Read the secrets of a `snowflake` or `bigquery` connection and check they
+    /// are usable (a private key that parses, a service-account key with the
+    /// fields a token needs). Returns the settings and the API host root.
+    fn cloud(&mut self, pending: PendingCloud) -> Option<(CloudWarehouse, String)> {
+        match pending {
+            PendingCloud::Snowflake(p) => {
+                let key = p.private_key.as_ref().map(|s| (s, self.secret(s)));
+                let passphrase = p.passphrase.as_ref().and_then(|s| self.secret(s));
+                let password = p.password.as_ref().map(|s| self.secret(s));
+                let auth = match (key, password) {
+                    (Some((pending_key, Some(pem))), _) => {
+                        let pem = Secret::new(pem);
+                        let passphrase = passphrase.map(Secret::new);
+                        if let Err(problem) = RsaKey::from_pem(&pem, passphrase.as_ref()) {
+                            self.push(
+                                &pending_key.key_path,
+                                problem,
+                                "give the PKCS#8 PEM file made as the README shows (openssl pkcs8 -topk8 …)",
+                            );
+                            return None;
+                        }
+                        SnowflakeAuth::KeyPair {
+                            private_key: pem,
+                            passphrase,
+                        }
+                    }
+                    (None, Some(Some(password))) => SnowflakeAuth::Password(Secret::new(password)),
+                    _ => return None,
+                };
+                let url = p.base_url.clone();
+                Some((
+                    CloudWarehouse::Snowflake(SnowflakeSettings {
+                        account: p.account,
+                        user: p.user,
+                        role: p.role,
+                        warehouse: p.warehouse,
+                        database: p.database,
+                        schema: p.schema,
+                        base_url: p.base_url,
+                        auth,
+                    }),
+                    url,
+                ))
+            }
+            PendingCloud::BigQuery(p) => {
+                let auth = match &p.credentials {
+                    None => BigQueryAuth::None,
+                    Some(pending) => {
+                        let text = Secret::new(self.secret(pending)?);
+                        if let Err(problem) = ServiceAccountKey::parse(&text) {
+                            self.push(
+                                &pending.key_path,
+                                problem,
+                                "give the JSON key file downloaded for the service account (IAM → Service accounts → Keys)",
+                            );
+                            return None;
+                        }
+                        BigQueryAuth::ServiceAccount(text)
+                    }
+                };
+                let url = p.base_url.clone();
+                Some((
+                    CloudWarehouse::BigQuery(BigQuerySettings {
+                        project: p.project,
+                        dataset: p.dataset,
+                        location: p.location,
+                        base_url: p.base_url,
+                        maximum_bytes_billed: p.maximum_bytes_billed,
+                        auth,
+                    }),
+                    url,
+                ))
+            }
+        }
     }
 
     /// Check a resolved URL against the connection type and normalise it.
@@ -203,6 +302,8 @@ impl Resolver<'_> {
                 "mysql://user:${MYSQL_PASSWORD}@host:3306/db",
             ),
             ConnectionKind::Sqlite => (&["sqlite"][..], "sqlite://warehouse.db"),
+            // No URL: their settings are checked in `cloud`.
+            ConnectionKind::Snowflake | ConnectionKind::BigQuery => return Some(url.to_owned()),
         };
         let hint = format!("use a URL like {example}, or change the connection's type");
         let scheme = url_scheme(url).map(str::to_ascii_lowercase);

@@ -27,6 +27,7 @@ use super::suggest;
 use crate::mapping::identity::{DeviceIdType, IdentityType};
 use crate::redact::Secret;
 
+pub(crate) mod cloud;
 pub(crate) mod resolver;
 
 /// mParticle's limit on a user attribute name.
@@ -50,6 +51,8 @@ const CONNECTION_KINDS: &[(&str, ConnectionKind)] = &[
     ("mysql", ConnectionKind::MySql),
     ("mariadb", ConnectionKind::MySql),
     ("sqlite", ConnectionKind::Sqlite),
+    ("snowflake", ConnectionKind::Snowflake),
+    ("bigquery", ConnectionKind::BigQuery),
 ];
 const PODS: &[(&str, Pod)] = &[
     ("US1", Pod::Us1),
@@ -193,6 +196,8 @@ pub(crate) struct PendingConnection {
     pub statement_timeout: Duration,
     /// Chunk size.
     pub chunk_rows: usize,
+    /// Settings of a `snowflake` or `bigquery` connection.
+    pub cloud: Option<cloud::PendingCloud>,
     /// Whether every check on this connection passed.
     pub valid: bool,
 }
@@ -661,20 +666,36 @@ fn validate_connection(
         None => {
             ctx.missing(
                 &format!("{base}.type"),
-                "add type = \"postgres\", \"redshift\", \"mysql\" or \"sqlite\"",
+                "add type = \"postgres\", \"redshift\", \"mysql\", \"sqlite\", \"snowflake\" or \"bigquery\"",
             );
             None
         }
     };
-    let url = secret(
-        ctx,
-        root,
-        &base,
-        "url",
-        &raw.url,
-        &raw.url_env,
-        &raw.url_file,
-    );
+    if let Some(kind) = kind {
+        cloud::check_keys_apply(ctx, &base, kind, raw);
+    }
+    let url = if cloud::is_cloud(kind) {
+        None
+    } else {
+        secret(
+            ctx,
+            root,
+            &base,
+            "url",
+            &raw.url,
+            &raw.url_env,
+            &raw.url_file,
+        )
+    };
+    let cloud = match kind {
+        Some(ConnectionKind::Snowflake) => {
+            cloud::snowflake(ctx, root, &base, raw).map(cloud::PendingCloud::Snowflake)
+        }
+        Some(ConnectionKind::BigQuery) => {
+            cloud::bigquery(ctx, root, &base, raw).map(cloud::PendingCloud::BigQuery)
+        }
+        _ => None,
+    };
     let seed_sql = match (&raw.seed_sql, kind) {
         (None, _) => None,
         (Some(_), Some(k)) if k != ConnectionKind::Sqlite => {
@@ -715,6 +736,7 @@ fn validate_connection(
         seed_sql,
         statement_timeout,
         chunk_rows,
+        cloud,
         valid: ctx.errors.len() == before,
     }
 }
@@ -2044,7 +2066,7 @@ url_env = "1BAD"
             errors,
             vec![
                 "wsync.toml:2: connections.bad name: `bad name` is not a valid connection name\n  hint: names may only use letters, digits, `_` and `-`",
-                "wsync.toml:3: connections.bad name.type: `postgress` is not a valid connection type\n  hint: did you mean `postgres`? use one of: postgres, redshift, mysql, sqlite",
+                "wsync.toml:3: connections.bad name.type: `postgress` is not a valid connection type\n  hint: did you mean `postgres`? use one of: postgres, redshift, mysql, sqlite, snowflake, bigquery",
                 "wsync.toml:5: connections.bad name.url_env: `url` and `url_env` are both set\n  hint: set exactly one of url, url_env or url_file",
                 "wsync.toml:7: connections.none.url: missing required key\n  hint: set exactly one of url, url_env or url_file (e.g. url_env = \"VARIABLE\")",
                 "wsync.toml:9: connections.none.seed_sql: seed_sql only applies to sqlite connections, not mysql\n  hint: remove it",

@@ -46,7 +46,7 @@ use super::pg_copy;
 use super::sql::{self, Bind, Dialect};
 use super::types::{self, Unsupported};
 use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
-use crate::config::model::{Connection, ConnectionKind, IteratorDataType};
+use crate::config::model::{CloudWarehouse, Connection, ConnectionKind, IteratorDataType};
 use crate::redact::Secret;
 
 /// The open connection, by driver.
@@ -68,6 +68,10 @@ enum Conn {
     MySql(MySqlConnection),
     /// SQLite.
     Sqlite(SqliteConnection),
+    /// Snowflake, over HTTPS.
+    Snowflake(Box<super::snowflake::Client>),
+    /// BigQuery, over HTTPS.
+    BigQuery(Box<super::bigquery::Client>),
 }
 
 /// One open warehouse connection (not a pool: a run reads one model at a time).
@@ -126,55 +130,79 @@ impl Warehouse {
         let url = conn.url.expose();
         let connect_err = |e: &sqlx::Error| SourceError::connect(&conn.name, &conn.url, e);
         let timeout = conn.statement_timeout;
-        let driver = match conn.kind {
-            ConnectionKind::Postgres | ConnectionKind::Redshift => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|e| connect_err(&e))?
-                    .application_name("wsync");
-                let c = pg_open(&options).await.map_err(|e| connect_err(&e))?;
-                Conn::Pg {
-                    conn: Some(c),
-                    read_only: conn.kind == ConnectionKind::Postgres,
-                    options: Box::new(options),
-                    // Redshift speaks the protocol but has no COPY … TO STDOUT.
-                    copy: conn.kind == ConnectionKind::Postgres,
-                }
+        let driver = match (conn.kind, &conn.cloud) {
+            (ConnectionKind::Snowflake, Some(CloudWarehouse::Snowflake(settings))) => {
+                let client = super::snowflake::connect(&conn.name, settings, timeout).await?;
+                Conn::Snowflake(Box::new(client))
             }
-            ConnectionKind::MySql => {
-                let options = MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                let mut c = MySqlConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                let version: String = sqlx::query_scalar("SELECT VERSION()")
-                    .fetch_one(&mut c)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                let limit = if version.to_ascii_lowercase().contains("mariadb") {
-                    format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
-                } else {
-                    format!("SET SESSION max_execution_time = {}", timeout.as_millis())
-                };
-                let setup =
-                    format!("SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}");
-                sqlx::raw_sql(&setup)
-                    .execute(&mut c)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                Conn::MySql(c)
+            (ConnectionKind::BigQuery, Some(CloudWarehouse::BigQuery(settings))) => {
+                let client = super::bigquery::connect(&conn.name, settings, timeout).await?;
+                Conn::BigQuery(Box::new(client))
             }
-            ConnectionKind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                if let Some(seed) = &conn.seed_sql {
-                    if !options.get_filename().exists() {
-                        seed_sqlite(&options, seed).await?;
+            (ConnectionKind::Snowflake | ConnectionKind::BigQuery, _) => {
+                return Err(SourceError::Connect {
+                    connection: conn.name.clone(),
+                    url: conn.url.expose().to_owned(),
+                    cause: format!("the {} connection has no settings", conn.kind.as_str()),
+                    retryable: false,
+                })
+            }
+            _ => match conn.kind {
+                ConnectionKind::Postgres | ConnectionKind::Redshift => {
+                    let options = PgConnectOptions::from_str(url)
+                        .map_err(|e| connect_err(&e))?
+                        .application_name("wsync");
+                    let c = pg_open(&options).await.map_err(|e| connect_err(&e))?;
+                    Conn::Pg {
+                        conn: Some(c),
+                        read_only: conn.kind == ConnectionKind::Postgres,
+                        options: Box::new(options),
+                        // Redshift speaks the protocol but has no COPY … TO STDOUT.
+                        copy: conn.kind == ConnectionKind::Postgres,
                     }
                 }
-                let options = options.read_only(true).create_if_missing(false);
-                let c = SqliteConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                Conn::Sqlite(c)
-            }
+                ConnectionKind::MySql => {
+                    let options =
+                        MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    let mut c = MySqlConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    let version: String = sqlx::query_scalar("SELECT VERSION()")
+                        .fetch_one(&mut c)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    let limit = if version.to_ascii_lowercase().contains("mariadb") {
+                        format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
+                    } else {
+                        format!("SET SESSION max_execution_time = {}", timeout.as_millis())
+                    };
+                    let setup = format!(
+                        "SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}"
+                    );
+                    sqlx::raw_sql(&setup)
+                        .execute(&mut c)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::MySql(c)
+                }
+                ConnectionKind::Sqlite => {
+                    let options =
+                        SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    if let Some(seed) = &conn.seed_sql {
+                        if !options.get_filename().exists() {
+                            seed_sqlite(&options, seed).await?;
+                        }
+                    }
+                    let options = options.read_only(true).create_if_missing(false);
+                    let c = SqliteConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::Sqlite(c)
+                }
+                ConnectionKind::Snowflake | ConnectionKind::BigQuery => {
+                    unreachable!("handled above")
+                }
+            },
         };
         Ok(Warehouse {
             name: conn.name.clone(),
@@ -200,6 +228,8 @@ impl Warehouse {
             },
             Conn::MySql(conn) => conn.ping().await,
             Conn::Sqlite(conn) => conn.ping().await,
+            Conn::Snowflake(client) => return super::snowflake::ping(client).await,
+            Conn::BigQuery(client) => return super::bigquery::ping(client).await,
         };
         result.map_err(|e| SourceError::connect(&self.name, &self.url, &e))
     }
@@ -254,6 +284,8 @@ impl Warehouse {
                     (c.name().to_owned(), name, kind, None)
                 })
                 .collect(),
+            Conn::Snowflake(client) => super::snowflake::probe(client, query).await?,
+            Conn::BigQuery(client) => super::bigquery::probe(client, query).await?,
         };
         let mut columns = Vec::with_capacity(described.len());
         let mut unsupported = Vec::new();
@@ -370,6 +402,12 @@ impl Warehouse {
                         break;
                     }
                 }
+            }
+            Conn::Snowflake(client) => {
+                super::snowflake::extract(client, query, columns, &mut chunker).await?;
+            }
+            Conn::BigQuery(client) => {
+                super::bigquery::extract(client, query, columns, &mut chunker).await?;
             }
         }
         chunker.finish().await
@@ -531,6 +569,15 @@ impl Warehouse {
         }
     }
 
+    /// The bytes BigQuery estimated the last probed model processes (its dry
+    /// run); `None` for every other warehouse.
+    pub fn bytes_estimate(&self) -> Option<u64> {
+        match &self.conn {
+            Conn::BigQuery(client) => super::bigquery::last_estimate(client),
+            _ => None,
+        }
+    }
+
     /// Which protocol the last [`Self::extract`] read with (`None` before any).
     #[doc(hidden)]
     pub fn last_read_path(&self) -> Option<ReadPath> {
@@ -591,6 +638,8 @@ impl Warehouse {
                     .map_err(|e| errs.query(model, &e))?;
                 sqlite_iterator(&row, data_type).map_err(decode_err)
             }
+            Conn::Snowflake(client) => super::snowflake::max_iterator(client, query, filter).await,
+            Conn::BigQuery(client) => super::bigquery::max_iterator(client, query, filter).await,
         }
     }
 
@@ -634,6 +683,8 @@ impl Warehouse {
                 .await
                 .map(Option::flatten)
                 .map_err(|e| errs.query(model, &e)),
+            Conn::Snowflake(client) => super::snowflake::scalar_text(client, sql).await,
+            Conn::BigQuery(client) => super::bigquery::scalar_text(client, sql).await,
         }
     }
 }
