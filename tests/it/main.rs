@@ -19,6 +19,7 @@ mod scheduler;
 mod source_mysql;
 mod source_pg_copy;
 mod source_postgres;
+mod source_snowflake;
 mod source_sqlite;
 mod support;
 mod sync_mysql;
