@@ -16,6 +16,7 @@ mod observability;
 mod perf_smoke;
 mod protect;
 mod scheduler;
+mod source_bigquery;
 mod source_mysql;
 mod source_pg_copy;
 mod source_postgres;
