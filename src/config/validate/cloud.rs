@@ -342,7 +342,16 @@ pub(super) fn snowflake(
         || raw.private_key_passphrase_file.is_some();
     match (key_set, password_set) {
         (true, true) => ctx.push(
-            &format!("{base}.password"),
+            &format!(
+                "{base}.{}",
+                if raw.password_env.is_some() {
+                    "password_env"
+                } else if raw.password_file.is_some() {
+                    "password_file"
+                } else {
+                    "password"
+                }
+            ),
             "both a private key and a password are set",
             "remove the password: key-pair authentication is the default and recommended one",
         ),
