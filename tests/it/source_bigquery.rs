@@ -470,3 +470,43 @@ async fn source_bigquery_cost_guard_and_timeout_in_process() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn source_bigquery_wsync_validate_prints_types_and_the_estimate_then_dry_runs() {
+    if !reachable("bqemulator", &bqemulator_url()).await {
+        return;
+    }
+    let dataset = unique_name("bq_cli");
+    let create = format!("CREATE TABLE {dataset}.users (customer_id STRING, email STRING, ltv NUMERIC, updated_at TIMESTAMP)");
+    let insert = format!("INSERT INTO {dataset}.users VALUES ('c1', 'a@example.com', 12.5, TIMESTAMP '2024-01-02 00:00:00+00'), ('c2', NULL, 0, TIMESTAMP '2024-01-03 00:00:00+00')");
+    bigquery_exec(&dataset, &[&create, &insert]).await;
+    let p = crate::support::project::TestProject::new(&format!(
+        "[connections.bq]\ntype = \"bigquery\"\nproject = \"wsync-test\"\ndataset = \"{dataset}\"\nauth = \"none\"\nbase_url = \"{}\"\nmaximum_bytes_billed = 1000000000\n",
+        bqemulator_url()
+    ));
+    p.model(
+        "users",
+        &format!("SELECT customer_id, email, ltv, updated_at FROM {dataset}.users"),
+    );
+    p.pipeline(
+        "bq_users",
+        "connection = \"bq\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\n",
+    );
+    let (code, stdout, stderr) = p.wsync(&["validate"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("NUMERIC") && stdout.contains("TIMESTAMP"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("bigquery dry run: the model processes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("maximum_bytes_billed is 953.7 MiB (1000000000 bytes)"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = p.wsync(&["run", "bq_users"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("records_extracted"), "{stdout}");
+}

@@ -371,3 +371,54 @@ async fn source_snowflake_refused_login_and_timeout_leak_no_secret() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn source_snowflake_wsync_validate_and_dry_run_with_a_key_file() {
+    let Some((database, _)) = fakesnow(
+        "sf_cli",
+        &[
+            "CREATE TABLE users (customer_id VARCHAR, email VARCHAR, ltv NUMBER(10,2), updated_at TIMESTAMP_NTZ)",
+            "INSERT INTO users VALUES ('c1', 'a@example.com', 12.5, '2024-01-02 00:00:00'), ('c2', NULL, 0, NULL)",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let p = crate::support::project::TestProject::new(&format!(
+        "[connections.sf]\ntype = \"snowflake\"\naccount = \"wsync-test\"\nuser = \"wsync_reader\"\ndatabase = \"{database}\"\nschema = \"PUBLIC\"\nprivate_key_file = \"keys/rsa_key.p8\"\nprivate_key_passphrase_env = \"SF_KEY_PASSPHRASE\"\nbase_url = \"{}\"\n",
+        fakesnow_url()
+    ));
+    p.file(
+        "keys/rsa_key.p8",
+        &crate::support::emulators::test_key("rsa_key_des3.p8"),
+    );
+    p.model(
+        "users",
+        "SELECT customer_id AS \"customer_id\", email AS \"email\", ltv AS \"ltv\", updated_at AS \"updated_at\" FROM users",
+    );
+    p.pipeline(
+        "sf_users",
+        "connection = \"sf\"\ndata_model = \"users\"\ninput_protection = \"only_read\"\n",
+    );
+    let env = [("SF_KEY_PASSPHRASE", "test-passphrase-only")];
+    let (code, stdout, stderr) = p.wsync(&["validate"], &env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("NUMBER(10,2)") && stdout.contains("TIMESTAMP_NTZ"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = p.wsync(&["run", "sf_users"], &env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("records_extracted"), "{stdout}");
+    assert!(!stdout.contains("test-passphrase-only") && !stderr.contains("test-passphrase-only"));
+    // A wrong passphrase is a config error (exit 2) that names the key, not the value.
+    let (code, stdout, stderr) = p.wsync(&["validate"], &[("SF_KEY_PASSPHRASE", "nope-not-it")]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("connections.sf.private_key_file")
+            && stderr.contains("passphrase is wrong"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nope-not-it"), "{stderr}");
+}
