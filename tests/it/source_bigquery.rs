@@ -149,6 +149,20 @@ async fn source_bigquery_emulator_every_supported_type() {
         col::<StringArray>(&b, "st").value(0),
         "{\"a\":1,\"b\":\"x\"}"
     );
+    // The Parquet `rows` export keeps the types: NUMERIC as Decimal128(38,9).
+    let exported = wsync::export::rows_batch(&b, &cols).expect("rows export");
+    let n = exported.column_by_name("n").unwrap();
+    assert_eq!(
+        n.data_type(),
+        &arrow::datatypes::DataType::Decimal128(38, 9)
+    );
+    assert_eq!(
+        n.as_any()
+            .downcast_ref::<arrow::array::Decimal128Array>()
+            .unwrap()
+            .value(0),
+        12_500_000_000
+    );
     // Row 2: NULL scalars; the array is `[]`, BigQuery's own rule (an ARRAY is never NULL).
     for name in [
         "n", "z", "f", "g", "b", "s", "bts", "d", "dt", "tm", "ts", "j", "st",

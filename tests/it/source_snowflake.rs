@@ -123,6 +123,25 @@ async fn source_snowflake_fakesnow_every_supported_type() {
         "compact: {variant}"
     );
     assert_eq!(col::<BinaryArray>(&b, "BI").value(0), &[0x00, 0xff, 0x10]);
+    // The Parquet `rows` export keeps the types: decimals as Decimal128(p,s).
+    let rows = wsync::export::rows_batch(&b, &cols).expect("rows export");
+    let c = rows.column_by_name("C").unwrap();
+    assert_eq!(c.data_type(), &DataType::Decimal128(10, 2));
+    assert_eq!(
+        c.as_any()
+            .downcast_ref::<arrow::array::Decimal128Array>()
+            .unwrap()
+            .value(0),
+        -1250
+    );
+    assert_eq!(
+        rows.column_by_name("B").unwrap().data_type(),
+        &DataType::Decimal128(38, 0)
+    );
+    assert_eq!(
+        rows.column_by_name("NTZ").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, None)
+    );
     // Row 2: every other column NULL, timestamps included (the launcher patches
     // fakesnow's missing validity mask).
     for name in [
