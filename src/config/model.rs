@@ -73,6 +73,14 @@ pub struct StateConfig {
     pub url: Secret,
     /// Folder for per-run files (rejected rows, would-be batches).
     pub runs_dir: PathBuf,
+    /// Folder holding each pipeline's spool (`<spool_dir>/<pipeline>/`).
+    pub spool_dir: PathBuf,
+    /// A pending spool older than this is discarded and its window read again,
+    /// so stale data is never sent days later. Default 24 h.
+    pub spool_max_age: std::time::Duration,
+    /// Free disk (MB) under `spool_dir` below which a run does not start and an
+    /// extract stops. 0 turns the check off. Default 256.
+    pub min_free_disk_mb: u64,
 }
 
 /// Which SQL dialect and wire protocol a connection speaks.

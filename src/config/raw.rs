@@ -56,6 +56,13 @@ pub(crate) struct RawState {
     pub url: Option<String>,
     /// Folder for per-run files; relative paths resolve against the root.
     pub runs_dir: Option<String>,
+    /// Folder for pipelines' spools; relative paths resolve against the root.
+    pub spool_dir: Option<String>,
+    /// A spool older than this is discarded and its window read again.
+    pub spool_max_age_secs: Option<i64>,
+    /// A run refuses to start (and an extract stops) below this much free disk
+    /// under the spool folder, in MB; 0 turns the check off.
+    pub min_free_disk_mb: Option<i64>,
 }
 
 /// `[defaults]`.
@@ -607,7 +614,16 @@ mod tests {
 
     #[test]
     fn field_lists_come_from_the_structs() {
-        assert_eq!(fields_of::<RawState>(), vec!["url", "runs_dir"]);
+        assert_eq!(
+            fields_of::<RawState>(),
+            vec![
+                "url",
+                "runs_dir",
+                "spool_dir",
+                "spool_max_age_secs",
+                "min_free_disk_mb"
+            ]
+        );
         assert_eq!(
             fields_of::<RawSyncMode>(),
             vec![

@@ -425,6 +425,19 @@ pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigErr
                 "data model is empty",
                 Some("write one SELECT statement in this file".to_owned()),
             ));
+        } else if let Err(e) = crate::source::check_single_select(&sql) {
+            // Checked once here, so every command refuses the model with exit 2
+            // before anything connects; the run trusts the loaded model.
+            errors.push(
+                model.file.file_error(
+                    None,
+                    format!("data model `{}` was refused: {e}", model.name),
+                    Some(
+                        "a model is one SELECT (or WITH … SELECT) statement; wsync only reads"
+                            .to_owned(),
+                    ),
+                ),
+            );
         }
         names.models.insert(model.name.clone());
         if errors.len() == before {
@@ -559,6 +572,11 @@ fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings
 
 const DEFAULT_STATE_URL: &str = "sqlite://.wsync/state.db";
 const DEFAULT_RUNS_DIR: &str = ".wsync/runs";
+const DEFAULT_SPOOL_DIR: &str = ".wsync/spool";
+/// A day: a spool older than that holds data too stale to send.
+const DEFAULT_SPOOL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Enough for the state store to commit and a small spool to be written.
+const DEFAULT_MIN_FREE_DISK_MB: u64 = 256;
 
 fn validate_state(ctx: &mut Ctx<'_>, root: &Path, raw: Option<&RawState>) -> Option<StateConfig> {
     let url = raw
@@ -583,17 +601,40 @@ fn validate_state(ctx: &mut Ctx<'_>, root: &Path, raw: Option<&RawState>) -> Opt
         );
         None
     };
-    if runs_dir.trim().is_empty() {
-        ctx.push(
-            "state.runs_dir",
-            "is empty",
-            "use e.g. \".wsync/runs\" or remove it",
-        );
-        return None;
+    let spool_dir = raw
+        .and_then(|s| s.spool_dir.as_deref())
+        .unwrap_or(DEFAULT_SPOOL_DIR);
+    let spool_max_age = ctx.seconds(
+        "state.spool_max_age_secs",
+        raw.and_then(|s| s.spool_max_age_secs),
+        DEFAULT_SPOOL_MAX_AGE,
+    );
+    let min_free_disk_mb = ctx.int_in(
+        "state.min_free_disk_mb",
+        raw.and_then(|s| s.min_free_disk_mb),
+        DEFAULT_MIN_FREE_DISK_MB,
+        0..=100_000_000,
+        "use megabytes such as 256 (the default), or 0 to turn the check off",
+    );
+    for (key, value, example) in [
+        ("state.runs_dir", runs_dir, ".wsync/runs"),
+        ("state.spool_dir", spool_dir, ".wsync/spool"),
+    ] {
+        if value.trim().is_empty() {
+            ctx.push(
+                key,
+                "is empty",
+                format!("use e.g. \"{example}\" or remove it"),
+            );
+            return None;
+        }
     }
     Some(StateConfig {
         url: Secret::new(url?),
         runs_dir: join_clean(root, Path::new(runs_dir)),
+        spool_dir: join_clean(root, Path::new(spool_dir)),
+        spool_max_age,
+        min_free_disk_mb,
     })
 }
 

@@ -113,6 +113,30 @@ impl ColumnKind {
             Self::List(inner) => format!("list<{}>", inner.name()),
         }
     }
+
+    /// The kind [`ColumnKind::name`] gave this name (spool manifests store it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "bool" => Self::Bool,
+            "int" => Self::Int,
+            "uint" => Self::UInt,
+            "float32" => Self::Float32,
+            "float64" => Self::Float64,
+            "decimal" => Self::Decimal,
+            "text" => Self::Text,
+            "uuid" => Self::Uuid,
+            "json" => Self::Json,
+            "bytes" => Self::Bytes,
+            "date" => Self::Date,
+            "time" => Self::Time,
+            "timestamp" => Self::Timestamp,
+            "timestamptz" => Self::TimestampTz,
+            other => {
+                let inner = other.strip_prefix("list<")?.strip_suffix('>')?;
+                Self::List(Box::new(Self::from_name(inner)?))
+            }
+        })
+    }
 }
 
 /// One column of a model's result, as probed before any row is read.

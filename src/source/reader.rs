@@ -315,6 +315,28 @@ impl Warehouse {
         }
     }
 
+    /// Close the connection politely (the server ends the session at once),
+    /// so a run that spooled its extract holds no warehouse session while it
+    /// delivers. Errors are ignored: the socket is dropped either way.
+    pub async fn close(self) {
+        use sqlx::Connection as _;
+        match self.conn {
+            Conn::Pg { conn: Some(c), .. } => {
+                let _ = c.close().await;
+            }
+            Conn::Pg { conn: None, .. } => {}
+            Conn::MySql(c) => {
+                let _ = c.close().await;
+            }
+            Conn::Sqlite(c) => {
+                let _ = c.close().await;
+            }
+            Conn::Snowflake(client) => client.close().await,
+            // Stateless HTTP: nothing is held on the server between calls.
+            Conn::BigQuery(_) => {}
+        }
+    }
+
     /// Stream the model's rows (windowed and limited as `query` says) as record
     /// batches of at most `chunk_rows` rows into `tx`. Returns the number of rows
     /// read. If the receiver goes away, reading stops and the count so far is

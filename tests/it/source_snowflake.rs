@@ -318,8 +318,11 @@ async fn source_snowflake_chunks_polling_and_nulls_in_process() {
 async fn source_snowflake_login_sends_a_key_pair_jwt() {
     let fake = fake_snowflake::start().await;
     let conn = snowflake_connection(snowflake_settings(&fake.base_url, "DB"));
-    let _wh = Warehouse::connect(&conn).await.expect("connect");
+    let wh = Warehouse::connect(&conn).await.expect("connect");
+    // Closing ends the session on the server before a run delivers.
+    wh.close().await;
     let state = fake.state.lock().unwrap();
+    assert_eq!(state.session_deletes, 1);
     let data = &state.logins[0]["data"];
     assert_eq!(data["AUTHENTICATOR"], "SNOWFLAKE_JWT");
     assert_eq!(data["LOGIN_NAME"], "wsync_reader");

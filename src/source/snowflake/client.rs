@@ -166,21 +166,40 @@ impl std::fmt::Debug for Client {
     }
 }
 
+impl Client {
+    /// End the session on the server and wait for the answer (errors are
+    /// ignored: the token expires on its own).
+    pub(crate) async fn close(mut self) {
+        if let Some(request) = self.delete_session_request() {
+            let _ = request.send().await;
+        }
+        self.token = Secret::new("");
+    }
+
+    /// `POST /session?delete=true` for this session; `None` when not logged in.
+    fn delete_session_request(&self) -> Option<RequestBuilder> {
+        if self.token.expose().is_empty() {
+            return None;
+        }
+        Some(
+            self.http
+                .post(format!("{}/session?delete=true", self.settings.base_url))
+                .header("Authorization", auth_header(&self.token))
+                .header("Accept", "application/json")
+                .timeout(Duration::from_secs(5)),
+        )
+    }
+}
+
 impl Drop for Client {
     /// End the session on the server (best effort, in the background).
     fn drop(&mut self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.token.expose().is_empty() {
+        let Some(request) = self.delete_session_request() else {
             return;
-        }
-        let request = self
-            .http
-            .post(format!("{}/session?delete=true", self.settings.base_url))
-            .header("Authorization", auth_header(&self.token))
-            .header("Accept", "application/json")
-            .timeout(Duration::from_secs(5));
+        };
         runtime.spawn(async move {
             let _ = request.send().await;
         });

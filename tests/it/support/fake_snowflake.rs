@@ -35,6 +35,8 @@ pub struct FakeState {
     pub refuse_login: Option<&'static str>,
     /// Answer queries with this error code.
     pub fail_query: Option<&'static str>,
+    /// `POST /session?delete=true` calls with the session token.
+    pub session_deletes: u32,
 }
 
 /// The running fake.
@@ -72,10 +74,7 @@ pub async fn start() -> FakeSnowflake {
         .route("/queries/v1/query-request", post(query))
         .route("/queries/{id}/result", get(result))
         .route("/chunks/{n}", get(chunk))
-        .route(
-            "/session",
-            post(|| async { axum::Json(json!({"success": true})) }),
-        )
+        .route("/session", post(delete_session))
         .with_state(app);
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -98,6 +97,17 @@ async fn login(State(app): State<App>, body: String) -> Response {
     }
     axum::Json(json!({"success": true, "data": {"token": SESSION_TOKEN, "masterToken": "m"}}))
         .into_response()
+}
+
+async fn delete_session(
+    State(app): State<App>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    if authorized(&headers) && uri.query() == Some("delete=true") {
+        app.state.lock().expect("state").session_deletes += 1;
+    }
+    axum::Json(json!({"success": true})).into_response()
 }
 
 fn authorized(headers: &HeaderMap) -> bool {
