@@ -140,7 +140,7 @@ impl Warehouse {
                 Conn::BigQuery(Box::new(client))
             }
             (ConnectionKind::Snowflake | ConnectionKind::BigQuery, _) => {
-                return Err(SourceError::Connect {
+                return Err(SourceError::Login {
                     connection: conn.name.clone(),
                     url: conn.url.expose().to_owned(),
                     cause: format!("the {} connection has no settings", conn.kind.as_str()),

@@ -158,7 +158,7 @@ impl Client {
         settings: &BigQuerySettings,
         statement_timeout: Duration,
     ) -> Result<Self, SourceError> {
-        let connect_error = |cause: String, retryable: bool| SourceError::Connect {
+        let connect_error = |cause: String, retryable: bool| SourceError::Login {
             connection: name.to_owned(),
             url: settings.base_url.clone(),
             cause,

@@ -674,7 +674,7 @@ fn connect_error(
     cause: String,
     retryable: bool,
 ) -> SourceError {
-    SourceError::Connect {
+    SourceError::Login {
         connection: name.to_owned(),
         url: settings.base_url.clone(),
         cause: format!(
