@@ -444,3 +444,44 @@ async fn source_snowflake_wsync_validate_and_dry_run_with_a_key_file() {
     );
     assert!(!stderr.contains("nope-not-it"), "{stderr}");
 }
+
+#[tokio::test]
+async fn source_snowflake_json_results_and_an_expired_session_in_process() {
+    let fake = fake_snowflake::start().await;
+    {
+        let mut state = fake.state.lock().unwrap();
+        state.json_results = true;
+        state.expire_session_once = true;
+    }
+    let conn = snowflake_connection(snowflake_settings(&fake.base_url, "DB"));
+    let mut wh = Warehouse::connect(&conn).await.expect("connect");
+    let (_, rows, batches) = extract_all(&mut wh, &query("events", "SELECT * FROM events"), 1000)
+        .await
+        .expect("extract");
+    assert_eq!(rows, 4);
+    let b = one_batch(&batches);
+    let ids = col::<Int64Array>(&b, "ID");
+    assert_eq!((ids.value(0), ids.value(2)), (1, 3));
+    assert!(ids.is_null(3));
+    let ts = col::<TimestampMicrosecondArray>(&b, "TS");
+    assert_eq!(ts.value(0), 1_700_000_000_123_456);
+    assert!(ts.is_null(1) && ts.is_null(3));
+    assert_eq!(ts.value(2), -500_000);
+    let n = col::<StringArray>(&b, "N");
+    assert_eq!(
+        (n.value(0), n.value(2), n.value(3)),
+        ("12.50", "-0.05", "1000.00")
+    );
+    assert_eq!(col::<StringArray>(&b, "S").value(3), "é");
+    let state = fake.state.lock().unwrap();
+    assert_eq!(
+        state.logins.len(),
+        2,
+        "logged in again after the session expired"
+    );
+    // The SSE-C key from `qrmk` went with the chunk download.
+    assert!(state
+        .chunk_requests
+        .iter()
+        .any(|(c, key)| *c == 3 && key.as_deref() == Some(CHUNK_KEY)));
+}

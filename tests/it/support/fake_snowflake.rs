@@ -37,6 +37,10 @@ pub struct FakeState {
     pub fail_query: Option<&'static str>,
     /// `POST /session?delete=true` calls with the session token.
     pub session_deletes: u32,
+    /// Answer the next query with "session expired" (code 390112).
+    pub expire_session_once: bool,
+    /// Send results as JSON (`rowset` and a JSON chunk) instead of Arrow.
+    pub json_results: bool,
 }
 
 /// The running fake.
@@ -140,6 +144,10 @@ async fn query(State(app): State<App>, headers: HeaderMap, body: String) -> Resp
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let mut state = app.state.lock().expect("state");
     state.queries.push(body.clone());
+    if state.expire_session_once {
+        state.expire_session_once = false;
+        return axum::Json(json!({"success": false, "code": "390112", "message": "Your session has expired. Please login again.", "data": null})).into_response();
+    }
     if let Some(code) = state.fail_query {
         return axum::Json(json!({"success": false, "code": code, "message": "Statement reached its statement or warehouse timeout of 30 second(s) and was canceled.", "data": {"errorCode": code}})).into_response();
     }
@@ -158,6 +166,19 @@ async fn result(State(app): State<App>, headers: HeaderMap, Path(id): Path<Strin
     state.polls += 1;
     if state.polls < 3 {
         return axum::Json(json!({"success": false, "code": "333334", "message": "still running", "data": {"getResultUrl": "/queries/q-1/result"}})).into_response();
+    }
+    if state.json_results {
+        return axum::Json(json!({
+            "success": true,
+            "data": {
+                "rowtype": rowtype(),
+                "queryResultFormat": "json",
+                "rowset": [["1", "1700000000.123456789", "12.5", "a"], ["2", null, null, "b"]],
+                "chunks": [{"url": format!("{}/chunks/3?sig=PRESIGNED", app.base), "rowCount": 2}],
+                "qrmk": CHUNK_KEY,
+            }
+        }))
+        .into_response();
     }
     let first = ipc(&batch(
         &[Some(1), Some(2)],
@@ -220,6 +241,16 @@ async fn chunk(State(app): State<App>, headers: HeaderMap, Path(n): Path<u32>) -
                 false,
             ))
             .into_response()
+        }
+        3 => {
+            // A JSON chunk: rows without the enclosing brackets, gzip-compressed.
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(
+                "[\"3\", \"-0.500000000\", \"-0.05\", null],\n[null, null, \"1000.00\", \"é\"]"
+                    .as_bytes(),
+            )
+            .expect("gzip");
+            gz.finish().expect("gzip").into_response()
         }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
