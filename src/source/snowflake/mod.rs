@@ -53,10 +53,11 @@ pub(crate) async fn connect(
     Client::connect(name, settings, statement_timeout).await
 }
 
-/// `SELECT 1`, to check the session works.
+/// `SELECT 1`, described only: checks the session works without resuming
+/// (and paying for) a suspended warehouse.
 pub(crate) async fn ping(client: &mut Client) -> Result<(), SourceError> {
     client
-        .query("<ping>", "SELECT 1", json!({}), false)
+        .query("<ping>", "SELECT 1", json!({}), true)
         .await
         .map(|_| ())
 }
