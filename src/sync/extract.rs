@@ -174,6 +174,11 @@ impl Extract {
         })
     }
 
+    /// Whether chunks go through the spool (else straight to the transform).
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.source, ChunkSource::Spool(_))
+    }
+
     /// Wait for the extract to end. With `stop`, it is stopped first (the run
     /// failed downstream): the spool stays incomplete and is discarded by the
     /// next run.

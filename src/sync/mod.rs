@@ -525,9 +525,12 @@ impl Attempt<'_> {
         let mut transform = transform::Transform::new(Mapper::new(plan, pipeline), protection);
         let flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
 
-        // The extract is over (or stopped, when the flow failed): its result
-        // decides whether the window is complete.
-        let extracted = extract.wait(flowed.is_err()).await;
+        // The extract is over, or is stopped: on shutdown, and when the flow
+        // failed and nobody reads the stream any more. A spooled extract that
+        // outlives a failed delivery is finished, so the next run resumes the
+        // spool instead of reading the warehouse again.
+        let stop = flowed.is_err() && (ctx.shutdown.is_cancelled() || !extract.is_spooled());
+        let extracted = extract.wait(stop).await;
         let end = match (&flowed, &extracted) {
             (Ok(()), Ok(e)) if !e.interrupted => RunEnd::Complete,
             _ => RunEnd::Cut,

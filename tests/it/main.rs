@@ -22,6 +22,7 @@ mod source_pg_copy;
 mod source_postgres;
 mod source_snowflake;
 mod source_sqlite;
+mod spool;
 mod support;
 mod sync_mysql;
 mod sync_postgres;

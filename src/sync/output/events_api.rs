@@ -156,8 +156,10 @@ impl EventsApi {
             return Ok(());
         };
         let bytes = request.body.len();
-        let handle = deliverer.submit(request).await?;
+        // Counted before submitting: a request that never went out holds the
+        // frontier back as much as one still in flight.
         *self.in_flight_rows.entry(first.0).or_default() += 1;
+        let handle = deliverer.submit(request).await?;
         self.in_flight
             .push(handle.map(move |r| (first, last, bytes, r)).boxed());
         self.collect_ready().await
@@ -174,10 +176,14 @@ impl EventsApi {
     /// Record one finished request: acknowledged batches counted, refused ones
     /// stored as dead letters, then the range logged as done.
     async fn record(&mut self, (first, last, bytes, result): Finished) -> Result<(), SyncError> {
-        if let Some(count) = self.in_flight_rows.get_mut(&first.0) {
-            *count -= 1;
-            if *count == 0 {
-                self.in_flight_rows.remove(&first.0);
+        // A request that failed stays in the frontier's way: its rows were not
+        // delivered, so no checkpoint may pass them.
+        if matches!(result, Ok(Ok(_))) {
+            if let Some(count) = self.in_flight_rows.get_mut(&first.0) {
+                *count -= 1;
+                if *count == 0 {
+                    self.in_flight_rows.remove(&first.0);
+                }
             }
         }
         let outcome = match result {

@@ -167,6 +167,10 @@ pub struct PendingSpool {
     pub dir: PathBuf,
     /// Batches ranges acknowledged so far (lines in the ack log).
     pub acknowledged_requests: u64,
+    /// Size of the rows file now (grows while the extract runs).
+    pub bytes_on_disk: u64,
+    /// Rows known so far: the manifest's count once complete, else 0.
+    pub rows_on_disk: u64,
 }
 
 /// One pipeline's spool folder.
@@ -240,10 +244,13 @@ impl SpoolDir {
             Ok(bytes) => bytes.iter().filter(|b| **b == b'\n').count() as u64,
             Err(_) => 0,
         };
+        let bytes_on_disk = fs::metadata(self.rows_path()).map_or(0, |m| m.len());
         Ok(Some(PendingSpool {
+            rows_on_disk: manifest.rows,
             manifest,
             dir: self.dir.clone(),
             acknowledged_requests,
+            bytes_on_disk,
         }))
     }
 
