@@ -45,17 +45,13 @@ async fn emulator(prefix: &str, statements: &[&str]) -> Option<(String, Warehous
         return None;
     }
     let dataset = unique_name(prefix);
-    bigquery_exec(
-        &dataset,
-        &statements
-            .iter()
-            .map(|s| s.replace("{ds}", &dataset))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    // `{ds}` in a statement stands for the dataset.
+    let statements: Vec<String> = statements
+        .iter()
+        .map(|s| s.replace("{ds}", &dataset))
+        .collect();
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    bigquery_exec(&dataset, &statements).await;
     let wh = Warehouse::connect(&bigquery_connection(bigquery_settings(
         &bqemulator_url(),
         &dataset,
