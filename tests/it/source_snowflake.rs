@@ -156,8 +156,8 @@ async fn source_snowflake_fakesnow_windows_chunks_and_max() {
     let Some((_, mut wh)) = fakesnow(
         "sf_window",
         &[
-            "CREATE TABLE ev (id NUMBER(18,0), seen_at TIMESTAMP_NTZ, day_of DATE)",
-            "INSERT INTO ev VALUES (1, '2024-01-01 00:00:00', '2024-01-01'), (2, '2024-01-02 00:00:00', '2024-01-02'), (3, '2024-01-03 00:00:00', '2024-01-03'), (4, '2024-01-04 00:00:00', '2024-01-04'), (5, '2024-01-05 00:00:00', '2024-01-05')",
+            "CREATE TABLE ev (id NUMBER(18,0), seen_at TIMESTAMP_NTZ, day_of DATE, seen_tz TIMESTAMP_TZ)",
+            "INSERT INTO ev SELECT column1, column2::TIMESTAMP_NTZ, column3::DATE, (column2 || '+00:00')::TIMESTAMP_TZ FROM VALUES (1, '2024-01-01 00:00:00', '2024-01-01'), (2, '2024-01-02 00:00:00', '2024-01-02'), (3, '2024-01-03 00:00:00', '2024-01-03'), (4, '2024-01-04 00:00:00', '2024-01-04'), (5, '2024-01-05 00:00:00', '2024-01-05')",
         ],
     )
     .await
@@ -165,7 +165,7 @@ async fn source_snowflake_fakesnow_windows_chunks_and_max() {
         return;
     };
     // The iterator named as in the config (lower case) finds Snowflake's `ID`.
-    let mut q = query("ev", "SELECT id, seen_at, day_of FROM ev");
+    let mut q = query("ev", "SELECT id, seen_at, day_of, seen_tz FROM ev");
     q.filter = Some(IteratorFilter {
         column: "id".into(),
         data_type: IteratorDataType::Integer,
@@ -205,6 +205,18 @@ async fn source_snowflake_fakesnow_windows_chunks_and_max() {
     assert_eq!(
         wh.max_iterator(&q).await.expect("max ts"),
         Some(IteratorValue::Timestamp(day(5)))
+    );
+    q.filter = Some(IteratorFilter {
+        column: "seen_tz".into(),
+        data_type: IteratorDataType::TimestampTz,
+        lower: Some(IteratorValue::TimestampTz(day(2).and_utc())),
+        upper: Some(IteratorValue::TimestampTz(day(4).and_utc())),
+    });
+    let (_, rows, _) = extract_all(&mut wh, &q, 1000).await.expect("extract tz");
+    assert_eq!(rows, 2);
+    assert_eq!(
+        wh.max_iterator(&q).await.expect("max tz"),
+        Some(IteratorValue::TimestampTz(day(5).and_utc()))
     );
     q.filter = Some(IteratorFilter {
         column: "day_of".into(),
