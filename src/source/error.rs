@@ -59,6 +59,19 @@ pub enum SourceError {
         /// Whether it was an I/O or pool-timeout class failure.
         retryable: bool,
     },
+    /// A warehouse spoken to over HTTPS (Snowflake, BigQuery) refused the login
+    /// or could not be reached; `cause` says what to check.
+    #[error("cannot log in to `{connection}` at {url}: {cause}")]
+    Login {
+        /// Connection name.
+        connection: String,
+        /// The API host root (it holds no secret).
+        url: String,
+        /// What went wrong and what to check, scrubbed of every secret.
+        cause: String,
+        /// Whether it was a transient failure (I/O, 429, 5xx).
+        retryable: bool,
+    },
     /// The model is not a single read-only SELECT.
     #[error("model `{model}` refused at line {line}: {message}")]
     RefusedSql {
@@ -125,7 +138,9 @@ impl SourceError {
     /// same data would time out again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect { retryable, .. } | Self::Query { retryable, .. } => *retryable,
+            Self::Connect { retryable, .. }
+            | Self::Login { retryable, .. }
+            | Self::Query { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -14,12 +14,15 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::config::model::IteratorDataType;
 
+pub(crate) mod bigquery;
 mod chunker;
 mod decode;
 pub mod error;
 pub mod guard;
+pub(crate) mod jwt;
 mod pg_copy;
 mod reader;
+pub(crate) mod snowflake;
 mod sql;
 pub mod types;
 

@@ -54,7 +54,7 @@ use super::pg_copy;
 use super::sql::{self, Bind, Dialect};
 use super::types::{self, Unsupported};
 use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery, MAX_VALUE_BYTES};
-use crate::config::model::{Connection, ConnectionKind, IteratorDataType};
+use crate::config::model::{CloudWarehouse, Connection, ConnectionKind, IteratorDataType};
 use crate::redact::Secret;
 
 /// The open connection, by driver.
@@ -76,6 +76,10 @@ enum Conn {
     MySql(MySqlConnection),
     /// SQLite.
     Sqlite(SqliteConnection),
+    /// Snowflake, over HTTPS.
+    Snowflake(Box<super::snowflake::Client>),
+    /// BigQuery, over HTTPS.
+    BigQuery(Box<super::bigquery::Client>),
 }
 
 /// How long opening a connection and setting its session up may take.
@@ -169,58 +173,82 @@ impl Warehouse {
         let url = conn.url.expose();
         let connect_err = |e: &sqlx::Error| SourceError::connect(&conn.name, &conn.url, e);
         let timeout = conn.statement_timeout;
-        let driver = match conn.kind {
-            ConnectionKind::Postgres | ConnectionKind::Redshift => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|e| connect_err(&e))?
-                    .application_name("wsync");
-                let c = bounded(CONNECT_TIMEOUT, pg_open(&options))
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                Conn::Pg {
-                    conn: Some(c),
-                    read_only: conn.kind == ConnectionKind::Postgres,
-                    options: Box::new(options),
-                    // Redshift speaks the protocol but has no COPY … TO STDOUT.
-                    copy: conn.kind == ConnectionKind::Postgres,
-                }
+        let driver = match (conn.kind, &conn.cloud) {
+            (ConnectionKind::Snowflake, Some(CloudWarehouse::Snowflake(settings))) => {
+                let client = super::snowflake::connect(&conn.name, settings, timeout).await?;
+                Conn::Snowflake(Box::new(client))
             }
-            ConnectionKind::MySql => {
-                let options = MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                let mut c = bounded(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                let version: String = bounded(
-                    CONNECT_TIMEOUT,
-                    sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c),
-                )
-                .await
-                .map_err(|e| connect_err(&e))?;
-                let limit = if version.to_ascii_lowercase().contains("mariadb") {
-                    format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
-                } else {
-                    format!("SET SESSION max_execution_time = {}", timeout.as_millis())
-                };
-                let setup =
-                    format!("SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}");
-                bounded(CONNECT_TIMEOUT, sqlx::raw_sql(&setup).execute(&mut c))
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                Conn::MySql(c)
+            (ConnectionKind::BigQuery, Some(CloudWarehouse::BigQuery(settings))) => {
+                let client = super::bigquery::connect(&conn.name, settings, timeout).await?;
+                Conn::BigQuery(Box::new(client))
             }
-            ConnectionKind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                if let Some(seed) = &conn.seed_sql {
-                    if !options.get_filename().exists() {
-                        seed_sqlite(&options, seed).await?;
+            (ConnectionKind::Snowflake | ConnectionKind::BigQuery, _) => {
+                return Err(SourceError::Login {
+                    connection: conn.name.clone(),
+                    url: conn.url.expose().to_owned(),
+                    cause: format!("the {} connection has no settings", conn.kind.as_str()),
+                    retryable: false,
+                })
+            }
+            _ => match conn.kind {
+                ConnectionKind::Postgres | ConnectionKind::Redshift => {
+                    let options = PgConnectOptions::from_str(url)
+                        .map_err(|e| connect_err(&e))?
+                        .application_name("wsync");
+                    let c = bounded(CONNECT_TIMEOUT, pg_open(&options))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::Pg {
+                        conn: Some(c),
+                        read_only: conn.kind == ConnectionKind::Postgres,
+                        options: Box::new(options),
+                        // Redshift speaks the protocol but has no COPY … TO STDOUT.
+                        copy: conn.kind == ConnectionKind::Postgres,
                     }
                 }
-                let options = options.read_only(true).create_if_missing(false);
-                let c = SqliteConnection::connect_with(&options)
+                ConnectionKind::MySql => {
+                    let options =
+                        MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    let mut c = bounded(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    let version: String = bounded(
+                        CONNECT_TIMEOUT,
+                        sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c),
+                    )
                     .await
                     .map_err(|e| connect_err(&e))?;
-                Conn::Sqlite(c)
-            }
+                    let limit = if version.to_ascii_lowercase().contains("mariadb") {
+                        format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
+                    } else {
+                        format!("SET SESSION max_execution_time = {}", timeout.as_millis())
+                    };
+                    let setup = format!(
+                        "SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}"
+                    );
+                    bounded(CONNECT_TIMEOUT, sqlx::raw_sql(&setup).execute(&mut c))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::MySql(c)
+                }
+                ConnectionKind::Sqlite => {
+                    let options =
+                        SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    if let Some(seed) = &conn.seed_sql {
+                        if !options.get_filename().exists() {
+                            seed_sqlite(&options, seed).await?;
+                        }
+                    }
+                    let options = options.read_only(true).create_if_missing(false);
+                    let c = SqliteConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::Sqlite(c)
+                }
+                ConnectionKind::Snowflake | ConnectionKind::BigQuery => {
+                    unreachable!("handled above")
+                }
+            },
         };
         Ok(Warehouse {
             name: conn.name.clone(),
@@ -246,6 +274,8 @@ impl Warehouse {
             },
             Conn::MySql(conn) => conn.ping().await,
             Conn::Sqlite(conn) => conn.ping().await,
+            Conn::Snowflake(client) => return super::snowflake::ping(client).await,
+            Conn::BigQuery(client) => return super::bigquery::ping(client).await,
         };
         result.map_err(|e| SourceError::connect(&self.name, &self.url, &e))
     }
@@ -318,6 +348,8 @@ impl Warehouse {
                     (c.name().to_owned(), name, kind, None)
                 })
                 .collect(),
+            Conn::Snowflake(client) => super::snowflake::probe(client, query).await?,
+            Conn::BigQuery(client) => super::bigquery::probe(client, query).await?,
         };
         let mut columns = Vec::with_capacity(described.len());
         let mut unsupported = Vec::new();
@@ -363,6 +395,9 @@ impl Warehouse {
             Conn::Sqlite(c) => {
                 let _ = c.close().await;
             }
+            Conn::Snowflake(client) => client.close().await,
+            // Stateless HTTP: nothing is held on the server between calls.
+            Conn::BigQuery(_) => {}
         }
     }
 
@@ -477,6 +512,12 @@ impl Warehouse {
                         break;
                     }
                 }
+            }
+            Conn::Snowflake(client) => {
+                super::snowflake::extract(client, query, columns, &mut chunker).await?;
+            }
+            Conn::BigQuery(client) => {
+                super::bigquery::extract(client, query, columns, &mut chunker).await?;
             }
         }
         chunker.finish().await
@@ -642,6 +683,15 @@ impl Warehouse {
         }
     }
 
+    /// The bytes BigQuery estimated the last probed model processes (its dry
+    /// run); `None` for every other warehouse.
+    pub fn bytes_estimate(&self) -> Option<u64> {
+        match &self.conn {
+            Conn::BigQuery(client) => super::bigquery::last_estimate(client),
+            _ => None,
+        }
+    }
+
     /// Which protocol the last [`Self::extract`] read with (`None` before any).
     #[doc(hidden)]
     pub fn last_read_path(&self) -> Option<ReadPath> {
@@ -702,6 +752,8 @@ impl Warehouse {
                     .map_err(|e| errs.query(model, &e))?;
                 sqlite_iterator(&row, data_type).map_err(decode_err)
             }
+            Conn::Snowflake(client) => super::snowflake::max_iterator(client, query, filter).await,
+            Conn::BigQuery(client) => super::bigquery::max_iterator(client, query, filter).await,
         }
     }
 
@@ -745,6 +797,8 @@ impl Warehouse {
                 .await
                 .map(Option::flatten)
                 .map_err(|e| errs.query(model, &e)),
+            Conn::Snowflake(client) => super::snowflake::scalar_text(client, sql).await,
+            Conn::BigQuery(client) => super::bigquery::scalar_text(client, sql).await,
         }
     }
 }

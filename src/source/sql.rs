@@ -19,6 +19,10 @@ pub(crate) enum Dialect {
     MySql,
     /// SQLite: `"x"`, `?`; timestamps compared as normalised text.
     Sqlite,
+    /// Snowflake: `"x"` (case-sensitive), `?` bound as typed bindings.
+    Snowflake,
+    /// BigQuery (GoogleSQL): `` `x` ``, `?` bound as typed positional parameters.
+    BigQuery,
 }
 
 /// A bound parameter, typed for the driver.
@@ -44,8 +48,12 @@ const SQLITE_TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f";
 /// Quote an identifier for `dialect`, doubling embedded quote characters.
 pub(crate) fn quote_ident(dialect: Dialect, name: &str) -> String {
     match dialect {
-        Dialect::Postgres | Dialect::Sqlite => format!("\"{}\"", name.replace('"', "\"\"")),
+        Dialect::Postgres | Dialect::Sqlite | Dialect::Snowflake => {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        }
         Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+        // GoogleSQL escapes inside quoted identifiers with a backslash.
+        Dialect::BigQuery => format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`")),
     }
 }
 
@@ -53,7 +61,7 @@ pub(crate) fn quote_ident(dialect: Dialect, name: &str) -> String {
 fn placeholder(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::Postgres => format!("${n}"),
-        Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
+        Dialect::MySql | Dialect::Sqlite | Dialect::Snowflake | Dialect::BigQuery => "?".to_owned(),
     }
 }
 
@@ -275,6 +283,8 @@ pub(crate) fn max_iterator(
     let expr = match dialect {
         Dialect::Postgres if integer => format!("CAST(MAX({col}) AS BIGINT)"),
         Dialect::MySql if integer => format!("CAST(MAX({col}) AS SIGNED)"),
+        Dialect::Snowflake if integer => format!("CAST(MAX({col}) AS NUMBER(18,0))"),
+        Dialect::BigQuery if integer => format!("CAST(MAX({col}) AS INT64)"),
         Dialect::Sqlite if !integer => format!("MAX({})", iterator_expr(dialect, filter)),
         _ => format!("MAX({col})"),
     };
@@ -352,6 +362,11 @@ mod tests {
     fn quoting_doubles_quotes() {
         assert_eq!(quote_ident(Dialect::Postgres, "a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident(Dialect::MySql, "a`b"), "`a``b`");
+        assert_eq!(
+            quote_ident(Dialect::Snowflake, "Mixed \"Case"),
+            "\"Mixed \"\"Case\""
+        );
+        assert_eq!(quote_ident(Dialect::BigQuery, "a`b\\c"), "`a\\`b\\\\c`");
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn connection(kind: ConnectionKind, url: &str) -> Connection {
         seed_sql: None,
         statement_timeout: Duration::from_secs(30),
         chunk_rows: 1000,
+        cloud: None,
     }
 }
 

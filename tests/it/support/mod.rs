@@ -2,5 +2,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod emulators;
 pub mod fake_mparticle;
+pub mod fake_snowflake;
 pub mod project;
