@@ -257,16 +257,6 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     // checkpoint's, and only what was in flight at SIGTERM went out twice.
     assert_eq!(resumed.data_interval_start, first.data_interval_start);
     assert!(checkpoint.as_str() > "2026", "{checkpoint}");
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            fast.root()
-                .join(format!(".wsync/runs/big/{}/report.json", resumed.id)),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(report["spool"]["resumed_from_run"], first.id);
-    assert_eq!(report["spool"]["rows"], ROWS as u64);
     assert!(
         fake.duplicates() <= 4 * 100,
         "{} re-sent",
@@ -277,6 +267,18 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
         libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
     }
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    // Read once the daemon is gone: the report is written just after the
+    // run's record is committed.
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            fast.root()
+                .join(format!(".wsync/runs/big/{}/report.json", resumed.id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["spool"]["resumed_from_run"], first.id);
+    assert_eq!(report["spool"]["rows"], ROWS as u64);
     assert_eq!(fake.distinct_applied(), ROWS);
     assert_eq!(fake.batches().len(), ROWS + fake.duplicates());
     // `once` is done: a third start runs nothing.
