@@ -203,7 +203,6 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             Some(
                 SyncError::UnknownPipeline { .. }
                     | SyncError::Unsupported { .. }
-                    | SyncError::Refused { .. }
                     | SyncError::BadBound { .. }
             )
         );

@@ -21,16 +21,6 @@ pub enum SyncError {
         /// Existing ids.
         available: String,
     },
-    /// The model SQL is not a single SELECT.
-    #[error("{}: data model `{model}` was refused: {message}", file.display())]
-    Refused {
-        /// Model name.
-        model: String,
-        /// The `.sql` file.
-        file: PathBuf,
-        /// What the guard found.
-        message: String,
-    },
     /// The pipeline asks for something this version cannot do safely.
     #[error("pipeline `{pipeline}`: {message}")]
     Unsupported {

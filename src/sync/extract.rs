@@ -240,12 +240,8 @@ pub(crate) async fn open(
     pipeline: &Pipeline,
     filter: Option<IteratorFilter>,
 ) -> Result<(Warehouse, SourceQuery), SyncError> {
+    // The model was checked to be one SELECT when the project was loaded.
     let model = &project.models[&pipeline.data_model];
-    crate::source::check_single_select(&model.sql).map_err(|e| SyncError::Refused {
-        model: model.name.clone(),
-        file: model.path.clone(),
-        message: e.to_string(),
-    })?;
     let connection = &project.connections[&pipeline.connection];
     let warehouse = Warehouse::connect(connection).await?;
     let query = SourceQuery {

@@ -29,7 +29,7 @@ use crate::mapping::{MapStats, Mapper, MappingPlan, RejectedRow};
 use crate::sink::delivery::{Deliverer, DeliveryConfig, RequestObserver};
 use crate::sink::retry::RetryPolicy;
 use crate::sink::EventsApiClient;
-use crate::state::{NewRun, RunCounts, RunRecord, RunState, StateStore};
+use crate::state::{RunRecord, StateStore};
 use crate::telemetry::events;
 
 pub mod commit;
@@ -38,6 +38,7 @@ mod extract;
 pub mod inspect;
 pub mod output;
 mod plan;
+mod record;
 pub mod redeliver;
 pub mod report;
 pub mod spool;
@@ -293,106 +294,28 @@ pub async fn run(
         // A new extract needs room; a resumed spool is already on disk.
         spool::check_free_disk(dir.path(), ctx.project.state.min_free_disk_mb)?;
     }
-    let window_text = (
-        window.lower.as_ref().map(window::to_text),
-        window.upper.as_ref().map(window::to_text),
-    );
-    let interval = match &kind {
-        RunKind::Scheduled { interval } => *interval,
-        _ => None,
-    };
-
-    // The run record (a dry run leaves the state store exactly as it was: it
-    // is recorded by its report under runs_dir/<pipeline>/dry-<start time>/).
-    let (ids, dry_record) = if mode.dry_run {
-        let key = format!("dry-{}", started.format("%Y%m%dT%H%M%S%.6fZ"));
-        let record = RunRecord {
-            id: 0,
-            pipeline_id: pipeline.id.clone(),
-            state: RunState::Running,
-            run_type: kind.as_str().to_owned(),
-            dry_run: true,
-            start_date: started,
-            end_date: None,
-            data_interval_start: window_text.0.clone(),
-            data_interval_end: window_text.1.clone(),
-            counts: RunCounts::default(),
-            files: serde_json::Value::Null,
-            error: None,
-            interval,
-            checkpoint: None,
-            resumed_from: window.resumed_from,
-        };
-        (RunIds::new(ctx, &pipeline, 0, key), Some(record))
-    } else {
-        let id = ctx
-            .state
-            .start_run(&NewRun {
-                pipeline_id: &pipeline.id,
-                run_type: kind.as_str(),
-                dry_run: false,
-                now: started,
-                window: window_text.clone(),
-                interval,
-                resumed_from: window.resumed_from,
-            })
-            .await?;
-        (RunIds::new(ctx, &pipeline, id, id.to_string()), None)
-    };
-    let span = if mode.dry_run {
-        tracing::info_span!("run", pipeline = %pipeline.id, run_id = %ids.key)
-    } else {
-        tracing::info_span!("run", pipeline = %pipeline.id, run_id = ids.id)
-    };
-    {
-        let _entered = span.enter();
-        match &pending {
-            Some(m) => events::SpoolResumed {
-                run_id: m.run_id,
-                rows: m.rows,
-                window: (window_text.0.as_deref(), window_text.1.as_deref()),
-            }
-            .emit(),
-            None => {
-                if let (Some(from), Some(lower)) = (window.resumed_from, &window.lower) {
-                    events::RunResumed {
-                        resumed_from: from,
-                        checkpoint: &window::to_text(lower),
-                    }
-                    .emit();
-                }
-            }
-        }
-    }
+    let started_run = record::start(ctx, &pipeline, mode, &kind, started, &window).await?;
+    let record::Started {
+        ids,
+        dry_record,
+        span,
+    } = started_run;
+    record::announce(&span, pending.as_ref(), &window);
     let spool = spool.map(|dir| {
-        let manifest = match pending {
+        let plan = match pending {
             Some(mut m) => {
                 m.delivering_run = Some(ids.id);
                 SpoolPlan::Resume(m)
             }
-            None => SpoolPlan::Fresh(Manifest {
-                version: spool::MANIFEST_VERSION,
-                run_id: ids.id,
-                run_type: kind.as_str().to_owned(),
-                delivering_run: Some(ids.id),
-                requested: match &kind {
-                    RunKind::Backfill { from, until } => Some((from.clone(), until.clone())),
-                    _ => None,
-                },
-                created_at: started,
-                window_start: window_text.0.clone(),
-                window_end: window_text.1.clone(),
-                interval,
-                previous_watermark: window.previous.as_ref().map(window::to_text),
+            None => SpoolPlan::Fresh(record::new_manifest(
+                ids.id,
+                &kind,
+                started,
+                &window,
                 fingerprint,
-                columns: Vec::new(),
-                complete: false,
-                rows: 0,
-                chunks: 0,
-                bytes: 0,
-            }),
+            )),
         };
-        (dir, manifest)
+        (dir, plan)
     });
     let mut attempt = Attempt {
         ctx,
@@ -477,31 +400,7 @@ impl Attempt<'_> {
         let ctx = self.ctx;
         let pipeline = self.pipeline;
         // 2. Extract → spool (or resume the spool).
-        let summary = |dir: &SpoolDir, resumed: Option<&Manifest>| SpoolSummary {
-            dir: dir.path().to_owned(),
-            rows: resumed.map_or(0, |m| m.rows),
-            bytes: resumed.map_or(0, |m| m.bytes),
-            resumed_from: resumed.map(|m| m.run_id),
-            batches_already_done: 0,
-            kept: true,
-            warehouse_session: std::time::Duration::ZERO,
-        };
-        let (mut extract, dir) = match spool {
-            Some((dir, SpoolPlan::Resume(m))) => {
-                // Noted first: once this run commits, the spool is known done
-                // even if a crash keeps it from being deleted.
-                dir.write_manifest(&m)?;
-                self.spool = Some(summary(&dir, Some(&m)));
-                (Extract::resume(&dir, &m, &window)?, Some(dir))
-            }
-            Some((dir, SpoolPlan::Fresh(m))) => {
-                self.spool = Some(summary(&dir, None));
-                let extract =
-                    Extract::start(ctx, pipeline, &window, Some((dir.clone(), m))).await?;
-                (extract, Some(dir))
-            }
-            None => (Extract::start(ctx, pipeline, &window, None).await?, None),
-        };
+        let (mut extract, dir) = self.open_extract(&window, spool).await?;
         events::RunStarted {
             window_start: extract.lower.as_ref().map(window::to_text).as_deref(),
             window_end: extract.upper.as_ref().map(window::to_text).as_deref(),
@@ -529,6 +428,54 @@ impl Attempt<'_> {
         let mut transform = transform::Transform::new(Mapper::new(plan, pipeline), protection);
         let flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
 
+        self.conclude(extract, transform, outputs, flowed, &window)
+            .await
+    }
+
+    /// Stage 2: start the extract into the spool, or resume the spool.
+    async fn open_extract(
+        &mut self,
+        window: &WindowPlan,
+        spool: Option<(SpoolDir, SpoolPlan)>,
+    ) -> Result<(Extract, Option<SpoolDir>), SyncError> {
+        let (ctx, pipeline) = (self.ctx, self.pipeline);
+        let summary = |dir: &SpoolDir, resumed: Option<&Manifest>| SpoolSummary {
+            dir: dir.path().to_owned(),
+            rows: resumed.map_or(0, |m| m.rows),
+            bytes: resumed.map_or(0, |m| m.bytes),
+            resumed_from: resumed.map(|m| m.run_id),
+            batches_already_done: 0,
+            kept: true,
+            warehouse_session: std::time::Duration::ZERO,
+        };
+        Ok(match spool {
+            Some((dir, SpoolPlan::Resume(m))) => {
+                // Noted first: once this run commits, the spool is known done
+                // even if a crash keeps it from being deleted.
+                dir.write_manifest(&m)?;
+                self.spool = Some(summary(&dir, Some(&m)));
+                (Extract::resume(&dir, &m, window)?, Some(dir))
+            }
+            Some((dir, SpoolPlan::Fresh(m))) => {
+                self.spool = Some(summary(&dir, None));
+                let extract = Extract::start(ctx, pipeline, window, Some((dir.clone(), m))).await?;
+                (extract, Some(dir))
+            }
+            None => (Extract::start(ctx, pipeline, window, None).await?, None),
+        })
+    }
+
+    /// After the flow: wait for (or stop) the extract, finish every output,
+    /// and decide the run's result and watermark.
+    async fn conclude(
+        &mut self,
+        mut extract: Extract,
+        transform: transform::Transform,
+        mut outputs: Vec<Box<dyn RunOutput>>,
+        flowed: Result<(), SyncError>,
+        window: &WindowPlan,
+    ) -> Result<(), SyncError> {
+        let (ctx, pipeline) = (self.ctx, self.pipeline);
         // The extract is over, or is stopped: on shutdown, and when the flow
         // failed and nobody reads the stream any more. A spooled extract that
         // outlives a failed delivery is finished, so the next run resumes the
@@ -646,6 +593,22 @@ impl Attempt<'_> {
             outputs.push(Box::new(output::parquet::ParquetExports::new(exports)));
         }
         let protection = crate::resolve::Protection::open(project, pipeline, &self.ids.dir).await?;
+        if let Some(events) = self.events_output(spool, store).await? {
+            outputs.push(events);
+        }
+        Ok((outputs, protection))
+    }
+
+    /// The Events API output: delivering (dead letters of earlier runs re-sent
+    /// first), or, in a dry run, packing and counting what would be sent.
+    /// `None` for pipelines that send nothing (export only).
+    async fn events_output(
+        &mut self,
+        spool: Option<&SpoolDir>,
+        store: output::dead_letters::DeadLetterStore,
+    ) -> Result<Option<Box<dyn RunOutput>>, SyncError> {
+        let (ctx, pipeline) = (self.ctx, self.pipeline);
+        let project = &ctx.project;
         let deliverer = match (&pipeline.feed, self.mode.delivers) {
             (Some(feed), true) => Some(
                 deliverer_for(&project.feeds[feed])?
@@ -682,7 +645,7 @@ impl Attempt<'_> {
                 ),
                 _ => (None, spool::AckSet::default()),
             };
-            outputs.push(Box::new(output::events_api::EventsApi::new(
+            return Ok(Some(Box::new(output::events_api::EventsApi::new(
                 output::events_api::EventsApiSettings {
                     dead_letters: deliverer.is_some().then_some(store),
                     deliverer,
@@ -693,9 +656,9 @@ impl Attempt<'_> {
                     grace: project.daemon.shutdown_grace,
                     progress: Arc::clone(&ctx.progress),
                 },
-            )));
+            ))));
         }
-        Ok((outputs, protection))
+        Ok(None)
     }
 }
 
