@@ -638,6 +638,10 @@ impl Attempt<'_> {
                 }
                 _ => None,
             };
+            let superseded = match &deliverer {
+                Some(_) => redeliver::Superseded::load(&ctx.state, &pipeline.id).await?,
+                None => redeliver::Superseded::default(),
+            };
             let (ack_log, already_done) = match spool {
                 Some(dir) if deliverer.is_some() => (
                     Some(spool::AckLog::open(&dir.acks_path())?),
@@ -651,6 +655,7 @@ impl Attempt<'_> {
                     deliverer,
                     ack_log,
                     already_done,
+                    superseded,
                     checkpoints: checkpoints.filter(|_| !self.mode.dry_run),
                     shutdown: ctx.shutdown.clone(),
                     grace: project.daemon.shutdown_grace,

@@ -2,6 +2,11 @@
 //! keeps `retry_dead_letters`), and on demand with `wsync dead-letters retry`.
 //! One routine for both: delivered letters are removed, refused ones stay with
 //! one more attempt counted.
+//!
+//! A dead letter must never overwrite a newer value: once a later send of the
+//! same profile (the same identities) is acknowledged, the older letter is
+//! *superseded* and deleted ([`Superseded`]), so neither the next run nor
+//! `wsync dead-letters retry` replays stale attributes over fresh ones.
 
 use std::collections::{HashMap, HashSet};
 
@@ -115,5 +120,59 @@ pub async fn redeliver(
             delivered: removed.len() as u64,
             refused: bumped.len() as u64,
         }),
+    }
+}
+
+/// Who a batch is for: its identities, device ids and mpid, hashed and sorted.
+/// `None` for JSON that is not a batch.
+pub fn profile_key(batch_json: &[u8]) -> Option<Vec<u128>> {
+    let ids = crate::resolve::RowIdentities::from_batch(batch_json).ok()?;
+    let mut key: Vec<u128> = ids.key_hashes().collect();
+    if key.is_empty() {
+        return None;
+    }
+    key.sort_unstable();
+    Some(key)
+}
+
+/// The pipeline's batch dead letters by the profile they are for, so that a
+/// newer acknowledged send to that profile can retire them.
+#[derive(Debug, Default)]
+pub struct Superseded {
+    by_profile: HashMap<Vec<u128>, Vec<i64>>,
+}
+
+impl Superseded {
+    /// Load the dead letters left after the run's re-send.
+    pub async fn load(state: &StateStore, pipeline: &str) -> Result<Self, SyncError> {
+        let letters = state
+            .dead_letters(
+                pipeline,
+                Some(DeadLetterKind::Batch),
+                MAX_DEAD_LETTER_RETRIES,
+                0,
+            )
+            .await?;
+        let mut by_profile: HashMap<Vec<u128>, Vec<i64>> = HashMap::new();
+        for letter in letters {
+            if let Some(key) = profile_key(letter.payload.as_bytes()) {
+                by_profile.entry(key).or_default().push(letter.id);
+            }
+        }
+        Ok(Self { by_profile })
+    }
+
+    /// Nothing to retire: batches need not be looked at.
+    pub fn is_empty(&self) -> bool {
+        self.by_profile.is_empty()
+    }
+
+    /// The letters a send of `batch_json` would retire once acknowledged.
+    pub fn letters_for(&self, batch_json: &[u8]) -> Option<&[i64]> {
+        if self.by_profile.is_empty() {
+            return None;
+        }
+        let key = profile_key(batch_json)?;
+        self.by_profile.get(&key).map(Vec::as_slice)
     }
 }

@@ -616,3 +616,89 @@ request_timeout_secs = 5
         .all(|l| l.reason == "http_400" && l.payload.contains("\"poison\":true")));
     assert!(ctx.state.watermark("people").await.unwrap().is_some());
 }
+
+/// Issue 16, item 16: a dead letter replayed long after the fact must not
+/// overwrite a newer value of the same profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replayed_late_never_overwrite_newer_values() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sync_pg_supersede");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, tier text, poison boolean, updated_at timestamptz NOT NULL);
+         INSERT INTO {table} VALUES
+           ('s1', 'A', false, now() - interval '2 hours'),
+           ('s2', 'A', true, now() - interval '2 hours');"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_poison_rule(true);
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.model(
+        "people",
+        &format!("SELECT customer_id, tier, poison, updated_at FROM {table}"),
+    );
+    // The next run must not replay the letter first: the newer value is what
+    // retires it.
+    p.pipeline(
+        "people",
+        r#"
+connection = "pg"
+data_model = "people"
+feed = "fake"
+retry_dead_letters = false
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+"#,
+    );
+    let ctx = p.context().await;
+    let first = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(first.record.counts.dead_letters, 1);
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (1, 0)
+    );
+
+    // s2 changes to tier B (and is no longer refused); the run sends it.
+    sqlx::raw_sql(&format!(
+        "UPDATE {table} SET tier = 'B', poison = false, updated_at = now() WHERE customer_id = 's2'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    fake.set_poison_rule(false);
+    let second = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.record.state,
+        RunState::Success,
+        "{:?}",
+        second.record.error
+    );
+    assert_eq!(second.record.counts.batches_sent, 1);
+    // The tier-A letter was retired by the acknowledged tier-B send ...
+    assert_eq!(
+        ctx.state.count_dead_letters("people").await.unwrap(),
+        (0, 0)
+    );
+    // ... so a late replay has nothing stale to send.
+    let (delivered, refused) = wsync::sync::retry_dead_letters_now(&ctx, "people")
+        .await
+        .unwrap();
+    assert_eq!((delivered, refused), (0, 0));
+    let profile = fake
+        .profiles()
+        .into_iter()
+        .find(|p| p.identities.get("customer_id") == Some(&serde_json::json!("s2")))
+        .expect("s2's profile");
+    assert_eq!(profile.attributes["tier"], "B");
+}

@@ -39,15 +39,22 @@ use crate::telemetry::progress::RunProgress;
 
 use super::dead_letters::DeadLetterStore;
 use super::{RunEnd, RunOutput, Tally, Transformed};
+use crate::sync::redeliver::Superseded;
 
-/// A finished request: its number, batch range, body size and outcome.
-type Finished = (
-    u64,
-    BatchKey,
-    BatchKey,
-    usize,
-    Result<Result<RequestOutcome, DeliveryError>, JoinError>,
-);
+/// A request's dead letters of earlier runs that its batches supersede: the
+/// batch's id, and the letters for the same profile.
+type Supersedes = Vec<(String, Vec<i64>)>;
+
+/// A finished request: its number, batch range, body size, the letters it
+/// supersedes, and its outcome.
+struct Finished {
+    number: u64,
+    first: BatchKey,
+    last: BatchKey,
+    bytes: usize,
+    supersedes: Supersedes,
+    result: Result<Result<RequestOutcome, DeliveryError>, JoinError>,
+}
 
 /// Where an incremental run commits checkpoints.
 #[derive(Debug, Clone)]
@@ -71,6 +78,9 @@ pub struct EventsApiSettings {
     pub ack_log: Option<AckLog>,
     /// Batches already done by an earlier run of the same spool.
     pub already_done: AckSet,
+    /// Dead letters of earlier runs, retired when a newer send to the same
+    /// profile is acknowledged.
+    pub superseded: Superseded,
     /// Checkpoints, for incremental runs that move the watermark.
     pub checkpoints: Option<Checkpoints>,
     /// Shutdown: in-flight requests get `grace` to finish, then are abandoned.
@@ -87,6 +97,8 @@ pub struct EventsApi {
     packer: RequestPacker,
     /// First and last batch in the packer.
     pending: Option<(BatchKey, BatchKey)>,
+    /// Dead letters the packer's batches supersede.
+    pending_supersedes: Supersedes,
     in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
     /// How to stop each request still in flight, by number: a run that ends
     /// abandons them, and must not go on sending in the background.
@@ -106,6 +118,8 @@ pub struct EventsApi {
     batches_acknowledged: u64,
     batches_skipped: u64,
     dead_letters: u64,
+    /// Dead letters retired by newer sends.
+    retired: u64,
 }
 
 impl std::fmt::Debug for EventsApi {
@@ -124,6 +138,7 @@ impl EventsApi {
             settings,
             packer: RequestPacker::default(),
             pending: None,
+            pending_supersedes: Vec::new(),
             in_flight: FuturesUnordered::new(),
             aborts: HashMap::new(),
             submitted: 0,
@@ -136,18 +151,31 @@ impl EventsApi {
             batches_acknowledged: 0,
             batches_skipped: 0,
             dead_letters: 0,
+            retired: 0,
         }
     }
 
-    fn push(&mut self, batch: &EncodedBatch) -> Option<(PackedRequest, BatchKey, BatchKey)> {
+    fn push(
+        &mut self,
+        batch: &EncodedBatch,
+    ) -> Option<(PackedRequest, BatchKey, BatchKey, Supersedes)> {
         let key = (batch.row, batch.part);
+        let matched = self
+            .settings
+            .superseded
+            .letters_for(&batch.json)
+            .map(|ids| (batch.source_request_id.clone(), ids.to_vec()));
         let full = self.packer.push(batch);
         let range = self.pending.take();
         self.pending = Some(match (&full, range) {
             (None, Some((first, _))) => (first, key),
             _ => (key, key),
         });
-        full.zip(range).map(|(r, (first, last))| (r, first, last))
+        let done = full.zip(range).map(|(r, (first, last))| {
+            (r, first, last, std::mem::take(&mut self.pending_supersedes))
+        });
+        self.pending_supersedes.extend(matched);
+        done
     }
 
     /// Hand a request to the deliverer (waiting for an in-flight slot: the
@@ -157,6 +185,7 @@ impl EventsApi {
         request: PackedRequest,
         first: BatchKey,
         last: BatchKey,
+        supersedes: Supersedes,
     ) -> Result<(), SyncError> {
         self.requests += 1;
         self.request_bytes += request.body.len() as u64;
@@ -180,8 +209,18 @@ impl EventsApi {
         self.submitted += 1;
         let number = self.submitted;
         self.aborts.insert(number, handle.abort_handle());
-        self.in_flight
-            .push(handle.map(move |r| (number, first, last, bytes, r)).boxed());
+        self.in_flight.push(
+            handle
+                .map(move |result| Finished {
+                    number,
+                    first,
+                    last,
+                    bytes,
+                    supersedes,
+                    result,
+                })
+                .boxed(),
+        );
         self.collect_ready().await
     }
 
@@ -195,10 +234,15 @@ impl EventsApi {
 
     /// Record one finished request: acknowledged batches counted, refused ones
     /// stored as dead letters, then the range logged as done.
-    async fn record(
-        &mut self,
-        (number, first, last, bytes, result): Finished,
-    ) -> Result<(), SyncError> {
+    async fn record(&mut self, finished: Finished) -> Result<(), SyncError> {
+        let Finished {
+            number,
+            first,
+            last,
+            bytes,
+            supersedes,
+            result,
+        } = finished;
         self.aborts.remove(&number);
         // A request that failed stays in the frontier's way: its rows were not
         // delivered, so no checkpoint may pass them.
@@ -244,10 +288,37 @@ impl EventsApi {
                 self.dead_letters += store.store(&letters).await?;
             }
         }
+        if !supersedes.is_empty() {
+            self.retire(&supersedes, &outcome.acknowledged).await?;
+        }
         // Logged only once the outcome is stored: a crash in between re-sends
         // the request, which mParticle dedupes, rather than losing it.
         if let Some(log) = self.settings.ack_log.as_mut() {
             log.append(first, last)?;
+        }
+        Ok(())
+    }
+
+    /// Delete the dead letters whose profile a batch of this request updated
+    /// with a newer value that was just acknowledged.
+    async fn retire(
+        &mut self,
+        supersedes: &Supersedes,
+        acknowledged: &[String],
+    ) -> Result<(), SyncError> {
+        let acknowledged: std::collections::HashSet<&str> =
+            acknowledged.iter().map(String::as_str).collect();
+        let ids: Vec<i64> = supersedes
+            .iter()
+            .filter(|(id, _)| acknowledged.contains(id.as_str()))
+            .flat_map(|(_, letters)| letters.iter().copied())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        if let Some(store) = &self.settings.dead_letters {
+            store.state.remove_dead_letters(&ids).await?;
+            self.retired += ids.len() as u64;
         }
         Ok(())
     }
@@ -346,8 +417,8 @@ impl RunOutput for EventsApi {
                     self.batches_skipped += 1;
                     continue;
                 }
-                if let Some((request, first, last)) = self.push(batch) {
-                    self.send(request, first, last).await?;
+                if let Some((request, first, last, supersedes)) = self.push(batch) {
+                    self.send(request, first, last, supersedes).await?;
                 }
             }
             let rows = chunk.chunk.num_rows();
@@ -379,7 +450,8 @@ impl RunOutput for EventsApi {
             if end == RunEnd::Complete {
                 if let (Some(request), Some((first, last))) = (self.packer.take(), self.pending) {
                     self.pending = None;
-                    result = self.send(request, first, last).await;
+                    let supersedes = std::mem::take(&mut self.pending_supersedes);
+                    result = self.send(request, first, last, supersedes).await;
                 }
             }
             let drained = self.drain().await;
@@ -409,6 +481,12 @@ impl RunOutput for EventsApi {
             tally.requests += self.requests;
             tally.request_bytes += self.request_bytes;
             tally.batches_already_done += self.batches_skipped;
+            if self.retired > 0 {
+                tracing::info!(
+                    count = self.retired,
+                    "Dead letters superseded by a newer acknowledged send of the same profile were deleted."
+                );
+            }
             if self.batches_skipped > 0 {
                 tracing::info!(
                     batches = self.batches_skipped,
