@@ -388,3 +388,36 @@ fn status_pause_resume_and_backfill_as_a_user_meets_them() {
     let (_, stdout, _) = p.wsync(&["runs", "--json"], &[]);
     assert_eq!(stdout, "", "dry runs and dry backfills leave no run record");
 }
+
+/// `wsync run --write-batches` on a dry run writes every would-be batch, and
+/// each one passes the fake Events API's checks (the rules mParticle applies),
+/// as does every batch `wsync preview` prints.
+#[test]
+fn write_batches_and_preview_produce_batches_the_events_api_accepts() {
+    let p = demo_project();
+    let (code, stdout, stderr) = p.wsync(&["run", "demo_users", "--write-batches"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Would-be batches: "))
+        .expect("the summary names the batches file");
+    let batches = read_jsonl(Path::new(path));
+    assert_eq!(batches.len(), 7, "the demo has 7 rows with an identity");
+    for batch in &batches {
+        crate::support::fake_mparticle::validate_batch(batch)
+            .unwrap_or_else(|e| panic!("{e}: {batch}"));
+    }
+    let (code, stdout, _) = p.wsync(&["preview", "demo_users", "--limit", "3"], &[]);
+    assert_eq!(code, 0);
+    let previewed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(previewed.len(), 3);
+    for batch in &previewed {
+        crate::support::fake_mparticle::validate_batch(batch)
+            .unwrap_or_else(|e| panic!("{e}: {batch}"));
+    }
+    assert_eq!(
+        previewed[..],
+        batches[..3],
+        "preview shows what the run would send"
+    );
+}

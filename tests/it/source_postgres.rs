@@ -451,3 +451,85 @@ async fn source_postgres_statement_timeout() {
     assert!(!err.is_retryable());
     wh.ping().await.expect("usable afterwards");
 }
+
+/// TLS to the warehouse: `sslmode=require` reads over TLS (the server's own
+/// view of the session says so), `sslmode=disable` does not, and a
+/// certificate that cannot be verified is a clear connection error without
+/// the URL's password.
+#[tokio::test]
+async fn tls_to_the_warehouse_follows_the_url() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let server_tls: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if server_tls != "on" {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the test PostgreSQL has TLS off; CI needs it on"
+        );
+        eprintln!("skipping: the test PostgreSQL has TLS off");
+        return;
+    }
+    let base = db::postgres_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let model = "SELECT ssl::text AS tls FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (mode, expected) in [("require", "true"), ("disable", "false")] {
+        let url = format!("{base}{sep}sslmode={mode}");
+        let mut wh = Warehouse::connect(&connection(ConnectionKind::Postgres, &url))
+            .await
+            .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        let (_, _, batches) = extract_all(&mut wh, &query("tls", model), 10)
+            .await
+            .unwrap();
+        let tls = col::<StringArray>(&batches[0], "tls");
+        assert_eq!(tls.value(0), expected, "sslmode={mode}");
+    }
+    // A root certificate the server's certificate was not signed by.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("root.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=wsync-bogus-ca",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(dir.path().join("root.key"))
+        .arg("-out")
+        .arg(&bogus)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let with_password = base.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:hunter2-secret@",
+        1,
+    );
+    let url = format!(
+        "{with_password}{sep}sslmode=verify-full&sslrootcert={}",
+        bogus.display()
+    );
+    let err = Warehouse::connect(&connection(ConnectionKind::Postgres, &url))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(err.contains("test_postgres"), "names the connection: {err}");
+}

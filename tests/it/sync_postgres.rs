@@ -702,3 +702,64 @@ iterator_data_type = "timestamp_tz"
         .expect("s2's profile");
     assert_eq!(profile.attributes["tier"], "B");
 }
+
+/// Batches near mParticle's 128 KiB limit and requests near 256 KiB reach the
+/// fake (which enforces both) and are all accepted: nothing is cut too late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_near_128_kib_and_requests_near_256_kib_are_accepted() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sync_pg_near_limit");
+    // 31 attributes of 4,000 characters: each row's batch is about 124 KiB.
+    let columns: Vec<String> = (1..=31)
+        .map(|i| format!("repeat(chr(97 + {i} % 26), 4000) AS attr_{i}"))
+        .collect();
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} AS SELECT 'near' || g AS customer_id, now() - interval '1 hour' AS updated_at, {}
+         FROM generate_series(1, 6) g",
+        columns.join(", ")
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&table, &fake.base_url(), SECRET);
+    p.model("people", &format!("SELECT * FROM {table}"));
+    let ctx = p.context().await;
+    let report = wsync::sync::run(&ctx, "people", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.record.state,
+        RunState::Success,
+        "{:?}",
+        report.record.error
+    );
+    let c = &report.record.counts;
+    assert_eq!(
+        (c.batches_sent, c.dead_letters, c.values_truncated),
+        (6, 0, 0)
+    );
+    let sizes: Vec<usize> = fake
+        .batches()
+        .iter()
+        .map(|b| serde_json::to_vec(b).unwrap().len())
+        .collect();
+    assert!(
+        sizes.iter().all(|&n| n > 120_000 && n < 131_072),
+        "batch sizes {sizes:?}"
+    );
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.status == 202 && r.body_bytes < 262_144),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.body_bytes > 240_000),
+        "two near-limit batches share a request just under 256 KiB: {:?}",
+        requests.iter().map(|r| r.body_bytes).collect::<Vec<_>>()
+    );
+}
