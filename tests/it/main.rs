@@ -13,6 +13,7 @@ mod export;
 mod export_runs;
 mod fake_selftest;
 mod kill;
+mod mapping_props;
 mod observability;
 mod perf_smoke;
 mod protect;
