@@ -31,6 +31,15 @@ pub(crate) mod resolver;
 
 /// mParticle's limit on a user attribute name.
 const MAX_ATTRIBUTE_NAME_CHARS: usize = 256;
+/// Upper bound of second counts that are timeouts, grace periods or backoffs
+/// (one day).
+pub(crate) const MAX_SHORT_SECS: u64 = 86_400;
+/// Upper bound of `statement_timeout_secs` and `retry_deadline_secs` (one week;
+/// PostgreSQL's `statement_timeout` stops at 24.8 days in milliseconds).
+pub(crate) const MAX_LONG_SECS: u64 = 604_800;
+/// Upper bound of `sync_mode.lag` (about 10 years in seconds); larger values
+/// overflow date arithmetic.
+const MAX_LAG: i64 = 315_360_000;
 /// Upper bound of `chunk_rows`: keeps one chunk's memory bounded.
 const MAX_CHUNK_ROWS: i64 = 100_000;
 
@@ -305,16 +314,24 @@ impl Ctx<'_> {
         None
     }
 
-    /// A positive number of seconds.
-    fn seconds(&mut self, key_path: &str, value: Option<i64>, fallback: Duration) -> Duration {
+    /// A number of seconds from 1 to `max`: a bound keeps every deadline computed
+    /// from it (`Instant + Duration`, SQL `statement_timeout` in milliseconds)
+    /// far from overflow.
+    fn seconds(
+        &mut self,
+        key_path: &str,
+        value: Option<i64>,
+        fallback: Duration,
+        max: u64,
+    ) -> Duration {
         match value {
             None => fallback,
-            Some(n) if n > 0 => Duration::from_secs(n.unsigned_abs()),
+            Some(n) if n > 0 && n.unsigned_abs() <= max => Duration::from_secs(n.unsigned_abs()),
             Some(n) => {
                 self.push(
                     key_path,
-                    format!("must be more than 0 seconds, not {n}"),
-                    "use e.g. 30",
+                    format!("must be between 1 and {max} seconds, not {n}"),
+                    format!("use e.g. {} (the default)", fallback.as_secs()),
                 );
                 fallback
             }
@@ -500,12 +517,14 @@ fn validate_defaults(ctx: &mut Ctx<'_>, raw: Option<&RawDefaults>) -> Defaults {
         "defaults.statement_timeout_secs",
         raw.statement_timeout_secs,
         d.statement_timeout,
+        MAX_LONG_SECS,
     );
     d.chunk_rows = ctx.chunk_rows("defaults.chunk_rows", raw.chunk_rows, d.chunk_rows);
     d.request_timeout = ctx.seconds(
         "defaults.request_timeout_secs",
         raw.request_timeout_secs,
         d.request_timeout,
+        MAX_SHORT_SECS,
     );
     d
 }
@@ -513,7 +532,7 @@ fn validate_defaults(ctx: &mut Ctx<'_>, raw: Option<&RawDefaults>) -> Defaults {
 fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings {
     let d = DaemonSettings::default();
     let Some(raw) = raw else { return d };
-    DaemonSettings {
+    let settings = DaemonSettings {
         max_concurrent_runs: ctx.int_in(
             "daemon.max_concurrent_runs",
             raw.max_concurrent_runs,
@@ -525,6 +544,7 @@ fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings
             "daemon.shutdown_grace_secs",
             raw.shutdown_grace_secs,
             d.shutdown_grace,
+            MAX_SHORT_SECS,
         ),
         checkpoint_rows: ctx.int_in(
             "daemon.checkpoint_rows",
@@ -549,7 +569,25 @@ fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings
             },
         },
         http_token_env: raw.http_token_env.clone(),
+    };
+    // Without a token the API lets anyone who reaches it trigger, pause and
+    // resume pipelines: fine for this machine's users only (warned at start-up),
+    // never for the network.
+    if let Some(addr) = settings.http_bind {
+        if !addr.ip().is_loopback() && settings.http_token_env.is_none() {
+            ctx.push(
+                "daemon.http_bind",
+                format!(
+                    "`{addr}` is reachable from other machines, and the HTTP API has no token \
+                     (daemon.http_token_env is not set): anyone who reaches it could trigger, \
+                     pause and resume pipelines"
+                ),
+                "set http_token_env = \"WSYNC_API_TOKEN\" (and export that variable), or bind \
+                 to 127.0.0.1",
+            );
+        }
     }
+    settings
 }
 
 const DEFAULT_STATE_URL: &str = "sqlite://.wsync/state.db";
@@ -702,6 +740,7 @@ fn validate_connection(
         &format!("{base}.statement_timeout_secs"),
         raw.statement_timeout_secs,
         defaults.statement_timeout,
+        MAX_LONG_SECS,
     );
     let chunk_rows = ctx.chunk_rows(
         &format!("{base}.chunk_rows"),
@@ -741,14 +780,10 @@ fn validate_feed(
             ctx.choice_with(&format!("{base}.pod"), pod, "pod", PODS, true)
                 .map(|p| p.base_url().to_owned())
         }
-        (None, Some(url)) => match check_base_url(url) {
+        (None, Some(url)) => match check_base_url(url, raw.allow_insecure_http.unwrap_or(false)) {
             Ok(url) => Some(url),
             Err(problem) => {
-                ctx.push(
-                    &format!("{base}.base_url"),
-                    problem,
-                    "use an http:// or https:// URL such as \"https://s2s.us1.mparticle.com\"",
-                );
+                ctx.push(&format!("{base}.base_url"), problem, BASE_URL_HINT);
                 None
             }
         },
@@ -801,6 +836,7 @@ fn validate_feed(
         &format!("{base}.request_timeout_secs"),
         raw.request_timeout_secs,
         defaults.request_timeout,
+        MAX_SHORT_SECS,
     );
     let d = DeliverySettings::default();
     let delivery = DeliverySettings {
@@ -837,11 +873,13 @@ fn validate_feed(
             &format!("{base}.retry_max_backoff_secs"),
             raw.retry_max_backoff_secs,
             d.retry_max_backoff,
+            MAX_SHORT_SECS,
         ),
         retry_deadline: ctx.seconds(
             &format!("{base}.retry_deadline_secs"),
             raw.retry_deadline_secs,
             d.retry_deadline,
+            MAX_LONG_SECS,
         ),
     };
     PendingFeed {
@@ -856,17 +894,35 @@ fn validate_feed(
     }
 }
 
-/// An http(s) URL with a host, returned without trailing slashes.
-fn check_base_url(raw: &str) -> Result<String, String> {
+/// An http(s) URL with a host, returned without trailing slashes. Plain
+/// `http://` carries the API key and secret in clear text, so it is refused
+/// unless the host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`)
+/// or the user opted in with `allow_insecure_http = true`.
+fn check_base_url(raw: &str, allow_insecure_http: bool) -> Result<String, String> {
     let parsed = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a valid URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("`{raw}` is not an http or https URL"));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{raw}` has no host"));
+    let loopback = match parsed.host() {
+        None => return Err(format!("`{raw}` has no host")),
+        Some(url::Host::Domain("")) => return Err(format!("`{raw}` has no host")),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+    };
+    if parsed.scheme() == "http" && !loopback && !allow_insecure_http {
+        return Err(format!(
+            "`{raw}` is plain http to a host that is not this machine: the API key and secret \
+             would travel in clear text"
+        ));
     }
     Ok(raw.trim_end_matches('/').to_owned())
 }
+
+/// The hint for a refused `base_url`.
+const BASE_URL_HINT: &str =
+    "use an https:// URL such as \"https://s2s.us1.mparticle.com\" (http:// \
+     only to 127.0.0.1 or localhost, or with allow_insecure_http = true)";
 
 /// Exactly one of `KEY`, `KEY_env`, `KEY_file` under `base`.
 fn secret(
@@ -1374,11 +1430,11 @@ fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMode {
             }
             let lag = match raw.lag {
                 None => 0,
-                Some(n) if n >= 0 => n,
+                Some(n) if (0..=MAX_LAG).contains(&n) => n,
                 Some(n) => {
                     ctx.push(
                         "sync_mode.lag",
-                        format!("must be 0 or more, not {n}"),
+                        format!("must be between 0 and {MAX_LAG}, not {n}"),
                         "lag is how much to re-read below the watermark: seconds for time \
                          iterators, values for an integer sequence",
                     );
@@ -2013,8 +2069,8 @@ environment = "development"
             errors,
             vec![
                 "wsync.toml:2: defaults.chunk_rows: must be between 1 and 100000, not 0",
-                "wsync.toml:3: defaults.statement_timeout_secs: must be more than 0 seconds, not -1",
-                "wsync.toml:4: defaults.request_timeout_secs: must be more than 0 seconds, not 0",
+                "wsync.toml:3: defaults.statement_timeout_secs: must be between 1 and 604800 seconds, not -1",
+                "wsync.toml:4: defaults.request_timeout_secs: must be between 1 and 86400 seconds, not 0",
                 "wsync.toml:5: defaults.null_policy: `drop` is not a valid null policy",
             ]
         );
@@ -2086,10 +2142,130 @@ api_secret = "x"
                 "wsync.toml:9: feeds.b.pod: `EU2` is not a valid pod\n  hint: did you mean `EU1`? use one of: US1, US2, EU1, AU1",
                 "wsync.toml:12: feeds.b.api_secret_file: `api_secret_env` and `api_secret_file` are both set\n  hint: set exactly one of api_secret, api_secret_env or api_secret_file",
                 "wsync.toml:13: feeds.b.environment: `prod` is not a valid environment\n  hint: did you mean `production`? use one of: development, production",
-                "wsync.toml:16: feeds.c.base_url: `ftp://example.com` is not an http or https URL\n  hint: use an http:// or https:// URL such as \"https://s2s.us1.mparticle.com\"",
+                "wsync.toml:16: feeds.c.base_url: `ftp://example.com` is not an http or https URL\n  hint: use an https:// URL such as \"https://s2s.us1.mparticle.com\" (http:// only to 127.0.0.1 or localhost, or with allow_insecure_http = true)",
                 "wsync.toml:17: feeds.c.api_key: has a `${` without a closing `}`\n  hint: write ${NAME} to insert environment variable NAME, and $${ for a literal ${",
             ]
         );
+    }
+
+    #[test]
+    fn config_plain_http_base_url_needs_loopback_or_opt_in() {
+        let feeds = |url: &str, opt_in: &str| {
+            format!(
+                "[feeds.f]\nbase_url = \"{url}\"\napi_key = \"k\"\napi_secret = \"s\"\n{opt_in}"
+            )
+        };
+        for url in [
+            "https://proxy.internal",
+            "http://127.0.0.1:9999",
+            "http://127.8.0.1",
+            "http://[::1]:80/",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(
+                check(&feeds(url, ""), &[], false).1,
+                Vec::<String>::new(),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://proxy.internal",
+            "http://10.0.0.5:8080",
+            "http://[fe80::1]/",
+        ] {
+            let errors = check(&feeds(url, ""), &[], false).1;
+            assert_eq!(
+                errors,
+                vec![format!("wsync.toml:2: feeds.f.base_url: `{url}` is plain http to a host that is not this machine: the API key and secret would travel in clear text")]
+            );
+            let errors = check(&feeds(url, "allow_insecure_http = true\n"), &[], false).1;
+            assert_eq!(errors, Vec::<String>::new(), "{url} with the opt-in");
+        }
+        // The resolver's base_url follows the same rule.
+        let body = format!("{HEAD}[resolver]\ntype = \"idsync\"\nbase_url = \"http://idsync.internal\"\napi_key = \"k\"\napi_secret = \"s\"\n");
+        let errors = pipeline_errors(&body);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("resolver.base_url") && e.contains("clear text")),
+            "{errors:?}"
+        );
+        let body = body.replace("[resolver]\n", "[resolver]\nallow_insecure_http = true\n");
+        let errors = pipeline_errors(&body);
+        assert!(
+            !errors.iter().any(|e| e.contains("resolver.base_url")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn config_durations_and_numbers_are_bounded() {
+        let (_, errors) = check(
+            r#"
+[defaults]
+statement_timeout_secs = 99999999999
+request_timeout_secs = 86401
+
+[daemon]
+shutdown_grace_secs = 9223372036854775807
+
+[feeds.f]
+base_url = "http://127.0.0.1:1"
+api_key = "k"
+api_secret = "s"
+retry_deadline_secs = 604801
+retry_max_backoff_secs = 0
+"#,
+            &[],
+            false,
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "wsync.toml:3: defaults.statement_timeout_secs: must be between 1 and 604800 seconds, not 99999999999",
+                "wsync.toml:4: defaults.request_timeout_secs: must be between 1 and 86400 seconds, not 86401",
+                "wsync.toml:7: daemon.shutdown_grace_secs: must be between 1 and 86400 seconds, not 9223372036854775807",
+                "wsync.toml:13: feeds.f.retry_deadline_secs: must be between 1 and 604800 seconds, not 604801",
+                "wsync.toml:14: feeds.f.retry_max_backoff_secs: must be between 1 and 86400 seconds, not 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn config_huge_lag_is_refused_not_a_panic() {
+        let body = format!("{HEAD}[sync_mode]\ntype = \"incremental\"\niterator_field = \"updated_at\"\niterator_data_type = \"timestamp_tz\"\nlag = 9223372036854775807\n");
+        let errors = pipeline_errors(&body);
+        assert_eq!(
+            errors,
+            vec!["schedules/p.toml:9: sync_mode.lag: must be between 0 and 315360000, not 9223372036854775807"]
+        );
+    }
+
+    #[test]
+    fn api_non_loopback_bind_needs_a_token() {
+        let daemon = |extra: &str| format!("[daemon]\n{extra}");
+        for ok in [
+            "http_bind = \"127.0.0.1:9184\"\n",
+            "http_bind = \"[::1]:9184\"\n",
+            "http_bind = \"\"\n",
+            "http_bind = \"0.0.0.0:9184\"\nhttp_token_env = \"T\"\n",
+        ] {
+            assert_eq!(
+                check(&daemon(ok), &[], false).1,
+                Vec::<String>::new(),
+                "{ok}"
+            );
+        }
+        for bind in ["0.0.0.0:9184", "10.1.2.3:80", "[::]:9184"] {
+            let errors = check(&daemon(&format!("http_bind = \"{bind}\"\n")), &[], false).1;
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("wsync.toml:2: daemon.http_bind: `")
+                    && errors[0].contains("has no token"),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]
@@ -2264,7 +2440,7 @@ api_secret = "x"
         assert_eq!(
             errors,
             vec![
-                "schedules/p.toml:9: sync_mode.lag: must be 0 or more, not -5",
+                "schedules/p.toml:9: sync_mode.lag: must be between 0 and 315360000, not -5",
                 "schedules/p.toml:10: sync_mode.iterator_time_zone: only applies to timestamp_ntz and date iterators",
                 "schedules/p.toml:10: sync_mode.iterator_time_zone: `Mars/Olympus` is not a known time zone",
                 "schedules/p.toml:15: schedule.catch_up_days: must be between 0 and 36600, not -1",
@@ -2314,7 +2490,7 @@ api_secret = "x"
             errors,
             vec![
                 "wsync.toml:21: daemon.max_concurrent_runs: must be between 1 and 64, not 0",
-                "wsync.toml:22: daemon.shutdown_grace_secs: must be more than 0 seconds, not 0",
+                "wsync.toml:22: daemon.shutdown_grace_secs: must be between 1 and 86400 seconds, not 0",
             ]
         );
     }

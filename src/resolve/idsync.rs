@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::config::model::Environment;
 use crate::config::resolver::IdSyncSettings;
 use crate::redact::{scrub, Secret};
-use crate::sink::events_api::WSYNC_USER_AGENT;
+use crate::sink::events_api::{read_body_capped, MAX_RESPONSE_BODY_BYTES, WSYNC_USER_AGENT};
 use crate::sink::rate_limit::RateLimiter;
 use crate::sink::retry::{classify, Action, Outcome, RetryPolicy};
 
@@ -95,6 +95,8 @@ impl IdSyncClient {
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect is a wrong `base_url`: never follow it with the secret.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ResolveError::IdSyncTransport {
                 pipeline: pipeline.to_owned(),
@@ -179,7 +181,7 @@ impl IdSyncClient {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match response.text().await {
+                    match read_body_capped(response, MAX_RESPONSE_BODY_BYTES).await {
                         Ok(text) => {
                             if let Some(lookup) = interpret(status, &text) {
                                 inner.limiter.on_accepted(None);
