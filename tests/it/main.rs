@@ -11,6 +11,7 @@ mod delivery;
 mod export;
 mod export_runs;
 mod fake_selftest;
+mod hardening;
 mod kill;
 mod observability;
 mod perf_smoke;
