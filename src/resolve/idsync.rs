@@ -339,6 +339,56 @@ fn short(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::DeliverySettings;
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn idsync_does_not_follow_redirects() {
+        // `/redirect` sends the search (and its secret) on to `/ok`, which would
+        // answer with an MPID: never followed, a redirect stops the run.
+        let app = axum::Router::new()
+            .route(
+                "/ok/v1/search",
+                axum::routing::post(|| async { r#"{"mpid":"42"}"# }),
+            )
+            .route(
+                "/redirect/v1/search",
+                axum::routing::post(|| async {
+                    let mut r = StatusCode::FOUND.into_response();
+                    r.headers_mut()
+                        .insert("location", HeaderValue::from_static("/ok/v1/search"));
+                    r
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = |path: &str| {
+            let settings = IdSyncSettings {
+                base_url: format!("http://{addr}{path}"),
+                api_key: Secret::new("k"),
+                api_secret: Secret::new("s"),
+                request_timeout: Duration::from_secs(5),
+                delivery: DeliverySettings::default(),
+                cache_entries: 0,
+            };
+            IdSyncClient::new(
+                &settings,
+                Environment::Development,
+                "p",
+                std::path::Path::new("schedules/p.toml"),
+            )
+            .unwrap()
+        };
+        let ids = [("email", "a@example.com".to_owned())];
+        assert_eq!(client("/ok").search(&ids).await.unwrap(), Lookup::Found(42));
+        let err = client("/redirect").search(&ids).await.unwrap_err();
+        assert!(
+            matches!(err, ResolveError::IdSyncEndpoint { status: 302, .. }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn answers_that_settle_a_search() {

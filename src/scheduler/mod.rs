@@ -225,15 +225,16 @@ impl Daemon {
     /// Wait until no pipeline task of this daemon runs (tests, and `once`
     /// daemons that want to exit when idle).
     pub async fn wait_idle(&self) {
+        // The tasks stay in `running` until they end: a pass running meanwhile
+        // must still see them (it would take their live lock for a stuck one).
         loop {
-            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock_running())
-                .into_values()
-                .collect();
-            if handles.is_empty() {
+            self.reap_finished();
+            if self.lock_running().is_empty() {
                 return;
             }
-            for handle in handles {
-                let _ = handle.await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
             }
         }
     }
