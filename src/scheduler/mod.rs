@@ -251,6 +251,10 @@ impl Daemon {
         // (rustc through sqlx's executor bounds), and a thread per running
         // pipeline also maps rows of different pipelines in parallel.
         let runtime = tokio::runtime::Handle::current();
+        // Held until the handle is in the set: a pass must never see the run's
+        // lock (taken as soon as the task starts) without its task, or it would
+        // release a live lock as stuck. The task never touches this set.
+        let mut running = self.lock_running();
         let handle = tokio::task::spawn_blocking(move || {
             runtime.block_on(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
@@ -338,7 +342,7 @@ impl Daemon {
                 wake.notify_one();
             });
         });
-        self.lock_running().insert(pipeline, handle);
+        running.insert(pipeline, handle);
     }
 
     /// Release the lock this process holds on `pipeline` although no task of
