@@ -74,6 +74,7 @@ async fn run(rows: u64) -> Result<(), Box<dyn std::error::Error>> {
         seed_sql: None,
         statement_timeout: Duration::from_secs(3600),
         chunk_rows: CHUNK_ROWS,
+        cloud: None,
     };
     let query = SourceQuery {
         model: "bench".into(),

@@ -12,7 +12,9 @@
 //! 3. a Parquet export of the model (`wsync export`, zstd);
 //! 4. a push to a local sink: an HTTP server in this (parent) process that reads
 //!    every `/v2/bulkevents` body and answers 202, with pacing off
-//!    (`rate_limit_per_sec = 0`).
+//!    (`rate_limit_per_sec = 0`). The run extracts into its spool and delivers
+//!    from it; its outcome adds how long the warehouse session lasted (connect
+//!    to close) and the spool's size.
 //!
 //! Each is printed with its seconds, its ratio to the yardstick of the same run,
 //! and its peak RSS. Steps 2–4 run the library's `sync::run` / `sync::export_once`
@@ -267,6 +269,16 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
                     report.requests,
                     report.request_bytes
                 );
+                if let Some(spool) = &report.spool {
+                    // Read by the parent: how long the warehouse was held, and
+                    // what the spool cost on disk.
+                    println!(
+                        "; warehouse session {:.2} s; spool {} bytes ({:.1} B/row)",
+                        spool.warehouse_session.as_secs_f64(),
+                        spool.bytes,
+                        spool.bytes as f64 / spool.rows.max(1) as f64
+                    );
+                }
                 // Remove the multi-GB batches.jsonl of the dry run right away.
                 let _ = std::fs::remove_dir_all(ctx.project.state.runs_dir.join(id));
             }

@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
         ConnectionKind::Redshift,
         ConnectionKind::MySql,
         ConnectionKind::Sqlite,
+        ConnectionKind::Snowflake,
+        ConnectionKind::BigQuery,
     ] {
         if check_select_for(sql, kind).is_ok() {
             let stripped = strip_trailing_semicolon(sql);

@@ -156,7 +156,13 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let now = state.ctx.clock.now();
     for pipeline in state.ctx.project.pipelines.values() {
-        let s = pipeline_status(&state.ctx.state, pipeline, now).await?;
+        let s = pipeline_status(
+            &state.ctx.state,
+            &state.ctx.project.state.spool_dir,
+            pipeline,
+            now,
+        )
+        .await?;
         state
             .ctx
             .metrics
@@ -175,9 +181,14 @@ async fn pipelines(State(state): State<AppState>) -> Result<Json<serde_json::Val
     let mut out = Vec::new();
     for pipeline in state.ctx.project.pipelines.values() {
         out.push(
-            pipeline_status(&state.ctx.state, pipeline, now)
-                .await?
-                .to_json(),
+            pipeline_status(
+                &state.ctx.state,
+                &state.ctx.project.state.spool_dir,
+                pipeline,
+                now,
+            )
+            .await?
+            .to_json(),
         );
     }
     Ok(Json(json!({ "pipelines": out })))
@@ -197,7 +208,13 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     known(&state, &id)?;
     let pipeline = &state.ctx.project.pipelines[&id];
-    let s = pipeline_status(&state.ctx.state, pipeline, state.ctx.clock.now()).await?;
+    let s = pipeline_status(
+        &state.ctx.state,
+        &state.ctx.project.state.spool_dir,
+        pipeline,
+        state.ctx.clock.now(),
+    )
+    .await?;
     Ok(Json(s.to_json()))
 }
 
@@ -284,7 +301,13 @@ async fn set_paused(
         .state
         .set_paused(&id, paused, state.ctx.clock.now())
         .await?;
-    let s = pipeline_status(&state.ctx.state, pipeline, state.ctx.clock.now()).await?;
+    let s = pipeline_status(
+        &state.ctx.state,
+        &state.ctx.project.state.spool_dir,
+        pipeline,
+        state.ctx.clock.now(),
+    )
+    .await?;
     Ok(Json(s.to_json()))
 }
 

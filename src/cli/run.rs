@@ -95,8 +95,15 @@ pub(crate) fn print_summary(report: &RunReport) {
     if let Some((start, end)) = r.interval {
         println!("Interval: [{}, {})", start.to_rfc3339(), end.to_rfc3339());
     }
-    if let Some(from) = r.resumed_from {
-        println!("Resumed run {from} from its checkpoint.");
+    match (&report.spool, r.resumed_from) {
+        (Some(spool), _) if spool.resumed_from.is_some() => println!(
+            "Resumed the spool of run {} ({} rows; the warehouse was not queried; {} batches it had delivered were not sent again).",
+            spool.resumed_from.unwrap_or_default(),
+            spool.rows,
+            spool.batches_already_done
+        ),
+        (_, Some(from)) => println!("Resumed run {from} from its checkpoint."),
+        _ => {}
     }
     if let Some(checkpoint) = &r.checkpoint {
         if r.state != RunState::Success {
@@ -151,6 +158,21 @@ pub(crate) fn print_summary(report: &RunReport) {
             ),
             ("dead letters stored".to_owned(), c.dead_letters.to_string()),
         ]);
+        if let Some(spool) = &report.spool {
+            rows.push((
+                "spool".to_owned(),
+                format!(
+                    "{} rows, {} ({})",
+                    spool.rows,
+                    human_bytes(spool.bytes),
+                    if spool.kept {
+                        format!("kept at {} for the next run", spool.dir.display())
+                    } else {
+                        "deleted after the commit".to_owned()
+                    }
+                ),
+            ));
+        }
         rows
     };
     for (k, v) in rows {
@@ -191,6 +213,22 @@ pub(crate) fn print_summary(report: &RunReport) {
     }
     if let Some(error) = &r.error {
         println!("error: {error}");
+    }
+}
+
+/// `12.3 MB` style sizes for people.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

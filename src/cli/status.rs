@@ -26,7 +26,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let now = crate::clock::SystemClock.now();
     let mut rows = Vec::new();
     for pipeline in project.pipelines.values() {
-        rows.push(pipeline_status(&state, pipeline, now).await?);
+        rows.push(pipeline_status(&state, &project.state.spool_dir, pipeline, now).await?);
     }
     if args.json {
         for s in &rows {
@@ -43,6 +43,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         "next run (UTC)",
         "watermark",
         "lag",
+        "spool",
     ]);
     for s in &rows {
         let last = s.last.as_ref().map_or_else(
@@ -75,6 +76,22 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             s.watermark.clone().unwrap_or_else(|| "-".to_owned()),
             s.watermark_lag_secs
                 .map_or_else(|| "-".to_owned(), human_duration),
+            s.spool.as_ref().map_or_else(
+                || "-".to_owned(),
+                |p| {
+                    format!(
+                        "{} rows, {}, {} old{}",
+                        p.rows,
+                        super::run::human_bytes(p.bytes),
+                        human_duration(p.age_secs.max(0)),
+                        if p.complete {
+                            ""
+                        } else {
+                            " (extract not finished)"
+                        }
+                    )
+                },
+            ),
         ]);
     }
     println!("{t}");

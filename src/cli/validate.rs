@@ -75,6 +75,9 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     ]);
                 }
                 println!("{t}");
+                if let Some(line) = bigquery_estimate(&project, pipeline).await {
+                    println!("{line}");
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -87,5 +90,70 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(1))
     } else {
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// For a BigQuery pipeline, the dry run's estimate of the bytes the whole model
+/// processes, against the connection's `maximum_bytes_billed` (a dry run is
+/// free and reads no rows). `None` for other warehouses; a failed estimate is
+/// reported as such, since the probe above already succeeded.
+async fn bigquery_estimate(
+    project: &Project,
+    pipeline: &crate::config::model::Pipeline,
+) -> Option<String> {
+    use crate::config::model::CloudWarehouse;
+    let connection = &project.connections[&pipeline.connection];
+    let Some(CloudWarehouse::BigQuery(settings)) = &connection.cloud else {
+        return None;
+    };
+    let model = &project.models[&pipeline.data_model];
+    let query = crate::source::SourceQuery {
+        model: model.name.clone(),
+        sql: model.sql.clone(),
+        filter: None,
+        limit: None,
+    };
+    let estimate = async {
+        let mut warehouse = crate::source::Warehouse::connect(connection).await?;
+        warehouse.probe(&query).await?;
+        Ok::<_, crate::source::SourceError>(warehouse.bytes_estimate())
+    }
+    .await;
+    Some(match estimate {
+        Ok(Some(bytes)) => format!(
+            "  bigquery dry run: the model processes {} ({bytes} bytes) per full read; maximum_bytes_billed is {} ({} bytes)",
+            human_bytes(bytes),
+            human_bytes(settings.maximum_bytes_billed),
+            settings.maximum_bytes_billed
+        ),
+        Ok(None) => "  bigquery dry run: no bytes estimate returned".to_owned(),
+        Err(e) => format!("  bigquery dry run: no estimate: {e}"),
+    })
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    #[allow(clippy::cast_precision_loss)] // a display value
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(100 * 1024 * 1024 * 1024), "100.0 GiB");
     }
 }

@@ -73,6 +73,14 @@ pub struct StateConfig {
     pub url: Secret,
     /// Folder for per-run files (rejected rows, would-be batches).
     pub runs_dir: PathBuf,
+    /// Folder holding each pipeline's spool (`<spool_dir>/<pipeline>/`).
+    pub spool_dir: PathBuf,
+    /// A pending spool older than this is discarded and its window read again,
+    /// so stale data is never sent days later. Default 24 h.
+    pub spool_max_age: std::time::Duration,
+    /// Free disk (MB) under `spool_dir` below which a run does not start and an
+    /// extract stops. 0 turns the check off. Default 256.
+    pub min_free_disk_mb: u64,
 }
 
 /// Which SQL dialect and wire protocol a connection speaks.
@@ -87,6 +95,10 @@ pub enum ConnectionKind {
     MySql,
     /// SQLite file.
     Sqlite,
+    /// Snowflake, through its REST protocol (login, query, Arrow result chunks).
+    Snowflake,
+    /// Google BigQuery, through its REST API (`jobs.query`, `jobs.getQueryResults`).
+    BigQuery,
 }
 
 impl ConnectionKind {
@@ -97,6 +109,8 @@ impl ConnectionKind {
             Self::Redshift => "redshift",
             Self::MySql => "mysql",
             Self::Sqlite => "sqlite",
+            Self::Snowflake => "snowflake",
+            Self::BigQuery => "bigquery",
         }
     }
 }
@@ -108,7 +122,9 @@ pub struct Connection {
     pub name: String,
     /// Dialect.
     pub kind: ConnectionKind,
-    /// Connection URL; may hold a password, so it is a [`Secret`].
+    /// Connection URL; may hold a password, so it is a [`Secret`]. For
+    /// `snowflake` and `bigquery` it is the API host root (no secret in it), and
+    /// the settings are in [`Connection::cloud`].
     pub url: Secret,
     /// SQL file run once to create a SQLite warehouse that does not exist yet
     /// (the quickstart's demo data). Only for `sqlite`.
@@ -117,6 +133,85 @@ pub struct Connection {
     pub statement_timeout: Duration,
     /// Rows per Arrow record batch (the unit of streaming).
     pub chunk_rows: usize,
+    /// Settings of a `snowflake` or `bigquery` connection; `None` for the kinds
+    /// that connect with a URL.
+    pub cloud: Option<CloudWarehouse>,
+}
+
+/// The settings of a warehouse spoken to over HTTPS instead of a SQL wire protocol.
+#[derive(Debug, Clone)]
+pub enum CloudWarehouse {
+    /// `type = "snowflake"`.
+    Snowflake(SnowflakeSettings),
+    /// `type = "bigquery"`.
+    BigQuery(BigQuerySettings),
+}
+
+/// A `snowflake` connection.
+#[derive(Debug, Clone)]
+pub struct SnowflakeSettings {
+    /// Account identifier as written (`myorg-myaccount`, `xy12345.eu-west-1`).
+    pub account: String,
+    /// Login name.
+    pub user: String,
+    /// Role to use; `None` = the user's default role.
+    pub role: Option<String>,
+    /// Virtual warehouse to run queries on; `None` = the user's default.
+    pub warehouse: Option<String>,
+    /// Database; `None` = the user's default.
+    pub database: Option<String>,
+    /// Schema; `None` = the user's default.
+    pub schema: Option<String>,
+    /// Host root (`https://<account>.snowflakecomputing.com` or the `base_url`
+    /// override), without trailing slash.
+    pub base_url: String,
+    /// How to log in.
+    pub auth: SnowflakeAuth,
+}
+
+/// How a `snowflake` connection logs in.
+#[derive(Debug, Clone)]
+pub enum SnowflakeAuth {
+    /// Key-pair authentication: a JWT signed with the user's RSA private key.
+    KeyPair {
+        /// The PKCS#8 (or PKCS#1) PEM text, possibly encrypted.
+        private_key: Secret,
+        /// Passphrase of an encrypted key.
+        passphrase: Option<Secret>,
+    },
+    /// Password authentication (being retired by Snowflake for human users).
+    Password(Secret),
+}
+
+/// The default `maximum_bytes_billed` of a `bigquery` connection: 100 GiB.
+pub const DEFAULT_MAXIMUM_BYTES_BILLED: u64 = 100 * 1024 * 1024 * 1024;
+
+/// A `bigquery` connection.
+#[derive(Debug, Clone)]
+pub struct BigQuerySettings {
+    /// Project that runs (and pays for) the query jobs.
+    pub project: String,
+    /// Default dataset for unqualified table names; `None` = none.
+    pub dataset: Option<String>,
+    /// Location (region) the jobs run in; `None` = BigQuery decides.
+    pub location: Option<String>,
+    /// API root (`https://bigquery.googleapis.com` or the `base_url` override),
+    /// without trailing slash.
+    pub base_url: String,
+    /// Refuse to run a query estimated (or billed) above this many bytes.
+    pub maximum_bytes_billed: u64,
+    /// How requests are authorised.
+    pub auth: BigQueryAuth,
+}
+
+/// How a `bigquery` connection authorises its requests.
+#[derive(Debug, Clone)]
+pub enum BigQueryAuth {
+    /// A service-account JSON key: a signed JWT is exchanged for an OAuth token.
+    ServiceAccount(Secret),
+    /// No credentials (`auth = "none"`): only for emulators and authenticating
+    /// proxies, so only allowed together with `base_url`.
+    None,
 }
 
 /// mParticle data centre ("pod").

@@ -56,6 +56,13 @@ pub(crate) struct RawState {
     pub url: Option<String>,
     /// Folder for per-run files; relative paths resolve against the root.
     pub runs_dir: Option<String>,
+    /// Folder for pipelines' spools; relative paths resolve against the root.
+    pub spool_dir: Option<String>,
+    /// A spool older than this is discarded and its window read again.
+    pub spool_max_age_secs: Option<i64>,
+    /// A run refuses to start (and an extract stops) below this much free disk
+    /// under the spool folder, in MB; 0 turns the check off.
+    pub min_free_disk_mb: Option<i64>,
 }
 
 /// `[defaults]`.
@@ -95,6 +102,55 @@ pub(crate) struct RawConnection {
     pub statement_timeout_secs: Option<i64>,
     /// Rows per streamed chunk.
     pub chunk_rows: Option<i64>,
+    /// Snowflake and BigQuery: API host root overriding the default (tests,
+    /// PrivateLink, emulators).
+    pub base_url: Option<String>,
+    /// Snowflake: account identifier (`myorg-myaccount`, `xy12345.eu-west-1`).
+    pub account: Option<String>,
+    /// Snowflake: login name.
+    pub user: Option<String>,
+    /// Snowflake: role to use.
+    pub role: Option<String>,
+    /// Snowflake: virtual warehouse to run queries on.
+    pub warehouse: Option<String>,
+    /// Snowflake: database.
+    pub database: Option<String>,
+    /// Snowflake: schema.
+    pub schema: Option<String>,
+    /// Snowflake: PEM private key for key-pair auth, with `${VAR}` expanded.
+    pub private_key: Option<String>,
+    /// Snowflake: environment variable holding the PEM private key.
+    pub private_key_env: Option<String>,
+    /// Snowflake: file holding the PEM private key (`rsa_key.p8`).
+    pub private_key_file: Option<String>,
+    /// Snowflake: passphrase of an encrypted private key, with `${VAR}` expanded.
+    pub private_key_passphrase: Option<String>,
+    /// Snowflake: environment variable holding the private key's passphrase.
+    pub private_key_passphrase_env: Option<String>,
+    /// Snowflake: file holding the private key's passphrase.
+    pub private_key_passphrase_file: Option<String>,
+    /// Snowflake: password (instead of a key pair), with `${VAR}` expanded.
+    pub password: Option<String>,
+    /// Snowflake: environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Snowflake: file holding the password.
+    pub password_file: Option<String>,
+    /// BigQuery: project that runs (and pays for) the query jobs.
+    pub project: Option<String>,
+    /// BigQuery: default dataset for unqualified table names.
+    pub dataset: Option<String>,
+    /// BigQuery: location (region) the jobs run in.
+    pub location: Option<String>,
+    /// BigQuery: `service_account` (default) or `none` (emulators, with `base_url`).
+    pub auth: Option<String>,
+    /// BigQuery: service-account JSON key, with `${VAR}` expanded.
+    pub credentials: Option<String>,
+    /// BigQuery: environment variable holding the service-account JSON key.
+    pub credentials_env: Option<String>,
+    /// BigQuery: file holding the service-account JSON key.
+    pub credentials_file: Option<String>,
+    /// BigQuery: refuse queries that would process more bytes than this.
+    pub maximum_bytes_billed: Option<i64>,
 }
 
 /// `[feeds.NAME]`.
@@ -561,7 +617,16 @@ mod tests {
 
     #[test]
     fn field_lists_come_from_the_structs() {
-        assert_eq!(fields_of::<RawState>(), vec!["url", "runs_dir"]);
+        assert_eq!(
+            fields_of::<RawState>(),
+            vec![
+                "url",
+                "runs_dir",
+                "spool_dir",
+                "spool_max_age_secs",
+                "min_free_disk_mb"
+            ]
+        );
         assert_eq!(
             fields_of::<RawSyncMode>(),
             vec![
@@ -596,7 +661,7 @@ mod tests {
         let (_, errors) = parse::<RawWsync>("[connections.pg]\ntype = \"sqlite\"\nwhatever = 1\n");
         assert_eq!(
             errors,
-            vec!["f.toml:3: connections.pg.whatever: unknown key `whatever`\n  hint: remove it; valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows"]
+            vec!["f.toml:3: connections.pg.whatever: unknown key `whatever`\n  hint: remove it; valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows, base_url, account, user, role, warehouse, database, schema, private_key, private_key_env, private_key_file, private_key_passphrase, private_key_passphrase_env, private_key_passphrase_file, password, password_env, password_file, project, dataset, location, auth, credentials, credentials_env, credentials_file, maximum_bytes_billed"]
         );
     }
 

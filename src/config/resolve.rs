@@ -10,14 +10,20 @@ use std::path::Path;
 
 use super::error::ConfigError;
 use super::locate::{relative_to, SourceFile};
-use super::model::{Connection, ConnectionKind, Feed, Project};
+use super::model::{
+    BigQueryAuth, BigQuerySettings, CloudWarehouse, Connection, ConnectionKind, Feed, Project,
+    SnowflakeAuth, SnowflakeSettings,
+};
 use super::resolver::{IdSyncSettings, ResolverSettings, SqlResolverSettings};
+use super::validate::cloud::PendingCloud;
 use super::validate::resolver::{PendingKind, PendingResolver};
 use super::validate::{
     sqlite_url, url_scheme, Part, PendingConnection, PendingFeed, PendingSecret, SecretSource,
     Validated,
 };
 use crate::redact::Secret;
+use crate::source::bigquery::ServiceAccountKey;
+use crate::source::jwt::RsaKey;
 
 /// Reads an environment variable (injected so tests need not touch the process
 /// environment).
@@ -151,6 +157,22 @@ impl Resolver<'_> {
 
     fn connection(&mut self, c: PendingConnection) -> Option<Connection> {
         let base = format!("connections.{}", c.name);
+        if let Some(pending) = c.cloud {
+            let cloud = self.cloud(pending);
+            if !c.valid {
+                return None;
+            }
+            let (cloud, url) = cloud?;
+            return Some(Connection {
+                name: c.name,
+                kind: c.kind?,
+                url: Secret::new(url),
+                seed_sql: None,
+                statement_timeout: c.statement_timeout,
+                chunk_rows: c.chunk_rows,
+                cloud: Some(cloud),
+            });
+        }
         let url = c.url.as_ref().and_then(|u| self.secret(u));
         let url = match (url, c.url.as_ref(), c.kind) {
             (Some(url), Some(pending), Some(kind)) => self.connection_url(kind, &url, pending),
@@ -178,7 +200,84 @@ impl Resolver<'_> {
             seed_sql: c.seed_sql,
             statement_timeout: c.statement_timeout,
             chunk_rows: c.chunk_rows,
+            cloud: None,
         })
+    }
+
+    /// Read the secrets of a `snowflake` or `bigquery` connection and check they
+    /// are usable (a private key that parses, a service-account key with the
+    /// fields a token needs). Returns the settings and the API host root.
+    fn cloud(&mut self, pending: PendingCloud) -> Option<(CloudWarehouse, String)> {
+        match pending {
+            PendingCloud::Snowflake(p) => {
+                let key = p.private_key.as_ref().map(|s| (s, self.secret(s)));
+                let passphrase = p.passphrase.as_ref().and_then(|s| self.secret(s));
+                let password = p.password.as_ref().map(|s| self.secret(s));
+                let auth = match (key, password) {
+                    (Some((pending_key, Some(pem))), _) => {
+                        let pem = Secret::new(pem);
+                        let passphrase = passphrase.map(Secret::new);
+                        if let Err(problem) = RsaKey::from_pem(&pem, passphrase.as_ref()) {
+                            self.push(
+                                &pending_key.key_path,
+                                problem,
+                                "give the PKCS#8 PEM file made as the README shows (openssl pkcs8 -topk8 …)",
+                            );
+                            return None;
+                        }
+                        SnowflakeAuth::KeyPair {
+                            private_key: pem,
+                            passphrase,
+                        }
+                    }
+                    (None, Some(Some(password))) => SnowflakeAuth::Password(Secret::new(password)),
+                    _ => return None,
+                };
+                let url = p.base_url.clone();
+                Some((
+                    CloudWarehouse::Snowflake(SnowflakeSettings {
+                        account: p.account,
+                        user: p.user,
+                        role: p.role,
+                        warehouse: p.warehouse,
+                        database: p.database,
+                        schema: p.schema,
+                        base_url: p.base_url,
+                        auth,
+                    }),
+                    url,
+                ))
+            }
+            PendingCloud::BigQuery(p) => {
+                let auth = match &p.credentials {
+                    None => BigQueryAuth::None,
+                    Some(pending) => {
+                        let text = Secret::new(self.secret(pending)?);
+                        if let Err(problem) = ServiceAccountKey::parse(&text) {
+                            self.push(
+                                &pending.key_path,
+                                problem,
+                                "give the JSON key file downloaded for the service account (IAM → Service accounts → Keys)",
+                            );
+                            return None;
+                        }
+                        BigQueryAuth::ServiceAccount(text)
+                    }
+                };
+                let url = p.base_url.clone();
+                Some((
+                    CloudWarehouse::BigQuery(BigQuerySettings {
+                        project: p.project,
+                        dataset: p.dataset,
+                        location: p.location,
+                        base_url: p.base_url,
+                        maximum_bytes_billed: p.maximum_bytes_billed,
+                        auth,
+                    }),
+                    url,
+                ))
+            }
+        }
     }
 
     /// Check a resolved URL against the connection type and normalise it.
@@ -203,6 +302,8 @@ impl Resolver<'_> {
                 "mysql://user:${MYSQL_PASSWORD}@host:3306/db",
             ),
             ConnectionKind::Sqlite => (&["sqlite"][..], "sqlite://warehouse.db"),
+            // No URL: their settings are checked in `cloud`.
+            ConnectionKind::Snowflake | ConnectionKind::BigQuery => return Some(url.to_owned()),
         };
         let hint = format!("use a URL like {example}, or change the connection's type");
         let scheme = url_scheme(url).map(str::to_ascii_lowercase);
@@ -368,6 +469,7 @@ mod tests {
 
     use super::*;
     use crate::config::load_with_env;
+    use crate::config::model::{BigQueryAuth, CloudWarehouse, SnowflakeAuth};
 
     /// A project with `wsync` as its wsync.toml plus `files`, loaded with `vars`.
     fn load(
@@ -538,5 +640,148 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("`A` is not set"));
         assert!(errors[1].contains("chunk_rows"));
+    }
+
+    /// A test-only key from `tests/fixtures/keys/`.
+    fn key(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    }
+
+    #[test]
+    fn snowflake_connections_resolve_with_key_pair_or_password() {
+        let wsync = "[connections.sf]\ntype = \"snowflake\"\naccount = \"MyOrg-Acct\"\nuser = \"wsync_reader\"\nrole = \"WSYNC_READ\"\nwarehouse = \"WH\"\ndatabase = \"DB\"\nschema = \"PUBLIC\"\nprivate_key_file = \"keys/rsa_key.p8\"\nprivate_key_passphrase_env = \"PP\"\n\n[connections.pw]\ntype = \"snowflake\"\naccount = \"xy12345.eu-west-1\"\nuser = \"u\"\npassword_env = \"SFPW\"\nbase_url = \"http://127.0.0.1:9/\"\n";
+        let (_, result) = load(
+            wsync,
+            &[("keys/rsa_key.p8", &key("rsa_key_des3.p8"))],
+            &[("PP", "test-passphrase-only"), ("SFPW", "pw-value-123")],
+        );
+        let project = result.expect("valid");
+        let sf = &project.connections["sf"];
+        assert_eq!(sf.kind, ConnectionKind::Snowflake);
+        assert_eq!(sf.url.expose(), "https://myorg-acct.snowflakecomputing.com");
+        let Some(CloudWarehouse::Snowflake(settings)) = &sf.cloud else {
+            panic!("snowflake settings")
+        };
+        assert_eq!(settings.role.as_deref(), Some("WSYNC_READ"));
+        assert!(matches!(
+            settings.auth,
+            SnowflakeAuth::KeyPair {
+                passphrase: Some(_),
+                ..
+            }
+        ));
+        let debug = format!("{sf:?}");
+        assert!(
+            !debug.contains("ENCRYPTED") && !debug.contains("test-passphrase-only"),
+            "{debug}"
+        );
+        let pw = &project.connections["pw"];
+        assert_eq!(pw.url.expose(), "http://127.0.0.1:9");
+        assert!(!format!("{pw:?}").contains("pw-value-123"));
+    }
+
+    #[test]
+    fn snowflake_mistakes_are_each_named() {
+        let wsync = "[connections.a]\ntype = \"snowflake\"\nurl = \"postgres://x\"\nproject = \"p\"\n\n[connections.b]\ntype = \"snowflake\"\naccount = \"https://b.snowflakecomputing.com\"\nuser = \"u\"\nprivate_key_env = \"K\"\npassword_env = \"P\"\n\n[connections.c]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\naccount = \"x\"\n";
+        let (_, result) = load(wsync, &[], &[]);
+        assert_eq!(
+            result.expect_err("invalid"),
+            vec![
+                "wsync.toml:1: connections.a.account: missing required key\n  hint: add account = \"myorg-myaccount\" (the account identifier, as in https://<account>.snowflakecomputing.com)",
+                "wsync.toml:1: connections.a.user: missing required key\n  hint: add user = \"WSYNC_READER\"",
+                "wsync.toml:1: connections.a.private_key_file: missing required key\n  hint: add private_key_file = \"rsa_key.p8\" for key-pair authentication (see the README), or password_env = \"VARIABLE\"",
+                "wsync.toml:3: connections.a.url: `url` does not apply to snowflake connections\n  hint: remove it: a snowflake connection is set with account, user and private_key_file (or password_env)",
+                "wsync.toml:4: connections.a.project: `project` does not apply to snowflake connections\n  hint: remove it: a snowflake connection is set with account, user and private_key_file (or password_env)",
+                "wsync.toml:8: connections.b.account: `https://b.snowflakecomputing.com` is not an account identifier\n  hint: write only the identifier, e.g. \"myorg-myaccount\" or \"xy12345.eu-west-1\" (use base_url for a full host)",
+                "wsync.toml:11: connections.b.password_env: both a private key and a password are set\n  hint: remove the password: key-pair authentication is the default and recommended one",
+                "wsync.toml:16: connections.c.account: `account` does not apply to postgres connections\n  hint: remove it, or change the connection's type",
+            ]
+        );
+    }
+
+    #[test]
+    fn snowflake_key_problems_name_the_key_not_its_value() {
+        let wsync = "[connections.a]\ntype = \"snowflake\"\naccount = \"a\"\nuser = \"u\"\nprivate_key_file = \"k.p8\"\n\n[connections.b]\ntype = \"snowflake\"\naccount = \"a\"\nuser = \"u\"\nprivate_key_file = \"k.p8\"\nprivate_key_passphrase_env = \"PP\"\n";
+        let (_, result) = load(
+            wsync,
+            &[("k.p8", &key("rsa_key_aes.p8"))],
+            &[("PP", "wrong-passphrase-value")],
+        );
+        let errors = result.expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("wsync.toml:5: connections.a.private_key_file: the private key is encrypted but no passphrase is set"), "{}", errors[0]);
+        assert!(errors[1].starts_with("wsync.toml:11: connections.b.private_key_file: cannot decrypt the private key: the passphrase is wrong"), "{}", errors[1]);
+        assert!(
+            !errors
+                .iter()
+                .any(|e| e.contains("wrong-passphrase-value") || e.contains("MII")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn bigquery_connections_resolve_and_check_their_key() {
+        let sa = serde_json::json!({
+            "type": "service_account",
+            "private_key": key("rsa_key.p8"),
+            "client_email": "r@p.iam.gserviceaccount.com",
+        })
+        .to_string();
+        let wsync = "[connections.bq]\ntype = \"bigquery\"\nproject = \"my-project\"\ndataset = \"crm\"\nlocation = \"EU\"\ncredentials_file = \"sa.json\"\nmaximum_bytes_billed = 1000000\n\n[connections.emu]\ntype = \"bigquery\"\nproject = \"p\"\nauth = \"none\"\nbase_url = \"http://127.0.0.1:9050\"\n";
+        let (_, result) = load(wsync, &[("sa.json", &sa)], &[]);
+        let project = result.expect("valid");
+        let Some(CloudWarehouse::BigQuery(bq)) = &project.connections["bq"].cloud else {
+            panic!("bigquery settings")
+        };
+        assert_eq!(bq.maximum_bytes_billed, 1_000_000);
+        assert_eq!(bq.base_url, "https://bigquery.googleapis.com");
+        assert!(!format!("{:?}", project.connections["bq"]).contains("PRIVATE"));
+        let Some(CloudWarehouse::BigQuery(emu)) = &project.connections["emu"].cloud else {
+            panic!("bigquery settings")
+        };
+        assert!(matches!(emu.auth, BigQueryAuth::None));
+        assert_eq!(
+            emu.maximum_bytes_billed,
+            crate::config::model::DEFAULT_MAXIMUM_BYTES_BILLED
+        );
+
+        let wsync = "[connections.a]\ntype = \"bigquery\"\nauth = \"none\"\nmaximum_bytes_billed = -1\n\n[connections.b]\ntype = \"bigquery\"\nproject = \"p\"\ncredentials_env = \"SA\"\n";
+        let (_, result) = load(
+            wsync,
+            &[],
+            &[(
+                "SA",
+                "{\"type\": \"authorized_user\", \"refresh_token\": \"rt-secret\"}",
+            )],
+        );
+        let errors = result.expect_err("invalid");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            errors[0].contains("connections.a.project: missing required key"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("connections.a.auth: auth = \"none\" is only for emulators"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].contains("connections.a.maximum_bytes_billed: must be more than 0 bytes"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].contains(
+                "connections.b.credentials_env: the credentials are of type `authorized_user`"
+            ),
+            "{}",
+            errors[3]
+        );
+        assert!(!errors.iter().any(|e| e.contains("rt-secret")));
     }
 }

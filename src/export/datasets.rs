@@ -27,15 +27,28 @@
 //! the text is exact and every reader can cast it. A `NaN`/`±Infinity` (which
 //! `Decimal128` cannot hold) or an out-of-range value in a constrained column
 //! becomes null and is counted ([`RowsDataset::decimals_nulled`]). Every field
-//! keeps the source's `wsync.sql_type` and `wsync.kind` metadata.
+//! keeps the source's `wsync.sql_type` and `wsync.kind` metadata. The reserved
+//! last column of extracted chunks (`source::REJECTED_COLUMN`, why a row could
+//! not be read) is not exported: such a row is in the dataset with its bad value
+//! null, and in the `rejected` dataset with its reason.
 //!
 //! **`batches`**: one row per mapped batch: `source_request_id`, `row`, `part`,
-//! `environment`, `mpid`, then one `Utf8` column per destination of the mapping
-//! plan (`user_identities.<type>`, `device_info.<type>`, `mp_deviceid`,
+//! `environment`, `mpid`, then one column per destination of the mapping plan
+//! (`user_identities.<type>`, `device_info.<type>`, `mp_deviceid`,
 //! `user_attributes.<name>`; static mappings included), and
-//! `deleted_user_attributes` (`List<Utf8>`). Attribute values are the JSON sent,
-//! as text: strings as they are, numbers and booleans as their JSON text, lists as
-//! JSON array text. A destination a batch does not carry is null.
+//! `deleted_user_attributes` (`List<Utf8>`). Each destination column has the type
+//! of what is sent there, so the dataset can be queried as sent:
+//!
+//! | sent from                                     | column type   |
+//! |-----------------------------------------------|---------------|
+//! | boolean column, boolean static                 | `Boolean`     |
+//! | integer column, integer static                 | `Int64` (also the values beyond ±2^53 that travel as digit strings) |
+//! | `BIGINT UNSIGNED`                              | `UInt64` (likewise) |
+//! | float column, float static                     | `Float64`     |
+//! | array column                                   | `List<Utf8>` (the list attribute's entries) |
+//! | identities, device ids, every other column     | `Utf8` (the string sent; a decimal sent as a number holds its JSON text) |
+//!
+//! A destination a batch does not carry is null.
 //!
 //! **`rejected`**: `row`, `reason`, `detail` and `values` (the row as a JSON
 //! object text).
@@ -44,15 +57,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Decimal128Builder, Int64Builder, ListBuilder, RecordBatch, StringArray,
-    StringBuilder, UInt32Builder, UInt64Builder,
+    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ExportError;
-use crate::config::model::Destination;
+use crate::config::model::{Destination, StaticValue};
 use crate::mapping::batch::{EncodedBatch, RejectedRow};
 use crate::mapping::identity::DeviceIdType;
 use crate::mapping::limits;
@@ -134,6 +147,14 @@ impl RowsDataset {
         let data_err = |message: String| ExportError::Data {
             dataset: "rows",
             message,
+        };
+        // The reserved reasons column of extracted chunks is never exported.
+        let chunk = &if crate::source::rejected_reasons(chunk, self.decimals.len()).is_some() {
+            let mut projected = chunk.clone();
+            projected.remove_column(self.decimals.len());
+            projected
+        } else {
+            chunk.clone()
         };
         if chunk.num_columns() != self.decimals.len() {
             return Err(data_err(format!(
@@ -269,12 +290,142 @@ pub struct BatchesDataset {
     environment: StringBuilder,
     mpid: Int64Builder,
     /// One builder per destination column, in schema order.
-    values: Vec<StringBuilder>,
+    values: Vec<SentBuilder>,
     deleted: ListBuilder<StringBuilder>,
     /// Rows buffered in the builders.
     pending: usize,
     /// Scratch: this batch's value per destination column.
-    scratch: Vec<Option<String>>,
+    scratch: Vec<Option<Sent>>,
+}
+
+/// One destination's value in a batch, as read from the batch JSON.
+#[derive(Debug, Clone)]
+enum Sent {
+    /// A string value (identities and device ids).
+    Str(String),
+    /// An attribute's JSON text, exactly as sent.
+    Json(String),
+}
+
+/// The builder of one destination column, typed by what is sent there.
+#[derive(Debug)]
+enum SentBuilder {
+    Text(StringBuilder),
+    Int(Int64Builder),
+    UInt(UInt64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    List(ListBuilder<StringBuilder>),
+}
+
+impl SentBuilder {
+    /// The builder for a destination fed from a column of `kind`, or a static.
+    fn for_source(source: SentFrom<'_>) -> Self {
+        match source {
+            SentFrom::Column(ColumnKind::Bool) | SentFrom::Static(StaticValue::Bool(_)) => {
+                Self::Bool(BooleanBuilder::new())
+            }
+            SentFrom::Column(ColumnKind::Int) | SentFrom::Static(StaticValue::Integer(_)) => {
+                Self::Int(Int64Builder::new())
+            }
+            SentFrom::Column(ColumnKind::UInt) => Self::UInt(UInt64Builder::new()),
+            SentFrom::Column(ColumnKind::Float32 | ColumnKind::Float64)
+            | SentFrom::Static(StaticValue::Float(_)) => Self::Float(Float64Builder::new()),
+            SentFrom::Column(ColumnKind::List(_)) => {
+                Self::List(ListBuilder::new(StringBuilder::new()))
+            }
+            SentFrom::Column(_) | SentFrom::Static(StaticValue::String(_)) | SentFrom::Text => {
+                Self::Text(StringBuilder::new())
+            }
+        }
+    }
+
+    fn data_type(&self) -> DataType {
+        match self {
+            Self::Text(_) => DataType::Utf8,
+            Self::Int(_) => DataType::Int64,
+            Self::UInt(_) => DataType::UInt64,
+            Self::Float(_) => DataType::Float64,
+            Self::Bool(_) => DataType::Boolean,
+            Self::List(_) => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        }
+    }
+
+    /// Append one batch's value (`None` = not carried). A value whose JSON does
+    /// not have the column's type is an error (the plan and the mapper disagree).
+    fn append(&mut self, value: Option<Sent>) -> Result<(), String> {
+        let Some(value) = value else {
+            match self {
+                Self::Text(b) => b.append_null(),
+                Self::Int(b) => b.append_null(),
+                Self::UInt(b) => b.append_null(),
+                Self::Float(b) => b.append_null(),
+                Self::Bool(b) => b.append_null(),
+                Self::List(b) => b.append(false),
+            }
+            return Ok(());
+        };
+        let json = match value {
+            Sent::Str(s) => {
+                if let Self::Text(b) = self {
+                    b.append_value(s);
+                    return Ok(());
+                }
+                return Err(format!(
+                    "a string `{s}` where a {} was expected",
+                    self.data_type()
+                ));
+            }
+            Sent::Json(json) => json,
+        };
+        // Numbers beyond what a double holds exactly travel as digit strings.
+        let unquoted = || -> Result<String, String> {
+            if json.starts_with('"') {
+                serde_json::from_str::<String>(&json).map_err(|e| e.to_string())
+            } else {
+                Ok(json.clone())
+            }
+        };
+        let expected = self.data_type();
+        let wrong = |e: &dyn std::fmt::Display| format!("`{json}` is not a {expected}: {e}");
+        match self {
+            Self::Text(b) => b.append_value(unquoted()?),
+            Self::Int(b) => b.append_value(unquoted()?.parse::<i64>().map_err(|e| wrong(&e))?),
+            Self::UInt(b) => b.append_value(unquoted()?.parse::<u64>().map_err(|e| wrong(&e))?),
+            Self::Float(b) => b.append_value(json.parse::<f64>().map_err(|e| wrong(&e))?),
+            Self::Bool(b) => b.append_value(json.parse::<bool>().map_err(|e| wrong(&e))?),
+            Self::List(b) => {
+                let items: Vec<String> = serde_json::from_str(&json).map_err(|e| wrong(&e))?;
+                for item in items {
+                    b.values().append_value(item);
+                }
+                b.append(true);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Text(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::UInt(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::List(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// What feeds a destination column of the `batches` dataset.
+#[derive(Clone, Copy)]
+enum SentFrom<'a> {
+    /// A column of this kind, sent as an attribute.
+    Column(&'a ColumnKind),
+    /// A static mapping.
+    Static(&'a StaticValue),
+    /// A string by definition (identities, device ids).
+    Text,
 }
 
 impl BatchesDataset {
@@ -286,11 +437,11 @@ impl BatchesDataset {
             .columns
             .iter()
             .filter_map(|c| match &c.route {
-                Route::Send(d) => Some(d),
+                Route::Send(d) => Some((d, SentFrom::Column(&c.kind))),
                 Route::Iterator | Route::Ignored => None,
             })
-            .chain(plan.statics.iter().map(|(d, _)| d))
-            .filter(|d| !matches!(d, Destination::Mpid));
+            .chain(plan.statics.iter().map(|(d, v)| (d, SentFrom::Static(v))))
+            .filter(|(d, _)| !matches!(d, Destination::Mpid));
         let mut fields = vec![
             Field::new("source_request_id", DataType::Utf8, false),
             Field::new("row", DataType::UInt64, false),
@@ -302,7 +453,8 @@ impl BatchesDataset {
             (HashMap::new(), HashMap::new(), HashMap::new());
         let mut mp_deviceid = None;
         let mut count = 0;
-        for destination in destinations {
+        let mut values = Vec::new();
+        for (destination, from) in destinations {
             let index = count;
             match destination {
                 Destination::Identity(t) => {
@@ -321,11 +473,16 @@ impl BatchesDataset {
                 }
                 Destination::Mpid => continue,
             }
+            let builder = SentBuilder::for_source(match destination {
+                Destination::Attribute(_) => from,
+                _ => SentFrom::Text,
+            });
             fields.push(Field::new(
                 destination_path(destination),
-                DataType::Utf8,
+                builder.data_type(),
                 true,
             ));
+            values.push(builder);
             count += 1;
         }
         fields.push(Field::new(
@@ -345,7 +502,7 @@ impl BatchesDataset {
             part: UInt32Builder::new(),
             environment: StringBuilder::new(),
             mpid: Int64Builder::new(),
-            values: (0..count).map(|_| StringBuilder::new()).collect(),
+            values,
             deleted: ListBuilder::new(StringBuilder::new()),
             pending: 0,
             scratch: vec![None; count],
@@ -382,34 +539,27 @@ impl BatchesDataset {
                 .identities
                 .get(&name)
                 .ok_or_else(|| unknown("user identity", &name))?;
-            self.scratch[i] = Some(value);
+            self.scratch[i] = Some(Sent::Str(value));
         }
         for (name, value) in parsed.device_info {
             let i = *self
                 .devices
                 .get(&name)
                 .ok_or_else(|| unknown("device id", &name))?;
-            self.scratch[i] = Some(value);
+            self.scratch[i] = Some(Sent::Str(value));
         }
         if let Some(value) = parsed.mp_deviceid {
             let i = self
                 .mp_deviceid
                 .ok_or_else(|| unknown("device id", "mp_deviceid"))?;
-            self.scratch[i] = Some(value);
+            self.scratch[i] = Some(Sent::Str(value));
         }
         for (name, raw) in parsed.user_attributes {
             let i = *self
                 .attributes
                 .get(&name)
                 .ok_or_else(|| unknown("user attribute", &name))?;
-            let json = raw.get();
-            // A string is stored unquoted; anything else as the exact JSON sent.
-            let text = if json.starts_with('"') {
-                serde_json::from_str::<String>(json).map_err(|e| data_err(e.to_string()))?
-            } else {
-                json.to_owned()
-            };
-            self.scratch[i] = Some(text);
+            self.scratch[i] = Some(Sent::Json(raw.get().to_owned()));
         }
         self.source_request_id
             .append_value(&batch.source_request_id);
@@ -417,8 +567,20 @@ impl BatchesDataset {
         self.part.append_value(batch.part);
         self.environment.append_option(parsed.environment);
         self.mpid.append_option(parsed.mpid);
-        for (builder, value) in self.values.iter_mut().zip(self.scratch.iter_mut()) {
-            builder.append_option(value.take());
+        for (i, (builder, value)) in self
+            .values
+            .iter_mut()
+            .zip(self.scratch.iter_mut())
+            .enumerate()
+        {
+            builder.append(value.take()).map_err(|m| {
+                data_err(format!(
+                    "batch of row {} part {}: `{}`: {m}",
+                    batch.row,
+                    batch.part,
+                    self.schema.field(5 + i).name()
+                ))
+            })?;
         }
         for name in &parsed.deleted_user_attributes {
             self.deleted.values().append_value(name);
@@ -446,11 +608,7 @@ impl BatchesDataset {
             Arc::new(self.environment.finish()),
             Arc::new(self.mpid.finish()),
         ];
-        arrays.extend(
-            self.values
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
+        arrays.extend(self.values.iter_mut().map(SentBuilder::finish));
         arrays.push(Arc::new(self.deleted.finish()));
         RecordBatch::try_new(self.schema.clone(), arrays)
             .map(Some)

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array as _, RecordBatch};
 use sha2::{Digest, Sha256};
 
 use crate::config::model::{
@@ -52,6 +52,9 @@ pub enum RejectReason {
     InvalidMpid,
     /// Identities alone exceed the 128 KiB batch limit.
     BatchTooLarge,
+    /// A value could not be read from the warehouse (invalid UTF-8 or JSON, an
+    /// infinite or zero date, a value too large, …); the detail names the column.
+    InvalidValue,
 }
 
 impl RejectReason {
@@ -61,6 +64,7 @@ impl RejectReason {
             Self::NoIdentity => "no_identity",
             Self::InvalidMpid => "invalid_mpid",
             Self::BatchTooLarge => "batch_too_large",
+            Self::InvalidValue => "invalid_value",
         }
     }
 }
@@ -235,10 +239,14 @@ impl Mapper {
             .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
             .collect::<Result<Vec<_>, _>>()?;
         column_stats(&self.plan, chunk, stats);
+        // Rows the reader could not decode carry their reason in the reserved
+        // last column (see `source::REJECTED_COLUMN`).
+        let reasons = crate::source::rejected_reasons(chunk, self.plan.columns.len())
+            .filter(|r| r.null_count() < r.len());
         let rows = chunk.num_rows();
         let parts = parallel_parts(rows);
         if parts <= 1 {
-            return Ok(self.map_rows(&readers, 0..rows, first_row, stats));
+            return Ok(self.map_rows(&readers, reasons, 0..rows, first_row, stats));
         }
         // Rows are independent, so the chunk is cut into contiguous ranges mapped
         // on scoped threads and joined in order: the output is exactly that of one
@@ -256,7 +264,7 @@ impl Mapper {
                     columns: vec![ColumnStats::default(); columns],
                     ..MapStats::default()
                 };
-                let out = self.map_rows(readers, range, first_row, &mut part_stats);
+                let out = self.map_rows(readers, reasons, range, first_row, &mut part_stats);
                 (out, part_stats)
             };
             let mut rest = ranges[1..]
@@ -290,6 +298,7 @@ impl Mapper {
     fn map_rows(
         &self,
         readers: &[ColumnReader<'_>],
+        reasons: Option<&arrow::array::StringArray>,
         rows: std::ops::Range<usize>,
         first_row: u64,
         stats: &mut MapStats,
@@ -302,6 +311,17 @@ impl Mapper {
         for row in rows {
             let row_number = first_row + row as u64;
             stats.rows_read += 1;
+            if let Some(reason) = reasons.filter(|r| r.is_valid(row)).map(|r| r.value(row)) {
+                out.rejected.push(self.reject(
+                    readers,
+                    row,
+                    row_number,
+                    RejectReason::InvalidValue,
+                    reason.to_owned(),
+                    stats,
+                ));
+                continue;
+            }
             match self.map_row(readers, row) {
                 Ok(parts) => match self.encode(&parts, row_number, stats, &mut scratch) {
                     Ok(batches) => {
@@ -959,7 +979,7 @@ mod tests {
             .collect::<Vec<_>>();
         let mut single_stats = MapStats::default();
         column_stats(&mapper.plan, &chunk, &mut single_stats);
-        let single = mapper.map_rows(&readers, 0..n, 11, &mut single_stats);
+        let single = mapper.map_rows(&readers, None, 0..n, 11, &mut single_stats);
 
         assert_eq!(parallel.batches, single.batches);
         assert_eq!(parallel.rejected, single.rejected);
@@ -1020,6 +1040,54 @@ mod tests {
         );
         assert_eq!(stats.rows_mapped, 1);
         assert_eq!(stats.rejected_total(), 1);
+    }
+
+    #[test]
+    fn rows_the_reader_could_not_decode_are_rejected_as_invalid_value() {
+        let p = pipeline();
+        let infos = vec![
+            ColumnInfo {
+                name: "email".into(),
+                sql_type: "TEXT".into(),
+                kind: ColumnKind::Text,
+                decimal: None,
+            },
+            ColumnInfo {
+                name: "born".into(),
+                sql_type: "DATE".into(),
+                kind: ColumnKind::Date,
+                decimal: None,
+            },
+        ];
+        let chunk = RecordBatch::try_new(
+            crate::source::chunk_schema(&infos),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a@x.io"), Some("b@x.io")])) as ArrayRef,
+                Arc::new(arrow::array::Date32Array::from(vec![Some(0), None])),
+                Arc::new(StringArray::from(vec![
+                    None,
+                    Some("column `born`: infinite date cannot be sent"),
+                ])),
+            ],
+        )
+        .unwrap();
+        let mapper = Mapper::new(MappingPlan::new(&infos, &p).unwrap(), &p);
+        let mut stats = MapStats::default();
+        let out = mapper.map_chunk(&chunk, 7, &mut stats).unwrap();
+        assert_eq!(out.batches.len(), 1);
+        assert_eq!(out.rejected.len(), 1);
+        let r = &out.rejected[0];
+        assert_eq!(r.row, 8);
+        assert_eq!(r.reason, RejectReason::InvalidValue);
+        assert_eq!(r.reason.as_str(), "invalid_value");
+        assert_eq!(r.detail, "column `born`: infinite date cannot be sent");
+        assert_eq!(
+            serde_json::Value::Object(r.values.clone()),
+            json!({"email": "b@x.io", "born": null}),
+            "the reserved column is not one of the row's values"
+        );
+        assert_eq!(stats.rows_rejected.get("invalid_value"), Some(&1));
+        assert_eq!(stats.rows_read, 2);
     }
 
     #[test]

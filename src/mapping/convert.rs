@@ -13,7 +13,7 @@
 //! | other decimal | string holding the exact decimal text |
 //! | decimal NaN / ±Infinity | attribute dropped, counted as `non_finite_number` |
 //! | text, uuid | string |
-//! | json / jsonb | string holding compact JSON text |
+//! | json / jsonb | string holding compact JSON text (digits, key order and escapes as stored) |
 //! | bytes | string, standard base64 |
 //! | date | string `YYYY-MM-DD` |
 //! | time | string `HH:MM:SS[.ffffff]` |

@@ -173,6 +173,32 @@ impl MappingPlan {
             }
         }
 
+        // Without anything to resolve a profile by, every row would be rejected
+        // as `no_identity`: a configuration error, said before any row is read.
+        let resolves = planned
+            .iter()
+            .filter_map(|c| match &c.route {
+                Route::Send(d) => Some(d),
+                Route::Iterator | Route::Ignored => None,
+            })
+            .chain(statics.iter().map(|(d, _)| d))
+            .any(|d| {
+                matches!(
+                    d,
+                    Destination::Identity(_) | Destination::Mpid | Destination::Device(_)
+                )
+            });
+        if !resolves {
+            return Err(plan_error(
+                format!(
+                    "data model `{}` has no identity column: nothing goes to `user_identities`, `mpid` or `device_info`, so every row would be rejected as `no_identity` (columns: {})",
+                    pipeline.data_model,
+                    available()
+                ),
+                "return a column named after an identity (`customer_id`, `email`, …) or `mpid` from the model, alias one (`user_key AS customer_id`), or map a column to `user_identities.<type>`",
+            ));
+        }
+
         Ok(Self {
             columns: planned,
             statics,
@@ -315,6 +341,7 @@ pub(crate) mod tests {
             col("first", ColumnKind::Text),
             col("email", ColumnKind::Text),
             col("secret", ColumnKind::Text),
+            col("customer_id", ColumnKind::Text),
         ];
         let p = pipeline(
             vec![
@@ -347,6 +374,53 @@ pub(crate) mod tests {
         );
         assert_eq!(plan.columns[2].route, Route::Ignored);
         assert_eq!(plan.statics.len(), 1);
+    }
+
+    #[test]
+    fn model_without_identity_column_is_a_config_error() {
+        let columns = vec![
+            col("plan", ColumnKind::Text),
+            col("ltv", ColumnKind::Float64),
+        ];
+        let err = MappingPlan::new(&columns, &pipeline(vec![], SyncMode::Full))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data model `users` has no identity column"),
+            "{err}"
+        );
+        assert!(err.contains("columns: `plan`, `ltv`"), "{err}");
+        assert!(err.contains("hint: "), "{err}");
+
+        // An identity moved away by a mapping counts as gone…
+        let columns = vec![
+            col("email", ColumnKind::Text),
+            col("plan", ColumnKind::Text),
+        ];
+        let moved = pipeline(
+            vec![Mapping::Column {
+                source: "email".into(),
+                destination: Destination::Attribute("contact".into()),
+            }],
+            SyncMode::Full,
+        );
+        assert!(MappingPlan::new(&columns, &moved).is_err());
+        // …and `mpid`, a device id or a mapping to an identity are enough.
+        for (name, mappings) in [
+            ("mpid", vec![]),
+            ("push_token", vec![]),
+            (
+                "user_key",
+                vec![Mapping::Column {
+                    source: "user_key".into(),
+                    destination: Destination::Identity(IdentityType::CustomerId),
+                }],
+            ),
+        ] {
+            let columns = vec![col(name, ColumnKind::Text), col("plan", ColumnKind::Text)];
+            MappingPlan::new(&columns, &pipeline(mappings, SyncMode::Full))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]

@@ -37,14 +37,44 @@ pub struct PipelineStatus {
     pub watermark: Option<String>,
     /// How far the watermark is behind now, in seconds (time iterators).
     pub watermark_lag_secs: Option<i64>,
+    /// The spool waiting to be delivered (or being delivered), if any.
+    pub spool: Option<SpoolStatus>,
+}
+
+/// A pipeline's pending spool, as `wsync status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolStatus {
+    /// The run that extracted it.
+    pub run_id: i64,
+    /// Rows in it (so far, while the extract runs).
+    pub rows: u64,
+    /// Bytes of its rows file.
+    pub bytes: u64,
+    /// Seconds since its extract started.
+    pub age_secs: i64,
+    /// The extract finished (an incomplete spool is discarded by the next run).
+    pub complete: bool,
+    /// Requests whose outcome is logged.
+    pub acknowledged_requests: u64,
 }
 
 /// The status of `pipeline` at `now`.
 pub async fn pipeline_status(
     state: &StateStore,
+    spool_dir: &std::path::Path,
     pipeline: &Pipeline,
     now: DateTime<Utc>,
 ) -> Result<PipelineStatus, StateError> {
+    let dir = crate::sync::spool::SpoolDir::new(spool_dir, &pipeline.id);
+    // An unreadable spool folder is not a reason to fail the status.
+    let spool = dir.pending().ok().flatten().map(|p| SpoolStatus {
+        run_id: p.manifest.run_id,
+        rows: p.manifest.rows.max(p.rows_on_disk),
+        bytes: p.manifest.bytes.max(p.bytes_on_disk),
+        age_secs: (now - p.manifest.created_at).num_seconds(),
+        complete: p.manifest.complete,
+        acknowledged_requests: p.acknowledged_requests,
+    });
     let running = state.lock_holder(&pipeline.id).await?;
     let paused = super::is_paused(state, pipeline).await?;
     let history = state.schedule_history(&pipeline.id).await?;
@@ -92,6 +122,7 @@ pub async fn pipeline_status(
         next: if paused { None } else { next },
         watermark,
         watermark_lag_secs,
+        spool,
     })
 }
 
@@ -111,6 +142,14 @@ impl PipelineStatus {
             "next_run": self.next.map(|t| t.to_rfc3339()),
             "watermark": self.watermark,
             "watermark_lag_secs": self.watermark_lag_secs,
+            "spool": self.spool.as_ref().map(|s| json!({
+                "run_id": s.run_id,
+                "rows": s.rows,
+                "bytes": s.bytes,
+                "age_secs": s.age_secs,
+                "complete": s.complete,
+                "acknowledged_requests": s.acknowledged_requests,
+            })),
         })
     }
 }

@@ -17,7 +17,7 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::Field;
 
-use super::ColumnKind;
+use super::{ColumnKind, MAX_LIST_ELEMENTS, MAX_LIST_ELEMENT_CHARS, MAX_VALUE_BYTES};
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -116,11 +116,37 @@ impl ColBuilder {
             Self::Date(b) => b.append_null(),
             Self::Time(b) => b.append_null(),
             Self::Ts(b) => b.append_null(),
-            Self::List { offsets, valid, .. } => {
+            Self::List {
+                child,
+                offsets,
+                valid,
+                ..
+            } => {
+                // Elements appended before a decode error belong to this (null)
+                // list, never to the next one.
                 let last = offsets.last().copied().unwrap_or(0);
-                offsets.push(last);
+                offsets.push(i32::try_from(child.len()).unwrap_or(last));
                 valid.push(false);
             }
+        }
+    }
+
+    /// Bytes the values appended so far take (an estimate for bounding chunks:
+    /// the values and offsets buffers, not the builders' spare capacity).
+    pub(crate) fn bytes(&self) -> usize {
+        use arrow::array::ArrayBuilder as _;
+        match self {
+            Self::Bool(b) => b.len() / 8 + 1,
+            Self::Int(b) => b.len() * 8,
+            Self::UInt(b) => b.len() * 8,
+            Self::F32(b) => b.len() * 4,
+            Self::F64(b) => b.len() * 8,
+            Self::Str(b, _) => b.values_slice().len() + b.offsets_slice().len() * 4,
+            Self::Bytes(b) => b.values_slice().len() + b.offsets_slice().len() * 4,
+            Self::Date(b) => b.len() * 4,
+            Self::Time(b) => b.len() * 8,
+            Self::Ts(b) => b.len() * 8,
+            Self::List { child, offsets, .. } => child.bytes() + offsets.len() * 4,
         }
     }
 
@@ -209,11 +235,54 @@ pub(crate) fn time_micros(t: chrono::NaiveTime) -> i64 {
     i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1_000)
 }
 
-/// Compact JSON text from JSON text (normalises whitespace).
+/// Compact JSON text from JSON text: see [`write_compact_json`].
 pub(crate) fn compact_json(text: &str) -> Result<String, String> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .map(|v| v.to_string())
-        .map_err(|e| format!("invalid json: {e}"))
+    let mut out = String::with_capacity(text.len());
+    write_compact_json(text, &mut out)?;
+    Ok(out)
+}
+
+/// Check `text` is one JSON value and write it into `out` without the whitespace
+/// outside strings. Nothing else changes: numbers keep every digit (a value such
+/// as `123456789012345678901234567890` is never read into a double), keys keep
+/// their order and string escapes stay as written. The text is validated without
+/// building a tree (`RawValue` only scans it).
+pub(crate) fn write_compact_json(text: &str, out: &mut impl Write) -> Result<(), String> {
+    serde_json::from_str::<&serde_json::value::RawValue>(text)
+        .map_err(|e| format!("invalid json: {e}"))?;
+    let fmt_err = |e: std::fmt::Error| e.to_string();
+    let bytes = text.as_bytes();
+    let (mut in_string, mut escaped, mut start) = (false, false, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                // Whitespace is ASCII, so `start..i` always ends on a char boundary.
+                out.write_str(&text[start..i]).map_err(fmt_err)?;
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.write_str(&text[start..]).map_err(fmt_err)
+}
+
+/// The error for a value larger than [`MAX_VALUE_BYTES`].
+pub(crate) fn too_large(bytes: usize) -> String {
+    format!(
+        "a value of {bytes} bytes is larger than the {} MiB wsync reads (a user attribute holds at most 4096 characters): cut it in the model, e.g. LEFT(col, 4096)",
+        MAX_VALUE_BYTES / (1024 * 1024)
+    )
 }
 
 /// Read `N` bytes at the front of `buf`.
@@ -320,11 +389,24 @@ fn format_group(g: i16) -> [u8; 4] {
 }
 
 /// Decode one PostgreSQL binary value (`None` = NULL) into `b`.
+///
+/// On error nothing was appended for this value, except unfinished text in a
+/// string builder's current slot or finished elements in a list's child; the
+/// caller's [`ColBuilder::append_null`] closes either into the NULL it appends.
 pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), String> {
+    pg_append_in(b, value, false)
+}
+
+/// [`pg_append`]; `element` is true for the elements of an array, whose text is
+/// cut to [`MAX_LIST_ELEMENT_CHARS`] (see there).
+fn pg_append_in(b: &mut ColBuilder, value: Option<&[u8]>, element: bool) -> Result<(), String> {
     let Some(mut buf) = value else {
         b.append_null();
         return Ok(());
     };
+    if buf.len() > MAX_VALUE_BYTES {
+        return Err(too_large(buf.len()));
+    }
     match b {
         ColBuilder::Bool(b) => b.append_value(take::<1>(&mut buf)?[0] != 0),
         ColBuilder::Int(b) => b.append_value(match buf.len() {
@@ -343,6 +425,7 @@ pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), 
             _ => f64::from_be_bytes(take(&mut buf)?),
         }),
         ColBuilder::Str(b, kind) => match kind {
+            TextKind::Text if element => b.append_value(cut_chars(utf8(buf)?)),
             TextKind::Text => b.append_value(utf8(buf)?),
             TextKind::Decimal => {
                 // Written into the builder's current value, then closed as a row.
@@ -361,7 +444,13 @@ pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), 
                     Some(1) => &buf[1..],
                     _ => buf,
                 };
-                b.append_value(compact_json(utf8(text)?)?);
+                if element {
+                    b.append_value(cut_chars(&compact_json(utf8(text)?)?));
+                } else {
+                    // Written into the builder's current value, then closed as a row.
+                    write_compact_json(utf8(text)?, b)?;
+                    b.append_value("");
+                }
             }
         },
         ColBuilder::Bytes(b) => b.append_value(buf),
@@ -393,8 +482,18 @@ pub(crate) fn pg_append(b: &mut ColBuilder, value: Option<&[u8]>) -> Result<(), 
     Ok(())
 }
 
+/// The first [`MAX_LIST_ELEMENT_CHARS`] characters of `text`.
+fn cut_chars(text: &str) -> &str {
+    match text.char_indices().nth(MAX_LIST_ELEMENT_CHARS) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 /// Append the elements of a PostgreSQL binary array to `child`. Multi-dimensional
-/// arrays are flattened in storage order.
+/// arrays are flattened in storage order. Only the first [`MAX_LIST_ELEMENTS`]
+/// are kept. An element that cannot be decoded is closed as NULL in the child
+/// before the error is returned (see [`pg_append`]).
 fn pg_array(child: &mut ColBuilder, mut buf: &[u8]) -> Result<(), String> {
     let ndim = i32::from_be_bytes(take(&mut buf)?);
     let _has_nulls = i32::from_be_bytes(take(&mut buf)?);
@@ -405,10 +504,10 @@ fn pg_array(child: &mut ColBuilder, mut buf: &[u8]) -> Result<(), String> {
         let _lower = i32::from_be_bytes(take(&mut buf)?);
         count = count.saturating_mul(usize::try_from(len).map_err(|_| "negative array length")?);
     }
-    for _ in 0..count {
+    for _ in 0..count.min(MAX_LIST_ELEMENTS) {
         let len = i32::from_be_bytes(take(&mut buf)?);
-        if len < 0 {
-            pg_append(child, None)?;
+        let element = if len < 0 {
+            None
         } else {
             let len = usize::try_from(len).map_err(|_| "bad element length")?;
             if buf.len() < len {
@@ -416,7 +515,11 @@ fn pg_array(child: &mut ColBuilder, mut buf: &[u8]) -> Result<(), String> {
             }
             let (element, rest) = buf.split_at(len);
             buf = rest;
-            pg_append(child, Some(element))?;
+            Some(element)
+        };
+        if let Err(e) = pg_append_in(child, element, true) {
+            child.append_null();
+            return Err(e);
         }
     }
     Ok(())
@@ -494,6 +597,125 @@ mod tests {
             "12345678901234567890.123456789"
         );
         assert!(pg_numeric_text(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn jsonb_keeps_big_number_digits() {
+        // What PostgreSQL's jsonb output looks like: spaces after `:` and `,`.
+        let text = r#"{"big": 123456789012345678901234567890, "f": 0.1000000000000000055511151231257827, "e": 1E+400, "s": "a b\" c", "n": [1, -0.0, null]}"#;
+        assert_eq!(
+            compact_json(text).unwrap(),
+            r#"{"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827,"e":1E+400,"s":"a b\" c","n":[1,-0.0,null]}"#
+        );
+        // The binary jsonb form (version byte 1) decodes the same way.
+        let mut wire = vec![1u8];
+        wire.extend(text.as_bytes());
+        let mut b = ColBuilder::new(&ColumnKind::Json, 1);
+        pg_append(&mut b, Some(&wire)).unwrap();
+        let arr = b.finish().unwrap();
+        let s = arr
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert!(s.value(0).contains(":123456789012345678901234567890,"));
+        // Keys keep their order, escapes stay as written, whitespace inside strings stays.
+        assert_eq!(
+            compact_json("\n { \"z\" : \"\\u00e9 \\n\", \"a\" : { } } \t").unwrap(),
+            "{\"z\":\"\\u00e9 \\n\",\"a\":{}}"
+        );
+        for bad in ["", "{", "{\"a\":1,}", "[1] [2]", "NaN", "{'a':1}"] {
+            assert!(compact_json(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_leaves_nothing_behind_in_its_builder() {
+        // Invalid UTF-8, invalid JSON, an infinite date: each is an error, and the
+        // NULL the chunker then appends closes whatever was left unfinished.
+        let mut text = ColBuilder::new(&ColumnKind::Json, 2);
+        assert!(pg_append(&mut text, Some(b"{\"a\": ")).is_err());
+        text.append_null();
+        pg_append(&mut text, Some(b"[1]")).unwrap();
+        let arr = text.finish().unwrap();
+        let s = arr
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert!(s.is_null(0));
+        assert_eq!(s.value(1), "[1]");
+
+        let mut t = ColBuilder::new(&ColumnKind::Text, 2);
+        let err = pg_append(&mut t, Some(&[0x66, 0xff, 0x6f])).unwrap_err();
+        assert!(err.contains("invalid utf-8"), "{err}");
+
+        let mut d = ColBuilder::new(&ColumnKind::Date, 1);
+        let err = pg_append(&mut d, Some(&i32::MAX.to_be_bytes())).unwrap_err();
+        assert!(err.contains("infinite date"), "{err}");
+
+        // An array whose third element is bad: the list is NULL and the next list
+        // does not inherit the two elements already appended.
+        let array = |elements: &[&[u8]]| {
+            let mut v = Vec::new();
+            v.extend(1i32.to_be_bytes());
+            v.extend(0i32.to_be_bytes());
+            v.extend(25u32.to_be_bytes());
+            v.extend(i32::try_from(elements.len()).unwrap().to_be_bytes());
+            v.extend(1i32.to_be_bytes());
+            for e in elements {
+                v.extend(i32::try_from(e.len()).unwrap().to_be_bytes());
+                v.extend(*e);
+            }
+            v
+        };
+        let mut l = ColBuilder::new(&ColumnKind::List(Box::new(ColumnKind::Text)), 2);
+        assert!(pg_append(&mut l, Some(&array(&[b"a", b"b", &[0xff]]))).is_err());
+        l.append_null();
+        pg_append(&mut l, Some(&array(&[b"c"]))).unwrap();
+        let arr = l.finish().unwrap();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        assert!(list.is_null(0));
+        let second = list.value(1);
+        let second = second
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second.value(0), "c");
+    }
+
+    #[test]
+    fn huge_arrays_and_elements_are_cut_to_what_the_limits_need() {
+        let long = "é".repeat(5000);
+        let mut v = Vec::new();
+        v.extend(1i32.to_be_bytes());
+        v.extend(0i32.to_be_bytes());
+        v.extend(25u32.to_be_bytes());
+        v.extend(5000i32.to_be_bytes());
+        v.extend(1i32.to_be_bytes());
+        for i in 0..5000 {
+            let e = if i == 0 { long.clone() } else { i.to_string() };
+            v.extend(i32::try_from(e.len()).unwrap().to_be_bytes());
+            v.extend(e.as_bytes());
+        }
+        let mut b = ColBuilder::new(&ColumnKind::List(Box::new(ColumnKind::Text)), 1);
+        pg_append(&mut b, Some(&v)).unwrap();
+        let arr = b.finish().unwrap();
+        let list = arr.as_any().downcast_ref::<ListArray>().unwrap();
+        let first = list.value(0);
+        let s = first
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(s.len(), MAX_LIST_ELEMENTS);
+        assert_eq!(s.value(0).chars().count(), MAX_LIST_ELEMENT_CHARS);
+        assert_eq!(s.value(1000), "1000");
+
+        // A value beyond the reader's limit is refused before it is copied.
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        let mut t = ColBuilder::new(&ColumnKind::Text, 1);
+        let err = pg_append(&mut t, Some(&big)).unwrap_err();
+        assert!(err.contains("larger than the 8 MiB"), "{err}");
+        assert_eq!(t.bytes(), 4, "nothing but the first offset");
     }
 
     #[test]

@@ -33,6 +33,16 @@ fn list_unsupported(columns: &[UnsupportedColumn]) -> String {
         .join("; ")
 }
 
+/// What a decode error is about: `` column `x` at row 5 `` or, for a fault of
+/// the whole row (its width, the stream), `row 5`.
+fn what(column: &str, row: u64) -> String {
+    if column.is_empty() {
+        format!("row {row}")
+    } else {
+        format!("column `{column}` at row {row}")
+    }
+}
+
 /// A source failure. Messages name the connection, model, column or row involved
 /// and never contain a password (URLs are redacted, driver text is scrubbed).
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,19 @@ pub enum SourceError {
         /// Driver message, scrubbed of the password.
         cause: String,
         /// Whether it was an I/O or pool-timeout class failure.
+        retryable: bool,
+    },
+    /// A warehouse spoken to over HTTPS (Snowflake, BigQuery) refused the login
+    /// or could not be reached; `cause` says what to check.
+    #[error("cannot log in to `{connection}` at {url}: {cause}")]
+    Login {
+        /// Connection name.
+        connection: String,
+        /// The API host root (it holds no secret).
+        url: String,
+        /// What went wrong and what to check, scrubbed of every secret.
+        cause: String,
+        /// Whether it was a transient failure (I/O, 429, 5xx).
         retryable: bool,
     },
     /// The model is not a single read-only SELECT.
@@ -77,8 +100,10 @@ pub enum SourceError {
         /// Whether it was an I/O or pool-timeout class failure.
         retryable: bool,
     },
-    /// A value could not be converted to its column's Arrow type.
-    #[error("model `{model}`: cannot decode column `{column}` at row {row}: {message}")]
+    /// A row or value could not be read (a value that cannot be converted to its
+    /// column's Arrow type rejects only its row; this fails the read). `column`
+    /// is empty when the fault is the row's, not one value's.
+    #[error("model `{model}`: cannot decode {}: {message}", what(.column, *.row))]
     Decode {
         /// Model name.
         model: String,
@@ -113,7 +138,9 @@ impl SourceError {
     /// same data would time out again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect { retryable, .. } | Self::Query { retryable, .. } => *retryable,
+            Self::Connect { retryable, .. }
+            | Self::Login { retryable, .. }
+            | Self::Query { retryable, .. } => *retryable,
             _ => false,
         }
     }

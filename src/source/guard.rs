@@ -21,6 +21,10 @@
 //!   (`/*! .. */`, `/*M! .. */`) are refused; `$` is an identifier character,
 //!   never a quote.
 //! - **SQLite**: `'..'`, `".."`, `` `..` `` and `[..]`; no backslash escapes.
+//! - **Snowflake**: `'..'` with backslash escapes, `$$..$$` (no tags), `//`
+//!   comments; comments read both nested and not.
+//! - **BigQuery**: `'..'`, `".."`, `` `..` `` with backslash escapes, triple
+//!   quotes, `#` comments.
 //!
 //! What remains must be one statement starting with `SELECT`, `WITH` or `(` +
 //! `SELECT`, with none of the write/DDL/session keywords anywhere as a bare
@@ -88,6 +92,16 @@ struct Lexing {
     bracket_identifiers: bool,
     /// `$` may start an identifier (MySQL).
     dollar_starts_word: bool,
+    /// `$tag$` opens a string as `$$` does (PostgreSQL); otherwise only `$$`
+    /// does (Snowflake).
+    dollar_tags: bool,
+    /// `//` starts a comment to the end of the line (Snowflake).
+    slash_slash_comments: bool,
+    /// `'''..'''` and `""".."""` are strings in which single quotes need no
+    /// escape (BigQuery).
+    triple_quotes: bool,
+    /// `\` escapes the next character inside `` `..` `` (BigQuery).
+    backslash_backtick: bool,
 }
 
 impl Lexing {
@@ -103,6 +117,10 @@ impl Lexing {
         executable_comments: false,
         bracket_identifiers: false,
         dollar_starts_word: false,
+        dollar_tags: true,
+        slash_slash_comments: false,
+        triple_quotes: false,
+        backslash_backtick: false,
     };
     /// MySQL with its default `sql_mode` (backslash escapes, `"` strings).
     const MYSQL: Lexing = Lexing {
@@ -116,6 +134,10 @@ impl Lexing {
         executable_comments: true,
         bracket_identifiers: false,
         dollar_starts_word: true,
+        dollar_tags: false,
+        slash_slash_comments: false,
+        triple_quotes: false,
+        backslash_backtick: false,
     };
     /// SQLite.
     const SQLITE: Lexing = Lexing {
@@ -129,6 +151,45 @@ impl Lexing {
         executable_comments: false,
         bracket_identifiers: true,
         dollar_starts_word: false,
+        dollar_tags: false,
+        slash_slash_comments: false,
+        triple_quotes: false,
+        backslash_backtick: false,
+    };
+    /// Snowflake: backslash escapes in `'..'`, `$$..$$`, `//` comments.
+    const SNOWFLAKE: Lexing = Lexing {
+        backslash_single: true,
+        backslash_double: false,
+        e_strings: false,
+        dollar_quotes: true,
+        nested_comments: false,
+        hash_comments: false,
+        dash_dash_needs_space: false,
+        executable_comments: false,
+        bracket_identifiers: false,
+        dollar_starts_word: false,
+        dollar_tags: false,
+        slash_slash_comments: true,
+        triple_quotes: false,
+        backslash_backtick: false,
+    };
+    /// BigQuery (GoogleSQL): backslash escapes in every quoted form, triple
+    /// quotes, `#` comments.
+    const BIGQUERY: Lexing = Lexing {
+        backslash_single: true,
+        backslash_double: true,
+        e_strings: false,
+        dollar_quotes: false,
+        nested_comments: false,
+        hash_comments: true,
+        dash_dash_needs_space: false,
+        executable_comments: false,
+        bracket_identifiers: false,
+        dollar_starts_word: false,
+        dollar_tags: false,
+        slash_slash_comments: false,
+        triple_quotes: true,
+        backslash_backtick: true,
     };
 
     /// Every reading a server of `kind` may use, depending on its settings.
@@ -168,6 +229,15 @@ impl Lexing {
                 },
             ],
             ConnectionKind::Sqlite => vec![Self::SQLITE],
+            // Whether Snowflake nests comments is not documented: both ways.
+            ConnectionKind::Snowflake => vec![
+                Self::SNOWFLAKE,
+                Lexing {
+                    nested_comments: true,
+                    ..Self::SNOWFLAKE
+                },
+            ],
+            ConnectionKind::BigQuery => vec![Self::BIGQUERY],
         }
     }
 }
@@ -202,6 +272,43 @@ fn tokenize(sql: &str, lx: Lexing) -> Result<Vec<(Tok, usize)>, GuardError> {
                     i += 1;
                 }
             }
+            '/' if lx.slash_slash_comments && chars.get(i + 1) == Some(&'/') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '\'' | '"'
+                if lx.triple_quotes
+                    && chars.get(i + 1) == Some(&c)
+                    && chars.get(i + 2) == Some(&c) =>
+            {
+                // `'''..'''`: ends at the next unescaped triple quote.
+                let mut j = i + 3;
+                loop {
+                    match chars.get(j) {
+                        None => {
+                            return Err(GuardError {
+                                message: format!(
+                                    "unterminated {c}{c}{c}…{c}{c}{c} quoted text: close it with {c}{c}{c}"
+                                ),
+                                line: start_line,
+                            })
+                        }
+                        Some('\\') => j += 2,
+                        Some(q)
+                            if *q == c
+                                && chars.get(j + 1) == Some(&c)
+                                && chars.get(j + 2) == Some(&c) =>
+                        {
+                            break
+                        }
+                        Some(_) => j += 1,
+                    }
+                }
+                line += count_lines(i, j.min(chars.len()));
+                i = j + 3;
+                out.push((Tok::Other, start_line));
+            }
             '#' if lx.hash_comments => {
                 while i < chars.len() && chars[i] != '\n' {
                     i += 1;
@@ -231,6 +338,7 @@ fn tokenize(sql: &str, lx: Lexing) -> Result<Vec<(Tok, usize)>, GuardError> {
                 let backslash = match c {
                     '\'' => lx.backslash_single,
                     '"' => lx.backslash_double,
+                    '`' => lx.backslash_backtick,
                     _ => false,
                 };
                 let j = quoted_end(&chars, i, close, backslash)?;
@@ -245,7 +353,7 @@ fn tokenize(sql: &str, lx: Lexing) -> Result<Vec<(Tok, usize)>, GuardError> {
                     j += 1;
                 }
                 let tag_is_ident = chars.get(i + 1).is_some_and(|t| !t.is_ascii_digit());
-                if chars.get(j) == Some(&'$') && (j == i + 1 || tag_is_ident) {
+                if chars.get(j) == Some(&'$') && (j == i + 1 || (tag_is_ident && lx.dollar_tags)) {
                     let tag: Vec<char> = chars[i..=j].to_vec();
                     let end = find_seq(&chars, j + 1, &tag).ok_or_else(|| GuardError {
                         message: format!(
@@ -401,6 +509,8 @@ pub fn check_single_select(sql: &str) -> Result<(), GuardError> {
         ConnectionKind::Redshift,
         ConnectionKind::MySql,
         ConnectionKind::Sqlite,
+        ConnectionKind::Snowflake,
+        ConnectionKind::BigQuery,
     ] {
         if check_select_for(sql, kind).is_ok() {
             return Ok(());
@@ -583,12 +693,30 @@ mod tests {
         );
     }
 
-    const ALL: [ConnectionKind; 4] = [
+    const ALL: [ConnectionKind; 6] = [
         ConnectionKind::Postgres,
         ConnectionKind::Redshift,
         ConnectionKind::MySql,
         ConnectionKind::Sqlite,
+        ConnectionKind::Snowflake,
+        ConnectionKind::BigQuery,
     ];
+
+    #[test]
+    fn guard_snowflake_and_bigquery_quoting_bypasses_are_refused() {
+        use ConnectionKind::{BigQuery, Snowflake};
+        // Snowflake: `\'` escapes, `//` comments, `$a$` is not a quote.
+        refused_for(Snowflake, r"SELECT 'a\'' ; DROP TABLE t; --'");
+        ok_for(Snowflake, r"SELECT 'it\'s' AS x");
+        refused_for(Snowflake, "SELECT 1 AS x // '\n; DROP TABLE t; -- '");
+        refused_for(Snowflake, "SELECT $a$; DROP TABLE t; $a$");
+        ok_for(Snowflake, "SELECT $$it's; DROP$$ AS body, 1 // ; DROP\n");
+        // BigQuery: triple quotes, `#` comments, backslashes in backticks.
+        refused_for(BigQuery, "SELECT '''a''' ; DROP TABLE t; --'");
+        refused_for(BigQuery, "SELECT 1 AS x # '\n; DROP TABLE t; -- '");
+        refused_for(BigQuery, r"SELECT 1 AS `a\`` ; DROP TABLE t; --`");
+        ok_for(BigQuery, "SELECT '''it's; DROP''' AS s, `p.d.t` # ; DROP\n");
+    }
 
     #[test]
     fn guard_backslash_escape_bypass_is_refused() {
@@ -711,8 +839,10 @@ mod tests {
     #[test]
     fn guard_unknown_dialect_passes_when_one_dialect_does() {
         assert_eq!(check_single_select("SELECT 1 # 2"), Ok(()));
-        // MySQL reads it either way, depending on NO_BACKSLASH_ESCAPES: refused.
-        assert!(check_single_select(r"SELECT 'it\'s' AS x").is_err());
+        // MySQL reads it either way (NO_BACKSLASH_ESCAPES), so MySQL refuses
+        // it; Snowflake and BigQuery always honour the backslash.
+        assert_eq!(check_single_select(r"SELECT 'it\'s' AS x"), Ok(()));
+        assert!(check_select_for(r"SELECT 'it\'s' AS x", ConnectionKind::MySql).is_err());
         assert!(check_single_select("SELECT 1; DROP TABLE t").is_err());
         // No reading of the issue's example is a single statement except
         // SQLite's, where `E` is a column name.

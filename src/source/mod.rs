@@ -14,12 +14,15 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::config::model::IteratorDataType;
 
+pub(crate) mod bigquery;
 mod chunker;
 mod decode;
 pub mod error;
 pub mod guard;
+pub(crate) mod jwt;
 mod pg_copy;
 mod reader;
+pub(crate) mod snowflake;
 mod sql;
 pub mod types;
 
@@ -110,6 +113,30 @@ impl ColumnKind {
             Self::List(inner) => format!("list<{}>", inner.name()),
         }
     }
+
+    /// The kind [`ColumnKind::name`] gave this name (spool manifests store it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "bool" => Self::Bool,
+            "int" => Self::Int,
+            "uint" => Self::UInt,
+            "float32" => Self::Float32,
+            "float64" => Self::Float64,
+            "decimal" => Self::Decimal,
+            "text" => Self::Text,
+            "uuid" => Self::Uuid,
+            "json" => Self::Json,
+            "bytes" => Self::Bytes,
+            "date" => Self::Date,
+            "time" => Self::Time,
+            "timestamp" => Self::Timestamp,
+            "timestamptz" => Self::TimestampTz,
+            other => {
+                let inner = other.strip_prefix("list<")?.strip_suffix('>')?;
+                Self::List(Box::new(Self::from_name(inner)?))
+            }
+        })
+    }
 }
 
 /// One column of a model's result, as probed before any row is read.
@@ -181,6 +208,35 @@ pub struct SourceQuery {
     pub limit: Option<u64>,
 }
 
+/// Name of the reserved last column of every extracted chunk: `Utf8`, NULL for a
+/// row that decoded cleanly, else why one of its values could not be decoded
+/// (`column `born`: infinite date cannot be sent: …`). The bad value itself is
+/// NULL in its column. The row travels on with the chunk (through a spool, if
+/// any) and the mapper rejects it with reason `invalid_value`; the column is never
+/// sent, mapped or exported.
+pub const REJECTED_COLUMN: &str = "__wsync_rejected";
+
+/// The largest value (text, JSON, bytes, decimal text, one array's encoded
+/// form) the reader keeps, in bytes. A larger value rejects its row
+/// (`invalid_value`) and is skipped, never held: the largest thing mParticle
+/// accepts is a 4096-character attribute, and a chunk must stay small whatever
+/// the table holds.
+pub const MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A chunk is sent as soon as its values take this many bytes, even before it
+/// has `chunk_rows` rows, so memory is bounded by bytes as well as rows.
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Array elements the reader keeps per value: one more than the 1000 entries a
+/// list attribute may hold, so the mapper still sees that the list was too long
+/// (and truncates or drops it as the pipeline's `limit_policy` says). The rest
+/// are skipped. Arrays can only go to user attributes.
+pub const MAX_LIST_ELEMENTS: usize = 1001;
+
+/// Characters the reader keeps of a text element of an array: one more than the
+/// 512 a list entry may hold, for the same reason.
+pub const MAX_LIST_ELEMENT_CHARS: usize = 513;
+
 /// Build the Arrow schema for probed columns.
 pub fn arrow_schema(columns: &[ColumnInfo]) -> SchemaRef {
     Arc::new(arrow::datatypes::Schema::new(
@@ -191,6 +247,29 @@ pub fn arrow_schema(columns: &[ColumnInfo]) -> SchemaRef {
     ))
 }
 
+/// The schema of extracted chunks: the probed columns, then [`REJECTED_COLUMN`].
+pub fn chunk_schema(columns: &[ColumnInfo]) -> SchemaRef {
+    let mut fields: Vec<Field> = columns.iter().map(ColumnInfo::arrow_field).collect();
+    fields.push(Field::new(REJECTED_COLUMN, DataType::Utf8, true));
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
+
+/// The reasons column of a chunk ([`REJECTED_COLUMN`]), when `chunk` has one after
+/// its `probed` columns.
+pub fn rejected_reasons(chunk: &RecordBatch, probed: usize) -> Option<&arrow::array::StringArray> {
+    if chunk.num_columns() != probed + 1 {
+        return None;
+    }
+    if chunk.schema().field(probed).name() != REJECTED_COLUMN {
+        return None;
+    }
+    chunk
+        .column(probed)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+}
+
 /// Rows read so far arrive as record batches of at most the connection's
-/// `chunk_rows` rows.
+/// `chunk_rows` rows (fewer when they reach [`CHUNK_BYTES`]), with
+/// [`REJECTED_COLUMN`] last.
 pub type Chunk = RecordBatch;

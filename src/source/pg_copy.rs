@@ -22,9 +22,11 @@ use futures::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use tokio::sync::mpsc;
 
+use std::time::Duration;
+
 use super::chunker::Chunker;
 use super::decode;
-use super::SourceError;
+use super::{SourceError, MAX_VALUE_BYTES};
 
 /// Bytes moved off the socket per block handed to the decoding thread.
 const BLOCK_BYTES: usize = 64 * 1024;
@@ -85,15 +87,21 @@ pub(crate) fn statement(query_sql: &str) -> String {
 }
 
 /// Run `statement` (from [`statement`]) on `conn`, which is inside the read's
-/// transaction, and decode every row into `chunker` on a blocking thread.
+/// transaction, and decode every row into `chunker` on a blocking thread. When
+/// the server sends nothing for `read_timeout`, the read fails (a half-open
+/// connection would otherwise hang it forever) and the stream is abandoned.
 pub(crate) async fn copy_out(
     conn: &mut PgConnection,
     statement: &str,
     chunker: Chunker,
+    read_timeout: Duration,
 ) -> CopyEnd {
-    let mut stream = match conn.copy_out_raw(statement).await {
-        Ok(stream) => stream,
-        Err(e) => return CopyEnd::Refused(e),
+    let model = chunker.model().to_owned();
+    let started = tokio::time::timeout(read_timeout, conn.copy_out_raw(statement)).await;
+    let mut stream = match started {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return CopyEnd::Refused(e),
+        Err(_) => return CopyEnd::Refused(super::reader::read_timed_out(read_timeout)),
     };
     let (block_tx, block_rx) = mpsc::channel::<Vec<u8>>(QUEUED_BLOCKS);
     let decoder = tokio::task::spawn_blocking(move || decode_blocks(block_rx, chunker));
@@ -103,15 +111,35 @@ pub(crate) async fn copy_out(
     // Whether sqlx read the stream up to `ReadyForQuery` (its end, or an error).
     let mut read_to_end = false;
     loop {
-        match stream.try_next().await {
+        let next = match tokio::time::timeout(read_timeout, stream.try_next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                // Not read to its end: the caller replaces the connection.
+                server_error = Some(super::reader::read_timed_out(read_timeout));
+                break;
+            }
+        };
+        match next {
             Ok(Some(data)) => {
-                block.extend_from_slice(&data);
-                if block.len() >= BLOCK_BYTES {
-                    let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES));
-                    if block_tx.send(full).await.is_err() {
-                        // The decoder stopped: receiver gone or a decode error.
-                        break;
+                // PostgreSQL sends a row per message, so one message may be a
+                // 100 MB value: it is handed on in blocks, never copied whole.
+                let mut rest: &[u8] = &data;
+                let mut stopped = false;
+                while !rest.is_empty() {
+                    let n = (BLOCK_BYTES - block.len().min(BLOCK_BYTES - 1)).min(rest.len());
+                    block.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    if block.len() >= BLOCK_BYTES {
+                        let full = std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES));
+                        if block_tx.send(full).await.is_err() {
+                            // The decoder stopped: receiver gone or a decode error.
+                            stopped = true;
+                            break;
+                        }
                     }
+                }
+                if stopped {
+                    break;
                 }
             }
             Ok(None) => {
@@ -136,7 +164,7 @@ pub(crate) async fn copy_out(
         Err(join) => (
             0,
             Err(SourceError::Decode {
-                model: String::new(),
+                model,
                 column: String::new(),
                 row: 0,
                 message: format!("the COPY decoding thread ended abnormally: {join}"),
@@ -172,7 +200,7 @@ fn decode_blocks(mut blocks: mpsc::Receiver<Vec<u8>>, mut chunker: Chunker) -> D
     }
     if let Err(message) = parser.check_complete() {
         // A server error is what ends such a stream; the caller reports it first.
-        return (chunker.rows(), Err(chunker.error(0, message)));
+        return (chunker.rows(), Err(stream_error(&chunker, message)));
     }
     let rows = chunker.rows();
     match chunker.finish_blocking() {
@@ -193,20 +221,26 @@ enum Stage {
     Done,
 }
 
-/// An incremental parser of the binary COPY format. Tuples may span blocks: the
-/// tail of a block that does not hold a whole tuple is kept in `pending`.
+/// An incremental parser of the binary COPY format, one field at a time. A
+/// field that is not all there yet stays in `pending` until the next block; a
+/// field larger than [`MAX_VALUE_BYTES`] is never held: its row is rejected
+/// ([`Chunker::reject_value`]) and its bytes are skipped as they arrive.
 #[derive(Debug, Default)]
 struct Parser {
     stage: Stage,
-    /// Bytes of an incomplete tuple (or header) carried to the next block.
+    /// Bytes of an incomplete field (or header) carried to the next block.
     pending: Vec<u8>,
-    /// `(start, length)` of each field of the tuple being decoded, reused.
-    fields: Vec<(usize, i32)>,
+    /// `(fields, next)` of the tuple being decoded: its field count and the
+    /// index of the next field to read; `None` between tuples.
+    tuple: Option<(usize, usize)>,
+    /// Bytes of an oversized field still to skip.
+    skip: usize,
+    /// Wire bytes of the tuple being decoded so far.
+    row_bytes: usize,
 }
 
 impl Parser {
-    /// Decode every complete tuple of `pending ++ block`. `Ok(false)` = the
-    /// receiver is gone.
+    /// Decode what `pending ++ block` holds. `Ok(false)` = the receiver is gone.
     fn feed(&mut self, block: &[u8], chunker: &mut Chunker) -> Result<bool, SourceError> {
         if self.pending.is_empty() {
             let (used, more) = self.parse(block, chunker)?;
@@ -226,7 +260,7 @@ impl Parser {
     fn parse(&mut self, buf: &[u8], chunker: &mut Chunker) -> Result<(usize, bool), SourceError> {
         let mut pos = 0;
         if self.stage == Stage::Header {
-            match header_len(buf).map_err(|m| chunker.error(0, m))? {
+            match header_len(buf).map_err(|m| stream_error(chunker, m))? {
                 Some(n) => {
                     pos = n;
                     self.stage = Stage::Tuples;
@@ -235,49 +269,78 @@ impl Parser {
             }
         }
         while self.stage == Stage::Tuples {
-            let Some(count) = read_i16(buf, pos) else {
-                break;
-            };
-            if count == -1 {
-                pos += 2;
-                self.stage = Stage::Done;
-                break;
+            if self.skip > 0 {
+                let n = self.skip.min(buf.len() - pos);
+                pos += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    break;
+                }
+                continue;
             }
-            // Find the whole tuple before touching the builders: a tuple is
-            // appended completely or not at all.
-            self.fields.clear();
-            let mut at = pos + 2;
-            let mut complete = true;
-            for _ in 0..count.max(0) {
-                let Some(len) = read_i32(buf, at) else {
-                    complete = false;
+            let Some((fields, next)) = self.tuple else {
+                let Some(count) = read_i16(buf, pos) else {
                     break;
                 };
-                at += 4;
-                let start = at;
-                if len > 0 {
-                    at += usize::try_from(len).unwrap_or(usize::MAX / 2);
-                    if at > buf.len() {
-                        complete = false;
-                        break;
-                    }
+                pos += 2;
+                if count == -1 {
+                    self.stage = Stage::Done;
+                    break;
                 }
-                self.fields.push((start, len));
+                let fields = usize::try_from(count).map_err(|_| {
+                    stream_error(chunker, format!("a COPY tuple has {count} fields"))
+                })?;
+                chunker.check_width(fields)?;
+                self.tuple = Some((fields, 0));
+                self.row_bytes = 2;
+                continue;
+            };
+            if next == fields {
+                self.tuple = None;
+                if !chunker.row_done_blocking(self.row_bytes)? {
+                    return Ok((pos, false));
+                }
+                continue;
             }
-            if !complete {
+            let Some(len) = read_i32(buf, pos) else {
+                break;
+            };
+            let Ok(len) = usize::try_from(len) else {
+                // -1 is NULL (any negative length is read as NULL, as PostgreSQL does).
+                pos += 4;
+                self.row_bytes += 4;
+                // Past the builders is only the server's size report: NULL, none.
+                if let Some(b) = chunker.builders.get_mut(next) {
+                    b.append_null();
+                }
+                self.tuple = Some((fields, next + 1));
+                continue;
+            };
+            if len > MAX_VALUE_BYTES {
+                pos += 4;
+                self.row_bytes += 4 + len;
+                chunker.reject_value(next, &decode::too_large(len));
+                self.skip = len;
+                self.tuple = Some((fields, next + 1));
+                continue;
+            }
+            let end = pos + 4 + len;
+            if end > buf.len() {
                 break;
             }
-            chunker.check_width(self.fields.len())?;
-            for (i, &(start, len)) in self.fields.iter().enumerate() {
-                let value = usize::try_from(len).ok().map(|n| &buf[start..start + n]);
-                if let Err(m) = decode::pg_append(&mut chunker.builders[i], value) {
-                    return Err(chunker.error(i, m));
+            let value = &buf[pos + 4..end];
+            match chunker.builders.get_mut(next) {
+                Some(builder) => {
+                    if let Err(m) = decode::pg_append(builder, Some(value)) {
+                        chunker.reject_value(next, &m);
+                    }
                 }
+                // `check_width` allows one field past the builders: the report.
+                None => chunker.size_report(value),
             }
-            pos = at;
-            if !chunker.row_done_blocking()? {
-                return Ok((pos, false));
-            }
+            self.row_bytes += 4 + len;
+            pos = end;
+            self.tuple = Some((fields, next + 1));
         }
         if self.stage == Stage::Done {
             // Anything after the trailer is ignored, as PostgreSQL's own reader does.
@@ -293,9 +356,19 @@ impl Parser {
             Stage::Header => Err("the COPY stream ended before its header".to_owned()),
             Stage::Tuples => Err(format!(
                 "the COPY stream ended without its trailer ({} bytes of an incomplete row)",
-                self.pending.len()
+                self.pending.len() + self.skip
             )),
         }
+    }
+}
+
+/// A malformed COPY stream (not one bad value): fails the read.
+fn stream_error(chunker: &Chunker, message: String) -> SourceError {
+    SourceError::Decode {
+        model: chunker.model().to_owned(),
+        column: String::new(),
+        row: chunker.rows() + 1,
+        message,
     }
 }
 
@@ -403,6 +476,88 @@ mod tests {
             let names = batches[0].column(1).as_any().downcast_ref::<StringArray>();
             assert!(names.unwrap().is_null(1));
         }
+    }
+
+    /// A binary COPY stream of `(id int8, name text)` rows with raw name bytes.
+    fn raw_stream(rows: &[(i64, &[u8])]) -> Vec<u8> {
+        let mut v = SIGNATURE.to_vec();
+        v.extend(0i32.to_be_bytes());
+        v.extend(0i32.to_be_bytes());
+        for (id, name) in rows {
+            v.extend(2i16.to_be_bytes());
+            v.extend(8i32.to_be_bytes());
+            v.extend(id.to_be_bytes());
+            v.extend(i32::try_from(name.len()).unwrap().to_be_bytes());
+            v.extend(*name);
+        }
+        v.extend((-1i16).to_be_bytes());
+        v
+    }
+
+    fn reasons(batches: &[arrow::array::RecordBatch]) -> Vec<Option<String>> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let r = crate::source::rejected_reasons(b, 2).expect("reasons column");
+                r.iter().map(|v| v.map(str::to_owned)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_bad_value_rejects_its_row_not_the_run() {
+        let data = raw_stream(&[(1, b"ok"), (2, &[0x66, 0xff]), (3, b"fine")]);
+        for step in [1, 5, data.len()] {
+            let ((rows, done), batches) = run(&data, step);
+            assert_eq!(rows, 3, "step {step}");
+            assert!(done.unwrap(), "step {step}");
+            let reasons = reasons(&batches);
+            assert_eq!(reasons[0], None);
+            let bad = reasons[1].as_deref().expect("row 2 rejected");
+            assert!(bad.starts_with("column `name`: invalid utf-8"), "{bad}");
+            assert_eq!(reasons[2], None);
+            let names = batches[0].column(1).as_any().downcast_ref::<StringArray>();
+            assert!(names.unwrap().is_null(1), "the bad value is NULL");
+            let names = batches[1].column(1).as_any().downcast_ref::<StringArray>();
+            assert_eq!(names.unwrap().value(0), "fine");
+        }
+    }
+
+    #[test]
+    fn an_oversized_value_is_skipped_as_it_streams_and_its_row_rejected() {
+        let big = vec![b'x'; MAX_VALUE_BYTES + 10];
+        let data = raw_stream(&[(1, &big), (2, b"after")]);
+        let (tx, mut rx) = mpsc::channel(100);
+        let (btx, brx) = mpsc::channel(data.len() / BLOCK_BYTES + 2);
+        for piece in data.chunks(BLOCK_BYTES) {
+            btx.try_send(piece.to_vec()).unwrap();
+        }
+        drop(btx);
+        let cols = columns();
+        let mut parser = Parser::default();
+        let mut chunker = Chunker::new("m", &cols, 2, tx);
+        let mut blocks = brx;
+        let mut most_pending = 0;
+        while let Ok(block) = blocks.try_recv() {
+            assert!(parser.feed(&block, &mut chunker).unwrap());
+            most_pending = most_pending.max(parser.pending.capacity());
+        }
+        parser.check_complete().unwrap();
+        assert_eq!(chunker.finish_blocking().unwrap(), 2);
+        assert!(most_pending < 4 * BLOCK_BYTES, "held {most_pending} bytes");
+        let mut batches = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            batches.push(b);
+        }
+        let reasons = reasons(&batches);
+        let bad = reasons[0].as_deref().expect("row 1 rejected");
+        assert!(
+            bad.contains("column `name`: a value of 8388618 bytes"),
+            "{bad}"
+        );
+        assert_eq!(reasons[1], None);
+        let names = batches[0].column(1).as_any().downcast_ref::<StringArray>();
+        assert_eq!(names.unwrap().value(1), "after");
     }
 
     #[test]

@@ -17,6 +17,14 @@
 //! TLS settings (`sslmode=require`, `ssl-mode=REQUIRED`) come from the URL and are
 //! never overridden here.
 //!
+//! No wait on the network is unbounded: opening a connection (and its session
+//! setup) gives up after [`CONNECT_TIMEOUT`], and every wait for the server's
+//! next message after the statement timeout plus [`READ_TIMEOUT_MARGIN`] (the
+//! server itself cancels a query at its statement timeout, so a longer silence
+//! means the connection is half-open: a dropped peer, a NAT that forgot it).
+//! sqlx does not expose the socket, so TCP keepalive cannot be set here; the
+//! read timeout is what ends a run on a dead connection.
+//!
 //! Rows are read with sqlx's streaming `fetch`, decoded straight into Arrow
 //! builders and sent every `chunk_rows` rows, so memory is bounded by one chunk.
 //! PostgreSQL (not Redshift) reads through `COPY (<query>) TO STDOUT (FORMAT
@@ -45,8 +53,8 @@ use super::error::{is_transient, scrub_url_secrets, LowercaseFirst, UnsupportedC
 use super::pg_copy;
 use super::sql::{self, Bind, Dialect};
 use super::types::{self, Unsupported};
-use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
-use crate::config::model::{Connection, ConnectionKind, IteratorDataType};
+use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery, MAX_VALUE_BYTES};
+use crate::config::model::{CloudWarehouse, Connection, ConnectionKind, IteratorDataType};
 use crate::redact::Secret;
 
 /// The open connection, by driver.
@@ -68,6 +76,45 @@ enum Conn {
     MySql(MySqlConnection),
     /// SQLite.
     Sqlite(SqliteConnection),
+    /// Snowflake, over HTTPS.
+    Snowflake(Box<super::snowflake::Client>),
+    /// BigQuery, over HTTPS.
+    BigQuery(Box<super::bigquery::Client>),
+}
+
+/// How long opening a connection and setting its session up may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much longer than the statement timeout a read waits for the server's
+/// next message before it declares the connection dead.
+pub const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest wait for the server's next message on a connection whose
+/// statement timeout is `statement_timeout`.
+fn read_timeout(statement_timeout: Duration) -> Duration {
+    statement_timeout.saturating_add(READ_TIMEOUT_MARGIN)
+}
+
+/// The driver error a read that waited too long ends with (I/O class: a later
+/// run on a new connection may well succeed).
+pub(crate) fn read_timed_out(waited: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "the server sent nothing for {}s: the connection is dead or half-open",
+            waited.as_secs()
+        ),
+    ))
+}
+
+/// `fut` (a driver call), failing with [`read_timed_out`] after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| Err(read_timed_out(limit)))
 }
 
 /// One open warehouse connection (not a pool: a run reads one model at a time).
@@ -104,14 +151,14 @@ macro_rules! in_pg_tx {
         } else {
             format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
         };
-        sqlx::raw_sql(&begin)
-            .execute(&mut *$c)
+        let limit = read_timeout($errs.statement_timeout);
+        bounded(limit, sqlx::raw_sql(&begin).execute(&mut *$c))
             .await
             .map_err(|e| $errs.query($model, &e))?;
         let result = $body;
         // Always end the transaction, even after an error; a failed ROLLBACK only
         // matters when the query itself succeeded.
-        let end = sqlx::raw_sql("ROLLBACK").execute(&mut *$c).await;
+        let end = bounded(limit, sqlx::raw_sql("ROLLBACK").execute(&mut *$c)).await;
         let value = result?;
         end.map_err(|e| $errs.query($model, &e))?;
         value
@@ -126,55 +173,82 @@ impl Warehouse {
         let url = conn.url.expose();
         let connect_err = |e: &sqlx::Error| SourceError::connect(&conn.name, &conn.url, e);
         let timeout = conn.statement_timeout;
-        let driver = match conn.kind {
-            ConnectionKind::Postgres | ConnectionKind::Redshift => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|e| connect_err(&e))?
-                    .application_name("wsync");
-                let c = pg_open(&options).await.map_err(|e| connect_err(&e))?;
-                Conn::Pg {
-                    conn: Some(c),
-                    read_only: conn.kind == ConnectionKind::Postgres,
-                    options: Box::new(options),
-                    // Redshift speaks the protocol but has no COPY … TO STDOUT.
-                    copy: conn.kind == ConnectionKind::Postgres,
-                }
+        let driver = match (conn.kind, &conn.cloud) {
+            (ConnectionKind::Snowflake, Some(CloudWarehouse::Snowflake(settings))) => {
+                let client = super::snowflake::connect(&conn.name, settings, timeout).await?;
+                Conn::Snowflake(Box::new(client))
             }
-            ConnectionKind::MySql => {
-                let options = MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                let mut c = MySqlConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                let version: String = sqlx::query_scalar("SELECT VERSION()")
-                    .fetch_one(&mut c)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                let limit = if version.to_ascii_lowercase().contains("mariadb") {
-                    format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
-                } else {
-                    format!("SET SESSION max_execution_time = {}", timeout.as_millis())
-                };
-                let setup =
-                    format!("SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}");
-                sqlx::raw_sql(&setup)
-                    .execute(&mut c)
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                Conn::MySql(c)
+            (ConnectionKind::BigQuery, Some(CloudWarehouse::BigQuery(settings))) => {
+                let client = super::bigquery::connect(&conn.name, settings, timeout).await?;
+                Conn::BigQuery(Box::new(client))
             }
-            ConnectionKind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                if let Some(seed) = &conn.seed_sql {
-                    if !options.get_filename().exists() {
-                        seed_sqlite(&options, seed).await?;
+            (ConnectionKind::Snowflake | ConnectionKind::BigQuery, _) => {
+                return Err(SourceError::Login {
+                    connection: conn.name.clone(),
+                    url: conn.url.expose().to_owned(),
+                    cause: format!("the {} connection has no settings", conn.kind.as_str()),
+                    retryable: false,
+                })
+            }
+            _ => match conn.kind {
+                ConnectionKind::Postgres | ConnectionKind::Redshift => {
+                    let options = PgConnectOptions::from_str(url)
+                        .map_err(|e| connect_err(&e))?
+                        .application_name("wsync");
+                    let c = bounded(CONNECT_TIMEOUT, pg_open(&options))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::Pg {
+                        conn: Some(c),
+                        read_only: conn.kind == ConnectionKind::Postgres,
+                        options: Box::new(options),
+                        // Redshift speaks the protocol but has no COPY … TO STDOUT.
+                        copy: conn.kind == ConnectionKind::Postgres,
                     }
                 }
-                let options = options.read_only(true).create_if_missing(false);
-                let c = SqliteConnection::connect_with(&options)
+                ConnectionKind::MySql => {
+                    let options =
+                        MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    let mut c = bounded(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    let version: String = bounded(
+                        CONNECT_TIMEOUT,
+                        sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c),
+                    )
                     .await
                     .map_err(|e| connect_err(&e))?;
-                Conn::Sqlite(c)
-            }
+                    let limit = if version.to_ascii_lowercase().contains("mariadb") {
+                        format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
+                    } else {
+                        format!("SET SESSION max_execution_time = {}", timeout.as_millis())
+                    };
+                    let setup = format!(
+                        "SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}"
+                    );
+                    bounded(CONNECT_TIMEOUT, sqlx::raw_sql(&setup).execute(&mut c))
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::MySql(c)
+                }
+                ConnectionKind::Sqlite => {
+                    let options =
+                        SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
+                    if let Some(seed) = &conn.seed_sql {
+                        if !options.get_filename().exists() {
+                            seed_sqlite(&options, seed).await?;
+                        }
+                    }
+                    let options = options.read_only(true).create_if_missing(false);
+                    let c = SqliteConnection::connect_with(&options)
+                        .await
+                        .map_err(|e| connect_err(&e))?;
+                    Conn::Sqlite(c)
+                }
+                ConnectionKind::Snowflake | ConnectionKind::BigQuery => {
+                    unreachable!("handled above")
+                }
+            },
         };
         Ok(Warehouse {
             name: conn.name.clone(),
@@ -199,6 +273,8 @@ impl Warehouse {
             Conn::Pg { .. } => ConnectionKind::Redshift,
             Conn::MySql(_) => ConnectionKind::MySql,
             Conn::Sqlite(_) => ConnectionKind::Sqlite,
+            Conn::Snowflake(_) => ConnectionKind::Snowflake,
+            Conn::BigQuery(_) => ConnectionKind::BigQuery,
         }
     }
 
@@ -212,6 +288,8 @@ impl Warehouse {
             },
             Conn::MySql(conn) => conn.ping().await,
             Conn::Sqlite(conn) => conn.ping().await,
+            Conn::Snowflake(client) => return super::snowflake::ping(client).await,
+            Conn::BigQuery(client) => return super::bigquery::ping(client).await,
         };
         result.map_err(|e| SourceError::connect(&self.name, &self.url, &e))
     }
@@ -239,21 +317,39 @@ impl Warehouse {
                         .map_err(|e| errs.query(model, &e))
                 })
             }
-            Conn::MySql(conn) => conn
-                .describe(&sql)
-                .await
-                .map_err(|e| errs.query(model, &e))?
-                .columns()
-                .iter()
-                .map(|c| {
-                    let name = c.type_info().name().to_owned();
-                    let kind = types::mysql_kind(&name);
-                    // sqlx keeps MySQL's DECIMAL(p,s) to itself (`max_size` and the
-                    // column definition's `decimals` are crate-private), so MySQL
-                    // decimals export as their exact text.
-                    (c.name().to_owned(), name, kind, None)
-                })
-                .collect(),
+            Conn::MySql(conn) => {
+                let mut described: Vec<Described> = conn
+                    .describe(&sql)
+                    .await
+                    .map_err(|e| errs.query(model, &e))?
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        let mut name = c.type_info().name().to_owned();
+                        // The server sends one type id for every blob size, and
+                        // sqlx keeps the length to itself except in `Debug`; a
+                        // 4 GiB blob is a `LONGBLOB`/`LONGTEXT` (and MariaDB's JSON).
+                        if name == "BLOB"
+                            && format!("{:?}", c.type_info()).contains("max_size: Some(4294967295)")
+                        {
+                            name = "LONGBLOB".to_owned();
+                        }
+                        let kind = types::mysql_kind(&name);
+                        // sqlx keeps MySQL's DECIMAL(p,s) to itself (`max_size` and the
+                        // column definition's `decimals` are crate-private), so MySQL
+                        // decimals export as their exact text.
+                        (c.name().to_owned(), name, kind, None)
+                    })
+                    .collect();
+                mysql_text_columns(
+                    conn,
+                    &query.sql,
+                    &mut described,
+                    read_timeout(errs.statement_timeout),
+                )
+                .await;
+                described
+            }
             Conn::Sqlite(conn) => conn
                 .describe(&sql)
                 .await
@@ -266,6 +362,8 @@ impl Warehouse {
                     (c.name().to_owned(), name, kind, None)
                 })
                 .collect(),
+            Conn::Snowflake(client) => super::snowflake::probe(client, query).await?,
+            Conn::BigQuery(client) => super::bigquery::probe(client, query).await?,
         };
         let mut columns = Vec::with_capacity(described.len());
         let mut unsupported = Vec::new();
@@ -292,6 +390,28 @@ impl Warehouse {
                 model: query.model.clone(),
                 columns: unsupported,
             })
+        }
+    }
+
+    /// Close the connection politely (the server ends the session at once),
+    /// so a run that spooled its extract holds no warehouse session while it
+    /// delivers. Errors are ignored: the socket is dropped either way.
+    pub async fn close(self) {
+        use sqlx::Connection as _;
+        match self.conn {
+            Conn::Pg { conn: Some(c), .. } => {
+                let _ = c.close().await;
+            }
+            Conn::Pg { conn: None, .. } => {}
+            Conn::MySql(c) => {
+                let _ = c.close().await;
+            }
+            Conn::Sqlite(c) => {
+                let _ = c.close().await;
+            }
+            Conn::Snowflake(client) => client.close().await,
+            // Stateless HTTP: nothing is held on the server between calls.
+            Conn::BigQuery(_) => {}
         }
     }
 
@@ -326,19 +446,33 @@ impl Warehouse {
                 conn, read_only, ..
             } => {
                 let conn: &mut PgConnection = live(conn)?;
-                let (sql, binds) = sql::wrap(Dialect::Postgres, query);
+                // Redshift (not read-only) has neither `pg_column_size` nor
+                // `concat_ws`: its values are not cut on the server.
+                let guard = if *read_only {
+                    sql::size_guard(Dialect::Postgres, columns)
+                } else {
+                    None
+                };
+                let (sql, binds) = sql::wrap_selecting(Dialect::Postgres, query, guard.as_deref());
+                if guard.is_some() {
+                    chunker = chunker.with_size_report();
+                }
                 in_pg_tx!(errs, model, conn, read_only, {
                     let q = bind_pg(sqlx::query(&sql), &binds);
                     let mut rows = q.fetch(&mut *conn);
                     let mut result = Ok(());
+                    let limit = read_timeout(errs.statement_timeout);
                     loop {
-                        match rows.try_next().await {
+                        match bounded(limit, rows.try_next()).await {
                             Ok(Some(row)) => {
-                                if let Err(e) = decode_pg_row(&row, &mut chunker) {
-                                    result = Err(e);
-                                    break;
-                                }
-                                match chunker.row_done().await {
+                                let row_bytes = match decode_pg_row(&row, &mut chunker) {
+                                    Ok(bytes) => bytes,
+                                    Err(e) => {
+                                        result = Err(e);
+                                        break;
+                                    }
+                                };
+                                match chunker.row_done(row_bytes).await {
                                     Ok(true) => {}
                                     Ok(false) => break,
                                     Err(e) => {
@@ -358,16 +492,25 @@ impl Warehouse {
                 })
             }
             Conn::MySql(conn) => {
-                let (sql, binds) = sql::wrap(Dialect::MySql, query);
+                let guard = sql::size_guard(Dialect::MySql, columns);
+                let (sql, binds) = sql::wrap_selecting(Dialect::MySql, query, guard.as_deref());
+                if guard.is_some() {
+                    chunker = chunker.with_size_report();
+                }
                 let unsigned: Vec<bool> = columns
                     .iter()
                     .map(|c| c.sql_type.to_ascii_uppercase().ends_with("UNSIGNED"))
                     .collect();
                 let q = bind_mysql(sqlx::query(&sql), &binds);
                 let mut rows = q.fetch(&mut *conn);
-                while let Some(row) = rows.try_next().await.map_err(|e| errs.query(model, &e))? {
+                let limit = read_timeout(errs.statement_timeout);
+                while let Some(row) = bounded(limit, rows.try_next())
+                    .await
+                    .map_err(|e| errs.query(model, &e))?
+                {
                     decode_mysql_row(&row, &unsigned, &mut chunker)?;
-                    if !chunker.row_done().await? {
+                    // Unknown wire size: the chunk is measured after every row.
+                    if !chunker.row_done(usize::MAX).await? {
                         break;
                     }
                 }
@@ -378,10 +521,17 @@ impl Warehouse {
                 let mut rows = q.fetch(&mut *conn);
                 while let Some(row) = rows.try_next().await.map_err(|e| errs.query(model, &e))? {
                     decode_sqlite_row(&row, &mut chunker)?;
-                    if !chunker.row_done().await? {
+                    // Unknown wire size: the chunk is measured after every row.
+                    if !chunker.row_done(usize::MAX).await? {
                         break;
                     }
                 }
+            }
+            Conn::Snowflake(client) => {
+                super::snowflake::extract(client, query, columns, &mut chunker).await?;
+            }
+            Conn::BigQuery(client) => {
+                super::bigquery::extract(client, query, columns, &mut chunker).await?;
             }
         }
         chunker.finish().await
@@ -408,7 +558,8 @@ impl Warehouse {
         else {
             return None;
         };
-        let inlined = sql::wrap_pg_inline(query)?;
+        let guard = sql::size_guard(Dialect::Postgres, columns);
+        let inlined = sql::wrap_pg_inline(query, guard.as_deref())?;
         let model = query.model.as_str();
         // A copy, so the connection can be replaced while errors are still built.
         let url = self.url.clone();
@@ -426,10 +577,14 @@ impl Warehouse {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
-        if let Err(e) = sqlx::raw_sql(&begin).execute(&mut *live_conn).await {
+        let limit = read_timeout(self.statement_timeout);
+        if let Err(e) = bounded(limit, sqlx::raw_sql(&begin).execute(&mut *live_conn)).await {
             return Some(Err(errs.query(model, &e)));
         }
-        let chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
+        let mut chunker = Chunker::new(model, columns, chunk_rows, tx.clone());
+        if guard.is_some() {
+            chunker = chunker.with_size_report();
+        }
         // The socket is read on its own task: the caller usually polls this
         // future in the same task as the consumer of the chunks (`join!`), and
         // the server must not wait while a chunk is being mapped. The connection
@@ -437,7 +592,7 @@ impl Warehouse {
         let mut owned = conn.take()?;
         let statement = pg_copy::statement(&inlined);
         let task = tokio::spawn(async move {
-            let end = pg_copy::copy_out(&mut owned, &statement, chunker).await;
+            let end = pg_copy::copy_out(&mut owned, &statement, chunker, limit).await;
             (owned, end)
         });
         let end = match task.await {
@@ -491,8 +646,7 @@ impl Warehouse {
                     let Some(conn) = conn.as_mut() else {
                         return Some(Err(live(conn).err()?));
                     };
-                    sqlx::raw_sql("ROLLBACK")
-                        .execute(&mut *conn)
+                    bounded(limit, sqlx::raw_sql("ROLLBACK").execute(&mut *conn))
                         .await
                         .map(|_| ())
                         .map_err(|e| errs.query(model, &e))
@@ -512,7 +666,7 @@ impl Warehouse {
             // Dropping the old connection first closes its socket; that is what
             // ends a COPY the server is still sending.
             drop(conn.take());
-            let fresh = pg_open(options)
+            let fresh = bounded(CONNECT_TIMEOUT, pg_open(options))
                 .await
                 .map_err(|e| SourceError::connect(&self.name, &self.url, &e))?;
             *conn = Some(fresh);
@@ -540,6 +694,15 @@ impl Warehouse {
         {
             // `read_only` is false exactly for Redshift, which has no COPY TO STDOUT.
             *copy = enabled && *read_only;
+        }
+    }
+
+    /// The bytes BigQuery estimated the last probed model processes (its dry
+    /// run); `None` for every other warehouse.
+    pub fn bytes_estimate(&self) -> Option<u64> {
+        match &self.conn {
+            Conn::BigQuery(client) => super::bigquery::last_estimate(client),
+            _ => None,
         }
     }
 
@@ -603,6 +766,8 @@ impl Warehouse {
                     .map_err(|e| errs.query(model, &e))?;
                 sqlite_iterator(&row, data_type).map_err(decode_err)
             }
+            Conn::Snowflake(client) => super::snowflake::max_iterator(client, query, filter).await,
+            Conn::BigQuery(client) => super::bigquery::max_iterator(client, query, filter).await,
         }
     }
 
@@ -646,6 +811,8 @@ impl Warehouse {
                 .await
                 .map(Option::flatten)
                 .map_err(|e| errs.query(model, &e)),
+            Conn::Snowflake(client) => super::snowflake::scalar_text(client, sql).await,
+            Conn::BigQuery(client) => super::bigquery::scalar_text(client, sql).await,
         }
     }
 }
@@ -907,9 +1074,12 @@ fn bind_sqlite<'q>(
     q
 }
 
-/// Decode one PostgreSQL row (binary format) into the chunk's builders.
-fn decode_pg_row(row: &PgRow, chunker: &mut Chunker) -> Result<(), SourceError> {
+/// Decode one PostgreSQL row (binary format) into the chunk's builders; returns
+/// the bytes its values took. A value that cannot be decoded rejects the row
+/// ([`Chunker::reject_value`]); only a row of the wrong width fails the read.
+fn decode_pg_row(row: &PgRow, chunker: &mut Chunker) -> Result<usize, SourceError> {
     chunker.check_width(row.len())?;
+    let mut row_bytes = 0;
     for i in 0..chunker.builders.len() {
         let result = row
             .try_get_raw(i)
@@ -923,12 +1093,157 @@ fn decode_pg_row(row: &PgRow, chunker: &mut Chunker) -> Result<(), SourceError> 
                 }
                 raw.as_bytes().map(Some).map_err(|e| e.to_string())
             })
-            .and_then(|bytes| decode::pg_append(&mut chunker.builders[i], bytes));
+            .and_then(|bytes| {
+                row_bytes += bytes.map_or(0, <[u8]>::len);
+                decode::pg_append(&mut chunker.builders[i], bytes)
+            });
         if let Err(m) = result {
-            return Err(chunker.error(i, m));
+            chunker.reject_value(i, &m);
         }
     }
-    Ok(())
+    if chunker.has_size_report() {
+        let index = chunker.builders.len();
+        if let Some(report) = row
+            .try_get_raw(index)
+            .ok()
+            .filter(|raw| !raw.is_null())
+            .and_then(|raw| raw.as_bytes().ok())
+        {
+            chunker.size_report(report);
+        }
+    }
+    Ok(row_bytes)
+}
+
+/// Columns the MySQL protocol reports as binary (`VARBINARY`, `BLOB`, …) are
+/// binary strings only when their character set is `binary`: text with a binary
+/// collation (`utf8mb4_bin`, `latin1_bin`) carries the same flag, and sqlx does
+/// not pass the character set on. One query that reads no row asks the server
+/// (`CHARSET()` of each such column over an empty derived table): those that
+/// are text become `Text`, and MariaDB's `JSON` (an alias of `LONGTEXT COLLATE
+/// utf8mb4_bin`, reported as `LONGBLOB`) becomes `Json`. If the question cannot
+/// be asked (a model with two columns of one name), they stay `Bytes`.
+async fn mysql_text_columns(
+    conn: &mut MySqlConnection,
+    model_sql: &str,
+    described: &mut [Described],
+    limit: Duration,
+) {
+    let binary: Vec<usize> = described
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matches!(d.2, Ok(ColumnKind::Bytes)))
+        .map(|(i, _)| i)
+        .collect();
+    if binary.is_empty() {
+        return;
+    }
+    let select = binary
+        .iter()
+        .map(|&i| {
+            let col = format!("m.{}", sql::quote_ident(Dialect::MySql, &described[i].0));
+            format!("CHARSET({col}), COLLATION({col})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let probe = format!(
+        "SELECT {select} FROM (SELECT 1) AS one LEFT JOIN (SELECT * FROM (\n{}\n) AS m0 LIMIT 0) AS m ON TRUE",
+        super::guard::strip_trailing_semicolon(model_sql)
+    );
+    let row = match bounded(limit, sqlx::query(&probe).fetch_one(&mut *conn)).await {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot ask MySQL for the character sets of binary-typed columns; they are read as bytes.");
+            return;
+        }
+    };
+    for (n, &i) in binary.iter().enumerate() {
+        let charset: Option<String> = row.try_get(2 * n).ok();
+        let collation: Option<String> = row.try_get(2 * n + 1).ok();
+        let (Some(charset), Some(collation)) = (charset, collation) else {
+            continue;
+        };
+        if charset.eq_ignore_ascii_case("binary") {
+            continue;
+        }
+        let reported = described[i].1.to_ascii_uppercase();
+        let (kind, sql_type) = if reported == "LONGBLOB" && collation == "utf8mb4_bin" {
+            (ColumnKind::Json, "JSON".to_owned())
+        } else {
+            let text = match reported.as_str() {
+                "BINARY" => "CHAR",
+                "VARBINARY" => "VARCHAR",
+                "TINYBLOB" => "TINYTEXT",
+                "MEDIUMBLOB" => "MEDIUMTEXT",
+                "LONGBLOB" => "LONGTEXT",
+                _ => "TEXT",
+            };
+            (ColumnKind::Text, format!("{text} COLLATE {collation}"))
+        };
+        described[i].1 = sql_type;
+        described[i].2 = Ok(kind);
+    }
+}
+
+/// Why a MySQL zero date rejects its row.
+const MYSQL_ZERO_DATE: &str = "a zero date (0000-00-00) cannot be sent: filter it or turn it into NULL in the model, e.g. NULLIF(col, '0000-00-00')";
+
+/// A MySQL binary-protocol `DATE`/`DATETIME`/`TIMESTAMP` (length byte, then
+/// year, month, day, and for the last two hour, minute, second, microsecond).
+/// Zero dates (`0000-00-00`, and dates with a zero month or day) and invalid
+/// dates (`2023-02-30`, which `ALLOW_INVALID_DATES` lets in) are errors naming
+/// the value: no timestamp or date can stand for them.
+fn mysql_datetime(buf: &[u8]) -> Result<NaiveDateTime, String> {
+    let len = usize::from(*buf.first().ok_or("empty date value")?);
+    let body = buf.get(1..=len).ok_or("truncated date value")?;
+    let zero = MYSQL_ZERO_DATE;
+    if len == 0 {
+        return Err(zero.to_owned());
+    }
+    if len < 4 {
+        return Err(format!("a {len}-byte date value"));
+    }
+    let year = u16::from_le_bytes([body[0], body[1]]);
+    let (month, day) = (body[2], body[3]);
+    let (hour, minute, second) = if len >= 7 {
+        (body[4], body[5], body[6])
+    } else {
+        (0, 0, 0)
+    };
+    let micros = if len >= 11 {
+        u32::from_le_bytes([body[7], body[8], body[9], body[10]])
+    } else {
+        0
+    };
+    if year == 0 && month == 0 && day == 0 {
+        return Err(zero.to_owned());
+    }
+    let text = format!("{year:04}-{month:02}-{day:02}");
+    let date = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
+        .ok_or_else(|| format!("{text} is not a calendar date and cannot be sent: filter it or turn it into NULL in the model"))?;
+    let time = NaiveTime::from_hms_micro_opt(
+        u32::from(hour),
+        u32::from(minute),
+        u32::from(second),
+        micros,
+    )
+    .ok_or_else(|| format!("{text} {hour:02}:{minute:02}:{second:02} is not a valid time"))?;
+    Ok(date.and_time(time))
+}
+
+/// A MySQL `TIME` as microseconds since midnight. `TIME` is also a signed
+/// duration up to ±838:59:59, which no time of day can hold: such a value is an
+/// error naming it, sign included (never sent with its sign lost).
+fn mysql_time_of_day(t: &sqlx::mysql::types::MySqlTime) -> Result<i64, String> {
+    if !t.is_valid_time_of_day() {
+        return Err(format!(
+            "TIME {t} is not a time of day (00:00:00 to 23:59:59.999999) and cannot be sent as one: convert it in the model, e.g. TIME_TO_SEC(col) AS col for seconds"
+        ));
+    }
+    Ok(i64::from(t.hours()) * 3_600_000_000
+        + i64::from(t.minutes()) * 60_000_000
+        + i64::from(t.seconds()) * 1_000_000
+        + i64::from(t.microseconds()))
 }
 
 /// Decode `T` from a MySQL value without sqlx's type-compatibility check (the
@@ -948,6 +1263,11 @@ fn decode_mysql_row(
         let b = &mut chunker.builders[i];
         let result = row.try_get_raw(i).map_err(|e| e.to_string()).and_then(|v| {
             if v.is_null() {
+                // sqlx reports MySQL's zero dates as NULL: they are not, and
+                // dropping them silently is what this refuses.
+                if matches!(b, ColBuilder::Date(_) | ColBuilder::Ts(_)) && my::<&[u8]>(v).is_ok() {
+                    return Err(MYSQL_ZERO_DATE.to_owned());
+                }
                 b.append_null();
                 return Ok(());
             }
@@ -965,21 +1285,55 @@ fn decode_mysql_row(
                 ColBuilder::F32(b) => b.append_value(my::<f32>(v)?),
                 ColBuilder::F64(b) => b.append_value(my::<f64>(v)?),
                 ColBuilder::Str(b, TextKind::Json) => {
-                    b.append_value(decode::compact_json(my::<&str>(v)?)?)
+                    let text = my::<&str>(v)?;
+                    if text.len() > MAX_VALUE_BYTES {
+                        return Err(decode::too_large(text.len()));
+                    }
+                    decode::write_compact_json(text, b)?;
+                    b.append_value("");
                 }
                 // DECIMAL arrives as its exact text in the binary protocol.
-                ColBuilder::Str(b, _) => b.append_value(my::<&str>(v)?),
-                ColBuilder::Bytes(b) => b.append_value(my::<&[u8]>(v)?),
-                ColBuilder::Date(b) => b.append_value(decode::days(my::<NaiveDate>(v)?)?),
-                ColBuilder::Time(b) => b.append_value(decode::time_micros(my::<NaiveTime>(v)?)),
+                ColBuilder::Str(b, _) => {
+                    let text = my::<&str>(v)?;
+                    if text.len() > MAX_VALUE_BYTES {
+                        return Err(decode::too_large(text.len()));
+                    }
+                    b.append_value(text);
+                }
+                ColBuilder::Bytes(b) => {
+                    let bytes = my::<&[u8]>(v)?;
+                    if bytes.len() > MAX_VALUE_BYTES {
+                        return Err(decode::too_large(bytes.len()));
+                    }
+                    b.append_value(bytes);
+                }
+                ColBuilder::Date(b) => {
+                    b.append_value(decode::days(mysql_datetime(my::<&[u8]>(v)?)?.date())?);
+                }
+                ColBuilder::Time(b) => {
+                    b.append_value(mysql_time_of_day(&my::<sqlx::mysql::types::MySqlTime>(v)?)?);
+                }
                 // DATETIME and TIMESTAMP (session time zone +00:00) are both UTC wall time.
-                ColBuilder::Ts(b) => b.append_value(decode::micros(my::<NaiveDateTime>(v)?)),
+                ColBuilder::Ts(b) => {
+                    b.append_value(decode::micros(mysql_datetime(my::<&[u8]>(v)?)?))
+                }
                 ColBuilder::List { .. } => return Err("mysql has no array columns".to_owned()),
             }
             Ok(())
         });
         if let Err(m) = result {
-            return Err(chunker.error(i, m));
+            chunker.reject_value(i, &m);
+        }
+    }
+    if chunker.has_size_report() {
+        let index = chunker.builders.len();
+        if let Some(report) = row
+            .try_get_raw(index)
+            .ok()
+            .filter(|v| !v.is_null())
+            .and_then(|v| my::<&[u8]>(v).ok())
+        {
+            chunker.size_report(report);
         }
     }
     Ok(())
@@ -1025,7 +1379,7 @@ fn decode_sqlite_row(row: &SqliteRow, chunker: &mut Chunker) -> Result<(), Sourc
             sqlite_append(b, row, i, storage)
         });
         if let Err(m) = result {
-            return Err(chunker.error(i, m));
+            chunker.reject_value(i, &m);
         }
     }
     Ok(())
@@ -1216,7 +1570,26 @@ fn sqlite_iterator(
 
 #[cfg(test)]
 mod tests {
-    use super::numeric_typmod;
+    use std::time::Duration;
+
+    use super::{bounded, numeric_typmod, read_timeout, READ_TIMEOUT_MARGIN};
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_connections_time_out() {
+        // A server that never answers: the wait ends at the limit, as an I/O
+        // (retryable) error that says what happened.
+        let limit = read_timeout(Duration::from_secs(5));
+        assert_eq!(limit, Duration::from_secs(5) + READ_TIMEOUT_MARGIN);
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<(), sqlx::Error>>();
+        let err = bounded(limit, never).await.unwrap_err();
+        assert_eq!(started.elapsed(), limit);
+        assert!(crate::source::error::is_transient(&err), "{err}");
+        assert!(err.to_string().contains("sent nothing for 35s"), "{err}");
+        // An answer in time passes through.
+        let answered = bounded(limit, async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(answered.unwrap(), 7);
+    }
 
     #[test]
     fn numeric_typmods() {

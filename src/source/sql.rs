@@ -19,6 +19,10 @@ pub(crate) enum Dialect {
     MySql,
     /// SQLite: `"x"`, `?`; timestamps compared as normalised text.
     Sqlite,
+    /// Snowflake: `"x"` (case-sensitive), `?` bound as typed bindings.
+    Snowflake,
+    /// BigQuery (GoogleSQL): `` `x` ``, `?` bound as typed positional parameters.
+    BigQuery,
 }
 
 /// A bound parameter, typed for the driver.
@@ -44,8 +48,12 @@ const SQLITE_TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f";
 /// Quote an identifier for `dialect`, doubling embedded quote characters.
 pub(crate) fn quote_ident(dialect: Dialect, name: &str) -> String {
     match dialect {
-        Dialect::Postgres | Dialect::Sqlite => format!("\"{}\"", name.replace('"', "\"\"")),
+        Dialect::Postgres | Dialect::Sqlite | Dialect::Snowflake => {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        }
         Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+        // GoogleSQL escapes inside quoted identifiers with a backslash.
+        Dialect::BigQuery => format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`")),
     }
 }
 
@@ -53,7 +61,7 @@ pub(crate) fn quote_ident(dialect: Dialect, name: &str) -> String {
 fn placeholder(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::Postgres => format!("${n}"),
-        Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
+        Dialect::MySql | Dialect::Sqlite | Dialect::Snowflake | Dialect::BigQuery => "?".to_owned(),
     }
 }
 
@@ -95,8 +103,17 @@ pub(crate) fn base(sql: &str) -> String {
 
 /// The full extraction query and its parameters, in placeholder order.
 pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>) {
+    wrap_selecting(dialect, query, None)
+}
+
+/// [`wrap`] with `select` (see [`size_guard`]) instead of `*`.
+pub(crate) fn wrap_selecting(
+    dialect: Dialect,
+    query: &SourceQuery,
+    select: Option<&str>,
+) -> (String, Vec<Bind>) {
     let mut binds = Vec::new();
-    let sql = wrap_with(dialect, query, |bind| {
+    let sql = wrap_with(dialect, query, select, |bind| {
         binds.push(bind);
         Some(placeholder(dialect, binds.len()))
     });
@@ -108,8 +125,79 @@ pub(crate) fn wrap(dialect: Dialect, query: &SourceQuery) -> (String, Vec<Bind>)
 /// typed values ([`Bind`]), never from text, so nothing can be injected; `None`
 /// when a bound has no exact literal (a year outside 1–9999), and the caller
 /// reads through the row protocol with bound parameters instead.
-pub(crate) fn wrap_pg_inline(query: &SourceQuery) -> Option<String> {
-    wrap_with(Dialect::Postgres, query, |bind| pg_literal(&bind))
+pub(crate) fn wrap_pg_inline(query: &SourceQuery, select: Option<&str>) -> Option<String> {
+    wrap_with(Dialect::Postgres, query, select, |bind| pg_literal(&bind))
+}
+
+/// The select list that keeps the server from sending values larger than
+/// [`MAX_VALUE_BYTES`](super::MAX_VALUE_BYTES): it sends NULL instead, and one
+/// more column last, `i:bytes` for each column `i` so replaced (comma-separated,
+/// empty when none), from which the reader rejects the row. PostgreSQL and MySQL
+/// send a row as one message, and the drivers hold a message whole, so a value is
+/// cut on the server or not at all.
+///
+/// Sizes: PostgreSQL `octet_length` for text types and bytea (the exact size,
+/// read from the TOAST header without decompressing), `pg_column_size` for json,
+/// jsonb and arrays (their stored size, which compression may make smaller than
+/// what is sent); MySQL `LENGTH` (bytes) for text, blobs and JSON. `None` when no
+/// column needs it, or when two columns share a name (they cannot be told apart
+/// by name).
+pub(crate) fn size_guard(dialect: Dialect, columns: &[super::ColumnInfo]) -> Option<String> {
+    use super::ColumnKind;
+    let limit = super::MAX_VALUE_BYTES;
+    // MySQL compares column names without case.
+    let mut names: Vec<String> = columns
+        .iter()
+        .map(|c| match dialect {
+            Dialect::MySql => c.name.to_lowercase(),
+            _ => c.name.clone(),
+        })
+        .collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    let mut list = Vec::with_capacity(columns.len() + 1);
+    let mut reports = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        let col = format!("m.{}", quote_ident(dialect, &c.name));
+        let size = match (dialect, &c.kind) {
+            // `::text` for enums, `name` and `char`, a no-op (no detoasting) for text.
+            (Dialect::Postgres, ColumnKind::Text) => format!("octet_length({col}::text)"),
+            (Dialect::Postgres, ColumnKind::Bytes) => format!("octet_length({col})"),
+            (Dialect::Postgres, ColumnKind::Json | ColumnKind::List(_)) => {
+                format!("pg_column_size({col})")
+            }
+            (Dialect::MySql, ColumnKind::Text | ColumnKind::Bytes | ColumnKind::Json) => {
+                format!("LENGTH({col})")
+            }
+            _ => {
+                list.push(col);
+                continue;
+            }
+        };
+        list.push(format!(
+            "CASE WHEN {size} > {limit} THEN NULL ELSE {col} END AS {}",
+            quote_ident(dialect, &c.name)
+        ));
+        reports.push(match dialect {
+            Dialect::MySql => format!("CASE WHEN {size} > {limit} THEN CONCAT('{i}:', {size}) END"),
+            _ => format!("CASE WHEN {size} > {limit} THEN '{i}:' || {size} END"),
+        });
+    }
+    if reports.is_empty() || dialect == Dialect::Sqlite {
+        return None;
+    }
+    let concat = match dialect {
+        Dialect::MySql => "CONCAT_WS",
+        _ => "concat_ws",
+    };
+    list.push(format!(
+        "{concat}(',', {}) AS {}",
+        reports.join(", "),
+        quote_ident(dialect, super::REJECTED_COLUMN)
+    ));
+    Some(list.join(", "))
 }
 
 /// `bind` as a PostgreSQL literal of the type the row protocol binds it as.
@@ -147,9 +235,16 @@ fn micros_exact(t: NaiveDateTime) -> Option<NaiveDateTime> {
 fn wrap_with(
     dialect: Dialect,
     query: &SourceQuery,
+    select: Option<&str>,
     mut render: impl FnMut(Bind) -> Option<String>,
 ) -> Option<String> {
-    let mut sql = base(&query.sql);
+    let mut sql = match select {
+        Some(select) => format!(
+            "SELECT {select} FROM (\n{}\n) AS m",
+            strip_trailing_semicolon(&query.sql)
+        ),
+        None => base(&query.sql),
+    };
     if let Some(filter) = &query.filter {
         let expr = iterator_expr(dialect, filter);
         let mut conditions = Vec::new();
@@ -188,6 +283,8 @@ pub(crate) fn max_iterator(
     let expr = match dialect {
         Dialect::Postgres if integer => format!("CAST(MAX({col}) AS BIGINT)"),
         Dialect::MySql if integer => format!("CAST(MAX({col}) AS SIGNED)"),
+        Dialect::Snowflake if integer => format!("CAST(MAX({col}) AS NUMBER(18,0))"),
+        Dialect::BigQuery if integer => format!("CAST(MAX({col}) AS INT64)"),
         Dialect::Sqlite if !integer => format!("MAX({})", iterator_expr(dialect, filter)),
         _ => format!("MAX({col})"),
     };
@@ -200,6 +297,57 @@ pub(crate) fn max_iterator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_values_are_cut_on_the_server() {
+        use crate::source::{ColumnInfo, ColumnKind};
+        let col = |name: &str, kind: ColumnKind| ColumnInfo {
+            name: name.into(),
+            sql_type: "X".into(),
+            kind,
+            decimal: None,
+        };
+        let columns = vec![
+            col("id", ColumnKind::Int),
+            col("bio", ColumnKind::Text),
+            col("doc", ColumnKind::Json),
+            col("raw", ColumnKind::Bytes),
+        ];
+        let select = size_guard(Dialect::Postgres, &columns).expect("text columns need it");
+        assert!(select.starts_with(r#"m."id", CASE WHEN octet_length(m."bio"::text) > 8388608 THEN NULL ELSE m."bio" END AS "bio", "#), "{select}");
+        assert!(
+            select.contains(
+                r#"CASE WHEN pg_column_size(m."doc") > 8388608 THEN NULL ELSE m."doc" END AS "doc""#
+            ),
+            "{select}"
+        );
+        assert!(select.ends_with(r#"CASE WHEN octet_length(m."raw") > 8388608 THEN '3:' || octet_length(m."raw") END) AS "__wsync_rejected""#), "{select}");
+        let q = SourceQuery {
+            model: "m".into(),
+            sql: "SELECT 1 AS id;".into(),
+            filter: None,
+            limit: Some(5),
+        };
+        let sql = wrap_pg_inline(&q, Some(&select)).unwrap();
+        assert!(sql.starts_with("SELECT m.\"id\", CASE"), "{sql}");
+        assert!(sql.ends_with(") AS m\nLIMIT 5"), "{sql}");
+        // Nothing to cut, or names that cannot be told apart: plain `*`.
+        assert_eq!(size_guard(Dialect::Postgres, &columns[..1]), None);
+        let twice = vec![col("a", ColumnKind::Text), col("a", ColumnKind::Text)];
+        assert_eq!(size_guard(Dialect::Postgres, &twice), None);
+        let my = size_guard(Dialect::MySql, &columns).expect("mysql too");
+        assert!(
+            my.contains("CASE WHEN LENGTH(m.`bio`) > 8388608 THEN NULL ELSE m.`bio` END AS `bio`"),
+            "{my}"
+        );
+        assert!(
+            my.ends_with("CONCAT('3:', LENGTH(m.`raw`)) END) AS `__wsync_rejected`"),
+            "{my}"
+        );
+        let cased = vec![col("A", ColumnKind::Text), col("a", ColumnKind::Text)];
+        assert_eq!(size_guard(Dialect::MySql, &cased), None);
+        assert!(size_guard(Dialect::Postgres, &cased).is_some());
+    }
 
     fn query(filter: Option<IteratorFilter>, limit: Option<u64>) -> SourceQuery {
         SourceQuery {
@@ -214,6 +362,11 @@ mod tests {
     fn quoting_doubles_quotes() {
         assert_eq!(quote_ident(Dialect::Postgres, "a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident(Dialect::MySql, "a`b"), "`a``b`");
+        assert_eq!(
+            quote_ident(Dialect::Snowflake, "Mixed \"Case"),
+            "\"Mixed \"\"Case\""
+        );
+        assert_eq!(quote_ident(Dialect::BigQuery, "a`b\\c"), "`a\\`b\\\\c`");
     }
 
     #[test]
@@ -258,7 +411,7 @@ mod tests {
             lower: t.map(IteratorValue::TimestampTz),
             upper: Some(IteratorValue::Integer(-7)),
         };
-        let sql = wrap_pg_inline(&query(Some(filter.clone()), Some(3))).unwrap();
+        let sql = wrap_pg_inline(&query(Some(filter.clone()), Some(3)), None).unwrap();
         assert!(
             sql.ends_with(
                 "WHERE m.\"ts\" >= CAST('2024-01-02T03:04:05.678901+00:00' AS TIMESTAMPTZ) \
@@ -272,7 +425,7 @@ mod tests {
             lower: far,
             ..filter
         };
-        assert_eq!(wrap_pg_inline(&query(Some(filter), None)), None);
+        assert_eq!(wrap_pg_inline(&query(Some(filter), None), None), None);
     }
 
     #[test]

@@ -81,6 +81,16 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
         "values_truncated": report.stats.values_truncated,
         "columns": columns,
         "protection": report.protection.as_ref().map(|p| p.to_json()),
+        "spool": report.spool.as_ref().map(|s| json!({
+            "dir": s.dir.display().to_string(),
+            "rows": s.rows,
+            "bytes": s.bytes,
+            "bytes_per_row": if s.rows == 0 { 0.0 } else { s.bytes as f64 / s.rows as f64 },
+            "resumed_from_run": s.resumed_from,
+            "batches_already_delivered": s.batches_already_done,
+            "kept": s.kept,
+            "warehouse_session_secs": s.warehouse_session.as_secs_f64(),
+        })),
         "error": r.error,
     })
 }

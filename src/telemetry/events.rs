@@ -260,3 +260,48 @@ impl RunProgressed {
         );
     }
 }
+
+/// A pending spool was not resumed and was removed.
+pub struct SpoolDiscarded<'a> {
+    /// The run that extracted it.
+    pub run_id: i64,
+    /// Rows it held.
+    pub rows: u64,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl SpoolDiscarded<'_> {
+    /// Write the line (a warning: the window is read from the warehouse again).
+    pub fn emit(&self) {
+        tracing::warn!(
+            spool_run_id = self.run_id,
+            rows = self.rows,
+            reason = self.reason,
+            "Pending spool discarded; the window is read again."
+        );
+    }
+}
+
+/// A run resumed the spool of an earlier run instead of querying the warehouse.
+pub struct SpoolResumed<'a> {
+    /// The run that extracted it.
+    pub run_id: i64,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its window, as text.
+    pub window: (Option<&'a str>, Option<&'a str>),
+}
+
+impl SpoolResumed<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        tracing::info!(
+            spool_run_id = self.run_id,
+            rows = self.rows,
+            window_start = self.window.0,
+            window_end = self.window.1,
+            "Resuming the spool of an earlier run; the warehouse is not queried."
+        );
+    }
+}

@@ -275,7 +275,7 @@ async fn export_rows_every_type_round_trips_from_postgres() {
         col::<StringArray>(&b, "u").value(0),
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     );
-    assert_eq!(col::<StringArray>(&b, "j").value(0), r#"{"a":[1,2],"b":1}"#);
+    assert_eq!(col::<StringArray>(&b, "j").value(0), r#"{"b":1,"a":[1,2]}"#);
     assert_eq!(col::<StringArray>(&b, "jb").value(1), "[]");
     let arr = col::<ListArray>(&b, "arr");
     assert_eq!(arr.value_length(0), 3);
@@ -285,8 +285,9 @@ async fn export_rows_every_type_round_trips_from_postgres() {
         .as_any()
         .downcast_ref::<StringArray>()
         .expect("strings");
-    assert_eq!(long.len(), 1500);
-    assert_eq!(long.value(1499), "v1500");
+    // The reader keeps the 1001 entries the 1000-entry list limit needs.
+    assert_eq!(long.len(), 1001);
+    assert_eq!(long.value(1000), "v1001");
     let ints = col::<ListArray>(&b, "ints");
     let first = ints.value(0);
     let first = first.as_any().downcast_ref::<Int64Array>().expect("ints");
@@ -473,21 +474,46 @@ fn export_batches_and_rejected_round_trip() {
         col::<StringArray>(&b, "device_info.ios_idfv").value(1),
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     );
-    // Attribute values exactly as sent in the JSON.
-    let attr = |name: &str, i: usize| {
-        let a = col::<StringArray>(&b, &format!("user_attributes.{name}"));
-        a.is_valid(i).then(|| a.value(i).to_owned())
+    // Attribute columns keep the type that was sent (issue 16).
+    let field_type = |name: &str| {
+        b.schema()
+            .field_with_name(&format!("user_attributes.{name}"))
+            .expect("field")
+            .data_type()
+            .clone()
     };
-    assert_eq!(attr("ltv", 0).as_deref(), Some("12.5"));
-    assert_eq!(attr("big", 0).as_deref(), Some("9007199254740993"));
-    assert_eq!(attr("vip", 0).as_deref(), Some("true"));
-    assert_eq!(attr("name", 0).as_deref(), Some("Zoë 🎉 'q' \"dq\"\nline2"));
-    assert_eq!(attr("tags", 0).as_deref(), Some(r#"["a","b \"c\""]"#));
-    assert_eq!(attr("vip", 1).as_deref(), Some("false"));
-    assert_eq!(attr("ltv", 1), None);
-    assert_eq!(attr("name", 2).as_deref(), Some(""));
-    assert_eq!(attr("big", 2).as_deref(), Some("-1"));
-    // Every attribute of every batch is in its column, and nothing else is.
+    assert_eq!(field_type("ltv"), DataType::Float64);
+    assert_eq!(field_type("big"), DataType::Int64);
+    assert_eq!(field_type("vip"), DataType::Boolean);
+    assert_eq!(field_type("name"), DataType::Utf8);
+    assert_eq!(
+        field_type("tags"),
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+    );
+    let ltv = col::<Float64Array>(&b, "user_attributes.ltv");
+    let big = col::<Int64Array>(&b, "user_attributes.big");
+    let vip = col::<arrow::array::BooleanArray>(&b, "user_attributes.vip");
+    let names = col::<StringArray>(&b, "user_attributes.name");
+    let tags = col::<ListArray>(&b, "user_attributes.tags");
+    assert_eq!(ltv.value(0), 12.5);
+    assert!(ltv.is_null(1));
+    // Beyond 2^53 it travels as a digit string, and is stored as the exact integer.
+    assert_eq!(big.value(0), 9_007_199_254_740_993);
+    assert_eq!(big.value(2), -1);
+    assert!(vip.value(0));
+    assert!(!vip.value(1));
+    assert_eq!(names.value(0), "Zoë 🎉 'q' \"dq\"\nline2");
+    assert_eq!(names.value(2), "");
+    let tags0 = tags.value(0);
+    let tags0: Vec<&str> = tags0
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("strings")
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(tags0, ["a", "b \"c\""]);
+    // Every attribute of every batch is in its column, as sent, and nothing else is.
     for (i, batch) in mapped.batches.iter().enumerate() {
         let json: serde_json::Value = serde_json::from_slice(&batch.json).expect("json");
         let sent = json
@@ -495,12 +521,35 @@ fn export_batches_and_rejected_round_trip() {
             .and_then(|a| a.as_object())
             .cloned()
             .unwrap_or_default();
-        for name in ["ltv", "big", "vip", "name", "tags"] {
-            let expected = sent.get(name).map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            assert_eq!(attr(name, i), expected, "batch {i} attribute {name}");
+        let stored = |attribute: &str| -> Option<serde_json::Value> {
+            let column = b.column_by_name(&format!("user_attributes.{attribute}"))?;
+            if column.is_null(i) {
+                return None;
+            }
+            Some(match attribute {
+                "ltv" => serde_json::json!(ltv.value(i)),
+                "big" if big.value(i).unsigned_abs() > 1 << 53 => {
+                    serde_json::json!(big.value(i).to_string())
+                }
+                "big" => serde_json::json!(big.value(i)),
+                "vip" => serde_json::json!(vip.value(i)),
+                "name" => serde_json::json!(names.value(i)),
+                _ => {
+                    let entries = tags.value(i);
+                    let entries = entries
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("strings");
+                    serde_json::json!(entries.iter().flatten().collect::<Vec<_>>())
+                }
+            })
+        };
+        for attribute in ["ltv", "big", "vip", "name", "tags"] {
+            assert_eq!(
+                stored(attribute),
+                sent.get(attribute).cloned(),
+                "batch {i} attribute {attribute}"
+            );
         }
     }
     // NULL policy `delete`: row 2's NULL attributes are listed as deleted.
@@ -650,10 +699,19 @@ fn export_child_writer() {
     let mut file = ParquetFile::create(dir.join("rows.parquet"), numbered(0, 0).schema(), &options)
         .expect("create");
     let mut start = 0;
-    for _ in 0..5 {
+    for _ in 0..50 {
         file.write(&numbered(start, 150)).expect("write");
         start += 150;
     }
+    // Row groups of 100 flush as they fill: the 7,500 rows written so far reach
+    // the temporary file (past any write buffer), none the final name.
+    let partial = dir.join(format!(".rows.parquet.partial-{}", std::process::id()));
+    let on_disk = std::fs::metadata(&partial).expect("partial file").len();
+    assert!(on_disk > 0, "row groups reach the disk before the end");
+    assert!(
+        !dir.join("rows.parquet").exists(),
+        "nothing under the final name yet"
+    );
     std::fs::write(dir.join("ready"), b"").expect("ready marker");
     loop {
         file.write(&numbered(start, 150)).expect("write");

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 
+use arrow::array::Array as _;
 use arrow::datatypes::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -24,6 +25,35 @@ fn project(pipeline: &str) -> TestProject {
     );
     p.pipeline("people", pipeline);
     p
+}
+
+/// Every row of a Parquet file (concatenated) and the codec of each column chunk.
+fn read_all(
+    path: &std::path::Path,
+) -> (arrow::array::RecordBatch, Vec<parquet::basic::Compression>) {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    let codecs = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .flat_map(|g| g.columns().iter().map(|c| c.compression()))
+        .collect();
+    let schema = builder.schema().clone();
+    let batches: Vec<_> = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    (
+        arrow::compute::concat_batches(&schema, &batches).unwrap(),
+        codecs,
+    )
+}
+
+fn strings<'a>(b: &'a arrow::array::RecordBatch, name: &str) -> Vec<Option<&'a str>> {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap_or_else(|| panic!("{name} is not text"))
+        .iter()
+        .collect()
 }
 
 fn read(path: &std::path::Path) -> (arrow::datatypes::SchemaRef, usize) {
@@ -61,6 +91,54 @@ fn an_export_only_pipeline_writes_all_three_datasets_and_lists_them_in_the_run()
     );
     let (_, rows) = read(&dir.join("rejected.parquet"));
     assert_eq!(rows, 1);
+    // Values and types, not only counts; every column chunk in the configured codec.
+    let (rows_data, codecs) = read_all(&dir.join("rows.parquet"));
+    assert!(!codecs.is_empty());
+    assert!(
+        codecs
+            .iter()
+            .all(|c| *c == parquet::basic::Compression::SNAPPY),
+        "{codecs:?}"
+    );
+    assert_eq!(
+        strings(&rows_data, "customer_id"),
+        [Some("a"), Some("b"), None]
+    );
+    assert_eq!(strings(&rows_data, "email"), [Some("a@x.io"), None, None]);
+    let score = rows_data
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .unwrap();
+    assert_eq!(score.value(0), 1.5);
+    assert!(score.is_null(1));
+    assert_eq!(score.value(2), 2.0);
+    let (sent, codecs) = read_all(&dir.join("batches.parquet"));
+    assert!(codecs
+        .iter()
+        .all(|c| *c == parquet::basic::Compression::SNAPPY));
+    assert_eq!(
+        strings(&sent, "user_identities.customer_id"),
+        [Some("a"), Some("b")]
+    );
+    assert_eq!(
+        sent.schema()
+            .field_with_name("user_attributes.score")
+            .unwrap()
+            .data_type(),
+        &DataType::Float64,
+        "numbers are stored as the numbers that were sent"
+    );
+    assert_eq!(
+        strings(&sent, "user_attributes.joined"),
+        [Some("2024-01-02"), None]
+    );
+    let (rejected, _) = read_all(&dir.join("rejected.parquet"));
+    assert_eq!(strings(&rejected, "reason"), [Some("no_identity")]);
+    let values: serde_json::Value =
+        serde_json::from_str(strings(&rejected, "values")[0].unwrap()).unwrap();
+    assert_eq!(values["score"], 2.0);
     // No temporary file is left beside them.
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -101,6 +179,14 @@ fn an_only_read_run_exports_a_snapshot_beside_its_report() {
         .to_string_lossy()
         .starts_with("dry-"));
     assert_eq!(read(&runs[0].join("rows.parquet")).1, 3);
+    let (data, codecs) = read_all(&runs[0].join("rows.parquet"));
+    assert!(
+        codecs
+            .iter()
+            .all(|c| matches!(c, parquet::basic::Compression::ZSTD(_))),
+        "zstd is the default: {codecs:?}"
+    );
+    assert_eq!(strings(&data, "customer_id"), [Some("a"), Some("b"), None]);
     assert!(!runs[0].join("batches.parquet").exists());
 }
 
@@ -126,6 +212,11 @@ fn wsync_export_writes_one_file_and_records_nothing() {
     let (schema, rows) = read(&out);
     assert_eq!(rows, 3);
     assert_eq!(schema.fields().len(), 5);
+    let (data, codecs) = read_all(&out);
+    assert!(codecs
+        .iter()
+        .all(|c| *c == parquet::basic::Compression::UNCOMPRESSED));
+    assert_eq!(strings(&data, "email"), [Some("a@x.io"), None, None]);
     let (_, runs, _) = p.wsync(&["runs"], &[]);
     assert!(runs.contains("No runs recorded yet"), "{runs}");
 }

@@ -247,9 +247,25 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(resumed.resumed_from, Some(first.id));
-    assert_eq!(
-        resumed.data_interval_start.as_deref(),
-        Some(checkpoint.as_str())
+    assert_eq!(resumed.run_type, "scheduled");
+    // Delivered from the interrupted run's spool: its window, not the
+    // checkpoint's, and only what was in flight at SIGTERM went out twice.
+    assert_eq!(resumed.data_interval_start, first.data_interval_start);
+    assert!(checkpoint.as_str() > "2026", "{checkpoint}");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            fast.root()
+                .join(format!(".wsync/runs/big/{}/report.json", resumed.id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["spool"]["resumed_from_run"], first.id);
+    assert_eq!(report["spool"]["rows"], ROWS as u64);
+    assert!(
+        fake.duplicates() <= 4 * 100,
+        "{} re-sent",
+        fake.duplicates()
     );
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait().0.code(), Some(0));

@@ -334,20 +334,20 @@ iterator_data_type = "timestamp_unixtime_ms"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_run_resumes_from_its_checkpoint_even_inside_one_iterator_value() {
+async fn a_failed_run_resumes_from_its_spool_and_without_it_from_its_checkpoint() {
     let Some(pool) = db::postgres().await else {
         return;
     };
     let table = db::unique_table("sched_ckpt");
-    // 50 rows share one iterator value, 50 more share the next: chunks of 10
-    // split both groups across checkpoints.
+    // 100 rows share one iterator value, 150 the next: chunks of 10 and
+    // requests of 100 batches split the second group.
     sqlx::raw_sql(&format!(
         "CREATE TABLE {table} (customer_id text, updated_at timestamptz);
          INSERT INTO {table}
            SELECT 'r' || lpad(i::text, 3, '0'),
-                  CASE WHEN i <= 50 THEN timestamptz '2026-01-01T00:00:00Z'
+                  CASE WHEN i <= 100 THEN timestamptz '2026-01-01T00:00:00Z'
                        ELSE timestamptz '2026-01-01T00:00:01Z' END
-           FROM generate_series(1, 100) AS i;"
+           FROM generate_series(1, 250) AS i;"
     ))
     .execute(&pool)
     .await
@@ -370,8 +370,8 @@ iterator_data_type = "timestamp_tz"
     );
     let clock = ManualClock::new(t("2026-02-01T00:00:00Z"));
     let ctx = on_clock(&p, &clock).await;
-    // Two requests (one per checkpointed chunk) land, the third is refused with
-    // 401, which stops the run.
+    // Two requests (rows 1-200) land, the third is refused with 401, which
+    // stops the run.
     fake.push_fault(Fault::Slow {
         delay: std::time::Duration::ZERO,
     });
@@ -383,12 +383,17 @@ iterator_data_type = "timestamp_tz"
     assert_eq!(failed.record.state, RunState::Failed);
     assert_eq!(
         failed.record.checkpoint.as_deref(),
-        Some("2026-01-01T00:00:00Z"),
-        "20 rows acknowledged, all of the first value: the checkpoint is that value"
+        Some("2026-01-01T00:00:01Z"),
+        "rows 1-200 acknowledged: the last whole chunk below them holds the second value"
     );
-    assert_eq!(fake.distinct_applied(), 20);
+    assert_eq!(fake.distinct_applied(), 200);
     assert_eq!(ctx.state.watermark("p").await.unwrap(), None);
+    let spool = failed.spool.clone().expect("a delivering run spools");
+    assert!(spool.kept, "a failed run keeps its spool");
+    assert_eq!(spool.rows, 250);
 
+    // The next run delivers the rest from the spool: no query, nothing
+    // acknowledged is sent again.
     let resumed = wsync::sync::run(&ctx, "p", RunKind::Manual).await.unwrap();
     assert_eq!(
         resumed.record.state,
@@ -397,19 +402,57 @@ iterator_data_type = "timestamp_tz"
         resumed.record.error
     );
     assert_eq!(resumed.record.resumed_from, Some(failed.record.id));
-    assert_eq!(
-        resumed.record.data_interval_start.as_deref(),
-        Some("2026-01-01T00:00:00Z")
-    );
-    // Every row once; the 20 re-read rows of the split value came back with
-    // the same source_request_id.
-    assert_eq!(fake.distinct_applied(), 100);
-    assert_eq!(fake.duplicates(), 20);
-    let all: BTreeSet<String> = received(&fake).into_iter().collect();
-    assert_eq!(all.len(), 100);
+    let resumed_spool = resumed.spool.clone().unwrap();
+    assert_eq!(resumed_spool.resumed_from, Some(failed.record.id));
+    assert_eq!(resumed_spool.batches_already_done, 200);
+    assert!(!resumed_spool.kept, "a committed run deletes its spool");
+    assert!(!resumed_spool.dir.exists());
+    assert_eq!(resumed.record.counts.batches_sent, 50);
+    assert_eq!(fake.distinct_applied(), 250);
+    assert_eq!(fake.duplicates(), 0);
     assert_eq!(
         ctx.state.watermark("p").await.unwrap().as_deref(),
         Some("2026-02-01T00:00:00Z")
+    );
+
+    // Without its spool (lost, or too old) a failed run is resumed from its
+    // checkpoint: the rows of the checkpoint's value are read again and come
+    // back with the same source_request_id.
+    sqlx::raw_sql(&format!(
+        "UPDATE {table} SET customer_id = 'x' || customer_id, \
+         updated_at = updated_at + interval '40 days'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    clock.set(t("2026-03-01T00:00:00Z"));
+    fake.push_fault(Fault::Slow {
+        delay: std::time::Duration::ZERO,
+    });
+    fake.push_fault(Fault::Slow {
+        delay: std::time::Duration::ZERO,
+    });
+    fake.respond_with_status_once(401);
+    let failed = wsync::sync::run(&ctx, "p", RunKind::Manual).await.unwrap();
+    assert_eq!(failed.record.state, RunState::Failed);
+    assert_eq!(
+        failed.record.checkpoint.as_deref(),
+        Some("2026-02-10T00:00:01Z")
+    );
+    std::fs::remove_dir_all(&failed.spool.unwrap().dir).unwrap();
+    let before = fake.duplicates();
+    let resumed = wsync::sync::run(&ctx, "p", RunKind::Manual).await.unwrap();
+    assert_eq!(resumed.record.state, RunState::Success);
+    assert_eq!(resumed.record.resumed_from, Some(failed.record.id));
+    assert_eq!(
+        resumed.record.data_interval_start.as_deref(),
+        Some("2026-02-10T00:00:01Z")
+    );
+    assert_eq!(resumed.record.counts.records_extracted, 150);
+    assert_eq!(
+        fake.duplicates() - before,
+        100,
+        "rows 101-200 re-read and deduped"
     );
 
     // A backfill replays a range and leaves the watermark alone.
@@ -417,18 +460,18 @@ iterator_data_type = "timestamp_tz"
         &ctx,
         "p",
         RunKind::Backfill {
-            from: "2026-01-01T00:00:01Z".into(),
-            until: "2026-01-02T00:00:00Z".into(),
+            from: "2026-02-10T00:00:01Z".into(),
+            until: "2026-02-11T00:00:00Z".into(),
         },
     )
     .await
     .unwrap();
     assert_eq!(backfill.record.state, RunState::Success);
     assert_eq!(backfill.record.run_type, "backfill");
-    assert_eq!(backfill.record.counts.records_extracted, 50);
+    assert_eq!(backfill.record.counts.records_extracted, 150);
     assert_eq!(
         ctx.state.watermark("p").await.unwrap().as_deref(),
-        Some("2026-02-01T00:00:00Z")
+        Some("2026-03-01T00:00:00Z")
     );
     let bad = wsync::sync::run(
         &ctx,
@@ -455,7 +498,7 @@ async fn a_trigger_is_refused_while_the_pipeline_runs_and_shutdown_interrupts_it
     sqlx::raw_sql(&format!(
         "CREATE TABLE {table} (customer_id text, updated_at timestamptz);
          INSERT INTO {table} SELECT 'r' || i, timestamptz '2026-01-01' + i * interval '1 second'
-           FROM generate_series(1, 400) AS i;"
+           FROM generate_series(1, 2000) AS i;"
     ))
     .execute(&pool)
     .await
@@ -464,7 +507,7 @@ async fn a_trigger_is_refused_while_the_pipeline_runs_and_shutdown_interrupts_it
     // Slow: every request waits, so the run is still going when triggered again.
     for _ in 0..40 {
         fake.push_fault(Fault::Slow {
-            delay: std::time::Duration::from_millis(150),
+            delay: std::time::Duration::from_millis(300),
         });
     }
     let p = project(
@@ -524,16 +567,21 @@ type = "on_demand"
         "{:?}",
         run.error
     );
-    assert!(fake.distinct_applied() < 400, "stopped before the end");
+    assert!(fake.distinct_applied() < 2000, "stopped before the end");
 
-    // The next run resumes from the checkpoint and finishes the table.
+    // The next run resumes the spool and finishes the table.
     let ctx2 = p.context().await;
     let resumed = wsync::sync::run(&ctx2, "od", RunKind::Manual)
         .await
         .unwrap();
     assert_eq!(resumed.record.state, RunState::Success);
     assert_eq!(resumed.record.resumed_from, Some(run.id));
-    assert_eq!(fake.distinct_applied(), 400);
+    assert_eq!(fake.distinct_applied(), 2000);
+    assert!(
+        fake.duplicates() <= 4 * 100,
+        "{} re-sent",
+        fake.duplicates()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

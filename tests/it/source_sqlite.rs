@@ -173,19 +173,28 @@ async fn source_sqlite_types_and_values() {
 }
 
 #[tokio::test]
-async fn source_sqlite_bad_value_names_column_and_row() {
-    let seed = "CREATE TABLE t (id INTEGER, n INTEGER); INSERT INTO t VALUES (1, 1), (2, 'abc');";
+async fn source_sqlite_bad_value_rejects_its_row_naming_the_column() {
+    let seed =
+        "CREATE TABLE t (id INTEGER, n INTEGER); INSERT INTO t VALUES (1, 1), (2, 'abc'), (3, 3);";
     let (_dir, mut wh) = seeded(seed).await;
-    let err = extract_all(&mut wh, &query("t", "SELECT * FROM t ORDER BY id"), 10)
+    let (_, rows, batches) = extract_all(&mut wh, &query("t", "SELECT * FROM t ORDER BY id"), 10)
         .await
-        .expect_err("decode must fail");
-    match &err {
-        SourceError::Decode { column, row, .. } => {
-            assert_eq!(column, "n");
-            assert_eq!(*row, 2);
-        }
-        other => panic!("unexpected {other}"),
-    }
+        .expect("one bad value does not fail the read");
+    assert_eq!(rows, 3);
+    let reasons = crate::support::db::rejected_reasons(&batches);
+    assert_eq!(reasons[0], None);
+    assert_eq!(
+        reasons[1].as_deref(),
+        Some("column `n`: text \"abc\" is not an integer")
+    );
+    assert_eq!(reasons[2], None);
+    let n = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("n");
+    assert!(n.is_null(1), "the bad value is NULL");
+    assert_eq!(n.value(2), 3);
 }
 
 #[tokio::test]

@@ -132,7 +132,7 @@ async fn every_type_and_nasty_value_reaches_the_fake_exactly() {
                 "ts": "2024-05-01T12:30:00Z",
                 "tstz": "2024-05-01T10:30:00.123456Z",
                 "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-                "j": "{\"a\":[1,2],\"b\":1}",
+                "j": "{\"b\":1,\"a\":[1,2]}",
                 "jb": "{\"a\":[1,2],\"b\":1}",
                 "tags": tags,
                 "ints": ["1", "3"]

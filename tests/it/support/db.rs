@@ -106,6 +106,7 @@ pub fn connection(kind: ConnectionKind, url: &str) -> Connection {
         seed_sql: None,
         statement_timeout: Duration::from_secs(30),
         chunk_rows: 1000,
+        cloud: None,
     }
 }
 
@@ -150,6 +151,27 @@ pub async fn extract_all(
 pub fn one_batch(batches: &[arrow::array::RecordBatch]) -> arrow::array::RecordBatch {
     assert!(!batches.is_empty(), "expected at least one batch");
     arrow::compute::concat_batches(&batches[0].schema(), batches).expect("concat batches")
+}
+
+/// The reserved reasons column of extracted batches, row by row: `Some(reason)`
+/// for a row the reader rejected.
+pub fn rejected_reasons(batches: &[arrow::array::RecordBatch]) -> Vec<Option<String>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let column = b
+                .column_by_name(wsync::source::REJECTED_COLUMN)
+                .expect("every chunk carries the reasons column");
+            let reasons = column
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("reasons are text");
+            reasons
+                .iter()
+                .map(|r| r.map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]

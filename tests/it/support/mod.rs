@@ -3,5 +3,7 @@
 
 pub mod child;
 pub mod db;
+pub mod emulators;
 pub mod fake_mparticle;
+pub mod fake_snowflake;
 pub mod project;

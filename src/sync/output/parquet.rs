@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
+
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 
@@ -15,6 +18,9 @@ use crate::export::{
 };
 use crate::mapping::{EncodedBatch, MappingPlan, RejectedRow};
 use crate::source::ColumnInfo;
+use crate::sync::SyncError;
+
+use super::{RunEnd, RunOutput, Tally, Transformed};
 
 /// Rows per record batch handed to the writer for the batches and rejected datasets.
 const DATASET_BATCH_ROWS: usize = 4096;
@@ -144,5 +150,66 @@ impl RunExports {
             done.push(("rejected", file.finish()?));
         }
         Ok(done)
+    }
+}
+
+/// The exports as a run output: fed every chunk, renamed into place only when
+/// the run completes its window (an export file is one whole window or nothing).
+#[derive(Debug)]
+pub struct ParquetExports {
+    exports: Option<RunExports>,
+}
+
+impl ParquetExports {
+    /// Feed these open exports.
+    pub fn new(exports: RunExports) -> Self {
+        Self {
+            exports: Some(exports),
+        }
+    }
+}
+
+impl RunOutput for ParquetExports {
+    fn write<'a>(&'a mut self, chunk: &'a Transformed) -> BoxFuture<'a, Result<(), SyncError>> {
+        let result = (|| {
+            let Some(exports) = self.exports.as_mut() else {
+                return Ok(());
+            };
+            exports.chunk(&chunk.chunk)?;
+            for batch in &chunk.batches {
+                exports.batch(batch)?;
+            }
+            for rejected in &chunk.rejected {
+                exports.rejected(rejected)?;
+            }
+            Ok(())
+        })();
+        async move { result }.boxed()
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        end: RunEnd,
+        tally: &'a mut Tally,
+    ) -> BoxFuture<'a, Result<(), SyncError>> {
+        // Dropping unfinished files removes their temporary names.
+        let exports = self.exports.take();
+        let result = match (end, exports) {
+            (RunEnd::Complete, Some(exports)) => exports.finish().map(|done| {
+                for (dataset, file) in done {
+                    tally.files.insert(
+                        match dataset {
+                            "rows" => "export_rows",
+                            "batches" => "export_batches",
+                            _ => "export_rejected",
+                        },
+                        file.path.clone(),
+                    );
+                    tally.exports.push((dataset, file));
+                }
+            }),
+            _ => Ok(()),
+        };
+        async move { result.map_err(SyncError::from) }.boxed()
     }
 }

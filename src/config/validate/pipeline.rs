@@ -1,0 +1,309 @@
+//! `schedules/PIPELINE.toml`: references, input protection, policies and
+//! `[export]`.
+
+#[allow(clippy::wildcard_imports)] // the sections share one namespace (see mod.rs)
+use super::*;
+
+pub(super) const ENVIRONMENTS: &[(&str, Environment)] = &[
+    ("development", Environment::Development),
+    ("production", Environment::Production),
+];
+pub(super) const NULL_POLICIES: &[(&str, NullPolicy)] =
+    &[("skip", NullPolicy::Skip), ("delete", NullPolicy::Delete)];
+pub(super) const LIMIT_POLICIES: &[(&str, LimitPolicy)] = &[
+    ("truncate", LimitPolicy::Truncate),
+    ("reject", LimitPolicy::Reject),
+];
+
+pub(super) const INPUT_PROTECTIONS: &[(&str, InputProtection)] = &[
+    ("create_and_update", InputProtection::CreateAndUpdate),
+    ("only_update", InputProtection::OnlyUpdate),
+    ("only_read", InputProtection::OnlyRead),
+];
+
+pub(super) fn validate_pipeline(
+    ctx: &mut Ctx<'_>,
+    root: &Path,
+    defaults: &Defaults,
+    names: &Names,
+    id: &str,
+    raw: &RawPipeline,
+) -> Pipeline {
+    if !valid_name(id) {
+        ctx.errors.push(ctx.file.file_error(
+            None,
+            format!("`{id}` is not a valid pipeline id (the file name is the id)"),
+            Some(format!("rename the file; {NAME_HINT}")),
+        ));
+    }
+    let connection = reference(
+        ctx,
+        "connection",
+        raw.connection.as_deref(),
+        names.connections.as_deref(),
+        |n| format!("add [connections.{n}] to wsync.toml"),
+    );
+    let data_model = match raw.data_model.as_deref() {
+        None => {
+            ctx.missing(
+                "data_model",
+                format!(
+                    "add data_model = \"NAME\" for sql/NAME.sql (available: {})",
+                    model_list(names)
+                ),
+            );
+            String::new()
+        }
+        Some(m) => {
+            if !names.models.contains(m) {
+                let hint = match suggest::closest(m, names.models.iter().map(String::as_str)) {
+                    Some(best) => {
+                        format!("did you mean `{best}`? available: {}", model_list(names))
+                    }
+                    None => format!("create sql/{m}.sql (available: {})", model_list(names)),
+                };
+                ctx.push("data_model", format!("data model `{m}` not found"), hint);
+            }
+            m.to_owned()
+        }
+    };
+    // Create & Update is mParticle's default protection level, and the issue's.
+    let input_protection = match &raw.input_protection {
+        Some(v) => ctx.choice("input_protection", v, "input protection", INPUT_PROTECTIONS),
+        None => Some(InputProtection::CreateAndUpdate),
+    };
+    let feed_names: Option<Vec<String>> = names.feeds.as_ref().map(|f| f.keys().cloned().collect());
+    let export = raw.export.as_ref().map(|e| validate_export(ctx, e));
+    let feed = match (&raw.feed, input_protection) {
+        (None, Some(InputProtection::OnlyRead)) | (None, None) => None,
+        // An export-only pipeline: reads and writes Parquet, sends nothing.
+        (None, Some(_)) if export.is_some() => None,
+        (None, Some(_)) => {
+            ctx.missing(
+                "feed",
+                format!(
+                    "add feed = \"NAME\" (available: {}), set input_protection = \"only_read\" for a dry run, or add an [export] section for an export-only pipeline",
+                    feed_names.as_deref().map(suggest::list).unwrap_or_default()
+                ),
+            );
+            None
+        }
+        (Some(f), _) => reference(ctx, "feed", Some(f), feed_names.as_deref(), |n| {
+            format!("add [feeds.{n}] to wsync.toml")
+        }),
+    };
+    let environment = match &raw.environment {
+        Some(v) => ctx.choice("environment", v, "environment", ENVIRONMENTS),
+        None => None,
+    }
+    .or_else(|| {
+        feed.as_ref()
+            .and_then(|f| names.feeds.as_ref()?.get(f).copied())
+    })
+    .unwrap_or(defaults.environment);
+    let null_policy = raw
+        .null_policy
+        .as_ref()
+        .and_then(|v| ctx.choice("null_policy", v, "null policy", NULL_POLICIES))
+        .unwrap_or(defaults.null_policy);
+    let limit_policy = raw
+        .limit_policy
+        .as_ref()
+        .and_then(|v| ctx.choice("limit_policy", v, "limit policy", LIMIT_POLICIES))
+        .unwrap_or(defaults.limit_policy);
+    let sync_mode = raw
+        .sync_mode
+        .as_ref()
+        .map_or(SyncMode::Full, |s| validate_sync_mode(ctx, s));
+    let schedule = raw
+        .schedule
+        .as_ref()
+        .map_or(Schedule::OnDemand, |s| validate_schedule(ctx, s));
+    let iterator = match &sync_mode {
+        SyncMode::Incremental { iterator_field, .. } => Some(iterator_field.as_str()),
+        SyncMode::Full => None,
+    };
+    let mappings = validate_mappings(ctx, &raw.mappings, iterator);
+    Pipeline {
+        id: id.to_owned(),
+        name: raw.name.clone().unwrap_or_else(|| id.to_owned()),
+        path: root.join(&ctx.file.rel),
+        connection: connection.unwrap_or_default(),
+        data_model,
+        feed,
+        environment,
+        sync_mode,
+        schedule,
+        paused: raw.paused.unwrap_or(false),
+        input_protection: input_protection.unwrap_or(InputProtection::OnlyRead),
+        null_policy,
+        limit_policy,
+        mappings,
+        retry_dead_letters: raw.retry_dead_letters.unwrap_or(true),
+        write_batches: match raw.write_batches {
+            Some(true) if input_protection.is_some_and(|p| p != InputProtection::OnlyRead) => {
+                ctx.push(
+                    "write_batches",
+                    "only applies to only_read pipelines",
+                    "remove it, or set input_protection = \"only_read\" for a dry run",
+                );
+                false
+            }
+            other => other.unwrap_or(false),
+        },
+        max_rejected_pct: match raw.max_rejected_pct {
+            Some(p) if !(0.0..=100.0).contains(&p) => {
+                ctx.push(
+                    "max_rejected_pct",
+                    format!("must be a percentage between 0 and 100, not {p}"),
+                    "e.g. max_rejected_pct = 1.5",
+                );
+                None
+            }
+            other => other,
+        },
+        export,
+    }
+}
+
+/// `[export]`: path template, datasets, compression, row group size.
+pub(super) fn validate_export(ctx: &mut Ctx<'_>, raw: &RawExport) -> ExportSettings {
+    const DATASETS: &[(&str, ExportDataset)] = &[
+        ("rows", ExportDataset::Rows),
+        ("batches", ExportDataset::Batches),
+        ("rejected", ExportDataset::Rejected),
+    ];
+    const COMPRESSIONS: &[(&str, ExportCompression)] = &[
+        ("zstd", ExportCompression::Zstd),
+        ("snappy", ExportCompression::Snappy),
+        ("none", ExportCompression::None),
+    ];
+    let path = raw
+        .path
+        .clone()
+        .unwrap_or_else(|| "exports/{pipeline}/{run_id}/{dataset}.parquet".to_owned());
+    if !path.contains("{dataset}") {
+        ctx.push(
+            "export.path",
+            format!("`{path}` has no `{{dataset}}`, so the datasets would overwrite each other"),
+            "put {dataset} in the file name, e.g. \"exports/{pipeline}/{run_id}/{dataset}.parquet\"",
+        );
+    }
+    if !path.contains("{run_id}") {
+        ctx.push(
+            "export.path",
+            format!("`{path}` has no `{{run_id}}`, so every run would overwrite the last one"),
+            "put {run_id} in the path, e.g. \"exports/{pipeline}/{run_id}/{dataset}.parquet\"",
+        );
+    }
+    let mut datasets = Vec::new();
+    match &raw.datasets {
+        None => {
+            datasets = vec![
+                ExportDataset::Rows,
+                ExportDataset::Batches,
+                ExportDataset::Rejected,
+            ]
+        }
+        Some(list) => {
+            for (i, name) in list.iter().enumerate() {
+                if let Some(d) =
+                    ctx.choice(&format!("export.datasets[{i}]"), name, "dataset", DATASETS)
+                {
+                    if !datasets.contains(&d) {
+                        datasets.push(d);
+                    }
+                }
+            }
+            if list.is_empty() {
+                ctx.push(
+                    "export.datasets",
+                    "is empty",
+                    "list at least one of \"rows\", \"batches\", \"rejected\"",
+                );
+            }
+        }
+    }
+    let compression = match &raw.compression {
+        Some(c) => ctx
+            .choice("export.compression", c, "compression", COMPRESSIONS)
+            .unwrap_or(ExportCompression::Zstd),
+        None => ExportCompression::Zstd,
+    };
+    let row_group_rows = ctx.int_in(
+        "export.row_group_rows",
+        raw.row_group_rows,
+        100_000usize,
+        1..=10_000_000,
+        "the default is 100000 rows; smaller groups use less memory",
+    );
+    ExportSettings {
+        path,
+        datasets,
+        compression,
+        row_group_rows,
+    }
+}
+
+pub(super) fn model_list(names: &Names) -> String {
+    suggest::list(&names.models.iter().collect::<Vec<_>>())
+}
+
+/// A required reference to a connection or feed. `available` is `None` when
+/// `wsync.toml` did not parse (then the name is taken as is).
+pub(super) fn reference(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    value: Option<&str>,
+    available: Option<&[String]>,
+    create: impl Fn(&str) -> String,
+) -> Option<String> {
+    let list = available.map(suggest::list).unwrap_or_default();
+    let Some(value) = value else {
+        ctx.missing(key, format!("add {key} = \"NAME\" (available: {list})"));
+        return None;
+    };
+    if let Some(available) = available {
+        if !available.iter().any(|a| a == value) {
+            let hint = match suggest::closest(value, available.iter().map(String::as_str)) {
+                Some(best) => format!("did you mean `{best}`? available: {list}"),
+                None => format!("{} (available: {list})", create(value)),
+            };
+            ctx.push(
+                key,
+                format!("{key} `{value}` is not defined in wsync.toml"),
+                hint,
+            );
+        }
+    }
+    Some(value.to_owned())
+}
+
+/// A `from`/`start`/`end` value: a string, or a TOML integer or date-time written bare.
+pub(super) fn scalar_text(
+    ctx: &mut Ctx<'_>,
+    key_path: &str,
+    value: &toml::Value,
+) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
+        other => {
+            ctx.push(
+                key_path,
+                format!("expected a string, found {}", other.type_str()),
+                "quote the value",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn not_for(ctx: &mut Ctx<'_>, key_path: &str, key: &str, kind: &str, valid: &str) {
+    ctx.push(
+        key_path,
+        format!("`{key}` does not apply to {kind}"),
+        format!("remove it ({valid})"),
+    );
+}

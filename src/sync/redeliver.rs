@@ -1,0 +1,119 @@
+//! Re-sending dead-lettered batches: at the start of a run (when the pipeline
+//! keeps `retry_dead_letters`), and on demand with `wsync dead-letters retry`.
+//! One routine for both: delivered letters are removed, refused ones stay with
+//! one more attempt counted.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::mapping::EncodedBatch;
+use crate::sink::delivery::Deliverer;
+use crate::sink::RequestPacker;
+use crate::state::{DeadLetterKind, StateStore};
+
+use super::SyncError;
+
+/// Dead-lettered batches re-sent at once, at most.
+pub const MAX_DEAD_LETTER_RETRIES: u32 = 10_000;
+
+/// What a re-send did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redelivered {
+    /// Letters acknowledged now, and removed.
+    pub delivered: u64,
+    /// Letters refused again (attempts counted up).
+    pub refused: u64,
+}
+
+/// Re-send `pipeline`'s dead-lettered batches through `deliverer`.
+pub async fn redeliver(
+    state: &StateStore,
+    pipeline: &str,
+    deliverer: &Deliverer,
+) -> Result<Redelivered, SyncError> {
+    let letters = state
+        .dead_letters(
+            pipeline,
+            Some(DeadLetterKind::Batch),
+            MAX_DEAD_LETTER_RETRIES,
+            0,
+        )
+        .await?;
+    if letters.is_empty() {
+        return Ok(Redelivered::default());
+    }
+    tracing::info!(count = letters.len(), "Re-sending dead-lettered batches.");
+    let mut packer = RequestPacker::default();
+    let mut handles = Vec::new();
+    let mut submit_error = None;
+    for letter in &letters {
+        let batch = EncodedBatch {
+            row: 0,
+            part: 0,
+            source_request_id: letter.source_request_id.clone().unwrap_or_default(),
+            json: letter.payload.clone().into_bytes(),
+        };
+        if let Some(request) = packer.push(&batch) {
+            match deliverer.submit(request).await {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    submit_error = Some(SyncError::Delivery(e));
+                    break;
+                }
+            }
+        }
+    }
+    if submit_error.is_none() {
+        if let Some(request) = packer.take() {
+            match deliverer.submit(request).await {
+                Ok(handle) => handles.push(handle),
+                Err(e) => submit_error = Some(SyncError::Delivery(e)),
+            }
+        }
+    }
+    // Every submitted request's outcome is recorded, even after an error.
+    let mut delivered = HashSet::new();
+    let mut refused = HashMap::new();
+    let mut first_error = submit_error;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(outcome)) => {
+                delivered.extend(outcome.acknowledged);
+                for d in outcome.dead_letters {
+                    refused.insert(
+                        d.source_request_id,
+                        format!("HTTP {}: {}", d.status, d.message),
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(SyncError::Delivery(e));
+            }
+            Err(e) => {
+                first_error.get_or_insert(SyncError::Internal(format!(
+                    "a delivery task ended abnormally: {e}"
+                )));
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    let mut bumped = Vec::new();
+    for letter in &letters {
+        let Some(id) = &letter.source_request_id else {
+            continue;
+        };
+        if delivered.contains(id) {
+            removed.push(letter.id);
+        } else if let Some(message) = refused.remove(id) {
+            bumped.push((letter.id, message));
+        }
+    }
+    state.remove_dead_letters(&removed).await?;
+    state.bump_dead_letters(&bumped).await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(Redelivered {
+            delivered: removed.len() as u64,
+            refused: bumped.len() as u64,
+        }),
+    }
+}

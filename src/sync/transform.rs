@@ -1,0 +1,85 @@
+//! Stage 3, transform: chunks from the spool (or, for runs that send nothing,
+//! straight from the extract) mapped to batches, with input protection
+//! applied, numbered by run row so that mapping the same spool again yields
+//! the same batches in the same places.
+
+use arrow::array::RecordBatch;
+use tokio::sync::mpsc;
+
+use crate::mapping::{MapStats, Mapper};
+use crate::resolve::Protection;
+
+use super::output::Transformed;
+use super::spool::SpoolReader;
+use super::SyncError;
+
+/// Where a run's chunks come from.
+#[derive(Debug)]
+pub enum ChunkSource {
+    /// The spool, following the extract as it writes (or complete, on resume).
+    Spool(Box<SpoolReader>),
+    /// Straight from the extract: runs that send nothing (dry runs, export-only
+    /// pipelines) have no pace to decouple from and nothing to resume.
+    Stream(mpsc::Receiver<RecordBatch>),
+}
+
+impl ChunkSource {
+    /// The next chunk, `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<RecordBatch>, SyncError> {
+        match self {
+            Self::Spool(reader) => Ok(reader.next().await?),
+            Self::Stream(rx) => Ok(rx.recv().await),
+        }
+    }
+}
+
+/// What input protection reports at the end: its summary and the file of
+/// skipped rows.
+pub type ProtectionEnd = (
+    crate::resolve::ProtectionSummary,
+    Result<Option<std::path::PathBuf>, crate::resolve::ResolveError>,
+);
+
+/// Maps chunks in order and applies input protection.
+#[derive(Debug)]
+pub struct Transform {
+    mapper: Mapper,
+    protection: Option<Protection>,
+    next_row: u64,
+    /// Mapping counters by reason.
+    pub stats: MapStats,
+}
+
+impl Transform {
+    /// A transform starting at run row 1.
+    pub fn new(mapper: Mapper, protection: Option<Protection>) -> Self {
+        Self {
+            mapper,
+            protection,
+            next_row: 1,
+            stats: MapStats::default(),
+        }
+    }
+
+    /// Map one chunk. Rows of no existing profile (only_update) leave here,
+    /// before any output sees them.
+    pub async fn chunk(&mut self, chunk: RecordBatch) -> Result<Transformed, SyncError> {
+        let first_row = self.next_row;
+        let mut mapped = self.mapper.map_chunk(&chunk, first_row, &mut self.stats)?;
+        self.next_row += chunk.num_rows() as u64;
+        if let Some(protection) = self.protection.as_mut() {
+            protection.apply(&mut mapped.batches).await?;
+        }
+        Ok(Transformed {
+            first_row,
+            chunk,
+            batches: mapped.batches,
+            rejected: mapped.rejected,
+        })
+    }
+
+    /// The protection's summary and skipped-rows file, when it has one.
+    pub fn finish(self) -> (MapStats, Option<ProtectionEnd>) {
+        (self.stats, self.protection.map(Protection::finish))
+    }
+}
