@@ -151,7 +151,7 @@ pub(crate) async fn context(root: &std::path::Path) -> anyhow::Result<crate::syn
             signals += 1;
             if signals > 1 {
                 eprintln!(
-                    "second signal: exiting now; the run will be resumed from its last checkpoint"
+                    "second signal: exiting now; the next run resumes from the spool (or the last checkpoint)"
                 );
                 std::process::exit(130);
             }

@@ -252,6 +252,15 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     // checkpoint's, and only what was in flight at SIGTERM went out twice.
     assert_eq!(resumed.data_interval_start, first.data_interval_start);
     assert!(checkpoint.as_str() > "2026", "{checkpoint}");
+    assert!(
+        fake.duplicates() <= 4 * 100,
+        "{} re-sent",
+        fake.duplicates()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait().0.code(), Some(0));
+    // Read once the daemon is gone: the report is written just after the
+    // run's record is committed.
     let report: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             fast.root()
@@ -262,13 +271,6 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     .unwrap();
     assert_eq!(report["spool"]["resumed_from_run"], first.id);
     assert_eq!(report["spool"]["rows"], ROWS as u64);
-    assert!(
-        fake.duplicates() <= 4 * 100,
-        "{} re-sent",
-        fake.duplicates()
-    );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait().0.code(), Some(0));
     assert_eq!(fake.distinct_applied(), ROWS);
     assert_eq!(fake.batches().len(), ROWS + fake.duplicates());
     // `once` is done: a third start runs nothing.

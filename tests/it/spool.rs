@@ -444,3 +444,148 @@ async fn too_little_disk_refuses_the_run_and_changes_nothing() {
     assert_eq!(state.watermark("big").await.unwrap(), None);
     assert!(fake.batches().is_empty());
 }
+
+/// Issue 16, item 7: a shutdown whose grace ends before the server answers
+/// must not checkpoint the rows of the abandoned requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_shorter_than_a_response_loses_no_row() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    const ROWS: usize = 1_000;
+    let table = db::unique_table("spool_grace");
+    create_table(&pool, &table, ROWS as u32).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, email, updated_at FROM {table}"),
+        "rate_limit_per_sec = 0",
+        "checkpoint_rows = 100",
+    );
+    p.file(
+        "wsync.toml",
+        &std::fs::read_to_string(p.root().join("wsync.toml"))
+            .unwrap()
+            .replace("chunk_rows = 1000", "chunk_rows = 100")
+            .replace("shutdown_grace_secs = 10", "shutdown_grace_secs = 1"),
+    );
+    // Three requests land at once; the next ones take 3 s, past the grace.
+    for _ in 0..3 {
+        fake.push_fault(wsync_fault(Duration::ZERO));
+    }
+    for _ in 0..7 {
+        fake.push_fault(wsync_fault(Duration::from_secs(3)));
+    }
+    let ctx = p.context().await;
+    let run = {
+        let ctx = ctx.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(wsync::sync::run(&ctx, "big", RunKind::Manual))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.distinct_applied() < 300 {
+        assert!(Instant::now() < deadline, "the first requests did not land");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ctx.shutdown.cancel();
+    let asked = Instant::now();
+    let stopped = run.await.unwrap().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "stopped within the 1 s grace, not after the 3 s responses: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(stopped.record.state, RunState::Interrupted);
+    assert_eq!(fake.distinct_applied(), 300);
+    // The checkpoint, if the acknowledged requests were recorded before the
+    // grace ran out, covers them at most (row 300's value): never the rows of
+    // the abandoned ones.
+    if let Some(text) = stopped.record.checkpoint.as_deref() {
+        let checkpoint: chrono::DateTime<chrono::Utc> = text.parse().unwrap();
+        let row_300: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00.300Z".parse().unwrap();
+        assert!(
+            checkpoint <= row_300,
+            "checkpoint {checkpoint} passes unacknowledged rows"
+        );
+    }
+
+    // Without the spool the next run reads from the checkpoint: every row
+    // arrives all the same.
+    // The abandoned requests were stopped, not left sending in the background.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fake.distinct_applied(), 300);
+    std::fs::remove_dir_all(p.root().join(".wsync/spool/big")).unwrap();
+    let ctx = p.context().await;
+    let resumed = wsync::sync::run(&ctx, "big", RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.record.state,
+        RunState::Success,
+        "{:?}",
+        resumed.record.error
+    );
+    if stopped.record.checkpoint.is_some() {
+        assert_eq!(resumed.record.resumed_from, Some(stopped.record.id));
+    }
+    assert_eq!(fake.distinct_applied(), ROWS);
+}
+
+fn wsync_fault(delay: Duration) -> crate::support::fake_mparticle::Fault {
+    crate::support::fake_mparticle::Fault::Slow { delay }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsync_run_under_sigterm_stops_and_the_next_run_finishes_from_the_spool() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    const ROWS: usize = 10_000;
+    let table = db::unique_table("spool_term");
+    create_table(&pool, &table, ROWS as u32).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, email, updated_at FROM {table}"),
+        "rate_limit_per_sec = 2000",
+        "",
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_wsync"))
+        .arg("--config")
+        .arg(p.root())
+        .args(["run", "big"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.distinct_applied() < 2_000 {
+        assert!(Instant::now() < deadline, "2000 rows did not land");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert!(
+        stdout.contains("kept at"),
+        "the summary says where the spool is: {stdout}"
+    );
+    assert!(fake.distinct_applied() < ROWS);
+    let (code, stdout, stderr) = p.wsync(&["run", "big"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("Resumed the spool of run 1"), "{stdout}");
+    assert_eq!(fake.distinct_applied(), ROWS);
+    assert!(
+        fake.duplicates() <= 4 * 100,
+        "{} re-sent",
+        fake.duplicates()
+    );
+}

@@ -16,7 +16,7 @@
 //! In a dry run there is no deliverer: requests are packed and counted, which
 //! is the forecast of what a real run would send.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +40,9 @@ use crate::telemetry::progress::RunProgress;
 use super::dead_letters::DeadLetterStore;
 use super::{RunEnd, RunOutput, Tally, Transformed};
 
-/// A finished request: its batch range, body size and outcome.
+/// A finished request: its number, batch range, body size and outcome.
 type Finished = (
+    u64,
     BatchKey,
     BatchKey,
     usize,
@@ -87,6 +88,11 @@ pub struct EventsApi {
     /// First and last batch in the packer.
     pending: Option<(BatchKey, BatchKey)>,
     in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// How to stop each request still in flight, by number: a run that ends
+    /// abandons them, and must not go on sending in the background.
+    aborts: HashMap<u64, tokio::task::AbortHandle>,
+    /// Requests submitted so far (their numbers).
+    submitted: u64,
     /// First row of each request in flight (a multiset), for the frontier.
     in_flight_rows: BTreeMap<u64, u32>,
     /// Highest row handed to this output.
@@ -119,6 +125,8 @@ impl EventsApi {
             packer: RequestPacker::default(),
             pending: None,
             in_flight: FuturesUnordered::new(),
+            aborts: HashMap::new(),
+            submitted: 0,
             in_flight_rows: BTreeMap::new(),
             last_row: 0,
             marks: VecDeque::new(),
@@ -159,9 +167,21 @@ impl EventsApi {
         // Counted before submitting: a request that never went out holds the
         // frontier back as much as one still in flight.
         *self.in_flight_rows.entry(first.0).or_default() += 1;
-        let handle = deliverer.submit(request).await?;
+        // Waiting for a slot is where a run spends most of its time at the
+        // feed's pace: shutdown must not wait behind the requests in flight.
+        let shutdown = self.settings.shutdown.clone();
+        let handle = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                return Err(SyncError::Interrupted { checkpoint: None });
+            }
+            handle = deliverer.submit(request) => handle?,
+        };
+        self.submitted += 1;
+        let number = self.submitted;
+        self.aborts.insert(number, handle.abort_handle());
         self.in_flight
-            .push(handle.map(move |r| (first, last, bytes, r)).boxed());
+            .push(handle.map(move |r| (number, first, last, bytes, r)).boxed());
         self.collect_ready().await
     }
 
@@ -175,7 +195,11 @@ impl EventsApi {
 
     /// Record one finished request: acknowledged batches counted, refused ones
     /// stored as dead letters, then the range logged as done.
-    async fn record(&mut self, (first, last, bytes, result): Finished) -> Result<(), SyncError> {
+    async fn record(
+        &mut self,
+        (number, first, last, bytes, result): Finished,
+    ) -> Result<(), SyncError> {
+        self.aborts.remove(&number);
         // A request that failed stays in the frontier's way: its rows were not
         // delivered, so no checkpoint may pass them.
         if matches!(result, Ok(Ok(_))) {
@@ -300,9 +324,11 @@ impl EventsApi {
                         abandoned = self.in_flight.len(),
                         "Shutdown grace period over; abandoning in-flight requests."
                     );
-                    // Dropping the futures does not stop spawned tasks; they
-                    // hold delivery permits until they end, which is harmless
-                    // as the run is over.
+                    // Stopped, not just forgotten: their rows stay out of the
+                    // log and behind the checkpoint, and go with the next run.
+                    for (_, abort) in self.aborts.drain() {
+                        abort.abort();
+                    }
                     self.in_flight.clear();
                     break;
                 }
