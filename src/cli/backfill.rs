@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use crate::config::model::SyncMode;
 use crate::state::RunState;
+use crate::sync::window::parse_bound;
 use crate::sync::RunKind;
 
 /// Arguments of `wsync backfill`.
@@ -33,6 +34,27 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             pipeline.id, pipeline.id
         ))
         .into());
+    }
+    if let SyncMode::Incremental {
+        iterator_data_type,
+        time_zone,
+        ..
+    } = &pipeline.sync_mode
+    {
+        // Unparsable bounds are reported by the run with the iterator's forms;
+        // here only their order: `[from, until)` with from ≥ until is empty, and
+        // a "successful" empty backfill would hide the typo.
+        let parse = |text: &str| parse_bound(*iterator_data_type, *time_zone, text);
+        if let (Some(from), Some(until)) = (parse(&args.from), parse(&args.until)) {
+            if from >= until {
+                return Err(super::UsageError(format!(
+                    "--from {} is not before --until {}: the range [from, until) is empty; \
+                     swap them",
+                    args.from, args.until
+                ))
+                .into());
+            }
+        }
     }
     let progress = super::progress::Progress::start(
         std::sync::Arc::clone(&ctx.progress),

@@ -40,6 +40,15 @@ pub async fn execute(root: &Path, _args: Args) -> anyhow::Result<ExitCode> {
                 ))
             })?;
             tracing::info!(address = %listener.local_addr()?, "HTTP API listening.");
+            if token.is_none() {
+                // Validation refuses a non-loopback bind without a token; on
+                // loopback every local user can still act on the pipelines.
+                tracing::warn!(
+                    address = %addr,
+                    "HTTP API has no token: any local user can trigger, pause and resume \
+                     pipelines; set daemon.http_token_env to require one."
+                );
+            }
             let router = crate::api::router(ctx.clone(), daemon.clone(), token);
             Some(tokio::spawn(crate::api::serve(
                 listener,

@@ -12,11 +12,11 @@ use super::output::{ellipsize, table};
 pub struct Args {
     /// Only this pipeline's runs.
     pub pipeline: Option<String>,
-    /// Runs per page.
-    #[arg(long, default_value_t = 20)]
+    /// Runs per page (1 to 1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
     /// Page number, from 1.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub page: u32,
     /// Print JSON lines instead of a table.
     #[arg(long)]
@@ -39,6 +39,13 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             let line = crate::scheduler::status::run_json(r);
             println!("{line}");
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() && args.page > 1 {
+        println!(
+            "No runs on page {} (--limit {} per page); try a lower --page.",
+            args.page, args.limit
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {

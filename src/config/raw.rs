@@ -161,6 +161,9 @@ pub(crate) struct RawFeed {
     pub pod: Option<String>,
     /// Host root overriding the pod's (tests, proxies).
     pub base_url: Option<String>,
+    /// Accept an `http://` `base_url` to a host other than this machine (the key
+    /// and secret then travel in clear text).
+    pub allow_insecure_http: Option<bool>,
     /// API key, with `${VAR}` expanded.
     pub api_key: Option<String>,
     /// Environment variable holding the API key.

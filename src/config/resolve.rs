@@ -6,7 +6,7 @@
 //! up in CI logs, and the value is a password or an API secret.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::ConfigError;
 use super::locate::{relative_to, SourceFile};
@@ -417,9 +417,17 @@ impl Resolver<'_> {
         }
     }
 
-    fn secret_file(&mut self, key_path: &str, path: &PathBuf) -> Option<String> {
+    fn secret_file(&mut self, key_path: &str, path: &Path) -> Option<String> {
         let shown = self.shown(path);
-        match std::fs::read_to_string(path) {
+        match read_capped(path, MAX_SECRET_FILE_BYTES) {
+            Ok(text) if text.len() > MAX_SECRET_FILE_BYTES => {
+                self.push(
+                    key_path,
+                    format!("file `{shown}` is larger than {MAX_SECRET_FILE_BYTES} bytes"),
+                    "a secret file holds one value (a key, a secret or a URL); check the path",
+                );
+                None
+            }
             Ok(text) if text.trim().is_empty() => {
                 self.push(
                     key_path,
@@ -439,6 +447,20 @@ impl Resolver<'_> {
             }
         }
     }
+}
+
+/// The most of a `*_file` secret read: one value, never a whole disk (a path
+/// such as `/dev/zero` must not hang validation).
+const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
+
+/// At most `cap + 1` bytes of `path` as text (so the caller can tell it was cut).
+fn read_capped(path: &std::path::Path, cap: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -472,6 +494,18 @@ mod tests {
     }
 
     const FEED: &str = "[feeds.f]\npod = \"US1\"\n";
+
+    #[test]
+    fn config_secret_file_is_read_up_to_a_bound() {
+        let wsync = format!("{FEED}api_key_file = \"big.txt\"\napi_secret_file = \"/dev/zero\"\n");
+        let big = "k".repeat(MAX_SECRET_FILE_BYTES + 1);
+        let (_, result) = load(&wsync, &[("big.txt", &big)], &[]);
+        let errors = result.expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        for e in &errors {
+            assert!(e.contains("is larger than 65536 bytes"), "{e}");
+        }
+    }
 
     #[test]
     fn interpolation_and_escape() {

@@ -37,6 +37,9 @@ pub(crate) struct RawResolver {
     pub pod: Option<String>,
     /// idsync: an IDSync host root instead of a pod's (`/v1/search` is appended).
     pub base_url: Option<String>,
+    /// idsync: accept an `http://` `base_url` to a host other than this machine
+    /// (the key and secret then travel in clear text).
+    pub allow_insecure_http: Option<bool>,
     /// idsync: the platform API key, inline (`${VAR}` expanded).
     pub api_key: Option<String>,
     /// idsync: environment variable holding the key.

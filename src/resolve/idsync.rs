@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::config::model::Environment;
 use crate::config::resolver::IdSyncSettings;
 use crate::redact::{scrub, Secret};
-use crate::sink::events_api::WSYNC_USER_AGENT;
+use crate::sink::events_api::{read_body_capped, MAX_RESPONSE_BODY_BYTES, WSYNC_USER_AGENT};
 use crate::sink::rate_limit::RateLimiter;
 use crate::sink::retry::{classify, Action, Outcome, RetryPolicy};
 
@@ -95,6 +95,8 @@ impl IdSyncClient {
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect is a wrong `base_url`: never follow it with the secret.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ResolveError::IdSyncTransport {
                 pipeline: pipeline.to_owned(),
@@ -179,7 +181,7 @@ impl IdSyncClient {
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match response.text().await {
+                    match read_body_capped(response, MAX_RESPONSE_BODY_BYTES).await {
                         Ok(text) => {
                             if let Some(lookup) = interpret(status, &text) {
                                 inner.limiter.on_accepted(None);
@@ -337,6 +339,56 @@ fn short(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::DeliverySettings;
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn idsync_does_not_follow_redirects() {
+        // `/redirect` sends the search (and its secret) on to `/ok`, which would
+        // answer with an MPID: never followed, a redirect stops the run.
+        let app = axum::Router::new()
+            .route(
+                "/ok/v1/search",
+                axum::routing::post(|| async { r#"{"mpid":"42"}"# }),
+            )
+            .route(
+                "/redirect/v1/search",
+                axum::routing::post(|| async {
+                    let mut r = StatusCode::FOUND.into_response();
+                    r.headers_mut()
+                        .insert("location", HeaderValue::from_static("/ok/v1/search"));
+                    r
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = |path: &str| {
+            let settings = IdSyncSettings {
+                base_url: format!("http://{addr}{path}"),
+                api_key: Secret::new("k"),
+                api_secret: Secret::new("s"),
+                request_timeout: Duration::from_secs(5),
+                delivery: DeliverySettings::default(),
+                cache_entries: 0,
+            };
+            IdSyncClient::new(
+                &settings,
+                Environment::Development,
+                "p",
+                std::path::Path::new("schedules/p.toml"),
+            )
+            .unwrap()
+        };
+        let ids = [("email", "a@example.com".to_owned())];
+        assert_eq!(client("/ok").search(&ids).await.unwrap(), Lookup::Found(42));
+        let err = client("/redirect").search(&ids).await.unwrap_err();
+        assert!(
+            matches!(err, ResolveError::IdSyncEndpoint { status: 302, .. }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn answers_that_settle_a_search() {

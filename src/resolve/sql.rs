@@ -19,7 +19,7 @@ use crate::config::model::{Pipeline, Project};
 use crate::config::resolver::SqlResolverSettings;
 use crate::mapping::convert::{Cell, ColumnReader};
 use crate::mapping::identity::{DeviceIdType, IdentityType};
-use crate::source::guard::check_single_select;
+use crate::source::guard::check_select_for;
 use crate::source::{SourceQuery, Warehouse};
 
 use super::{key_hash, names::IdentityKey, ResolveError, RowIdentities};
@@ -52,8 +52,8 @@ impl KnownProfiles {
             file: model.path.clone(),
             message,
         };
-        check_single_select(&model.sql).map_err(|e| refused(e.to_string()))?;
         let connection = &project.connections[&settings.connection];
+        check_select_for(&model.sql, connection.kind).map_err(|e| refused(e.to_string()))?;
         let mut warehouse = Warehouse::connect(connection).await?;
         let query = SourceQuery {
             model: model.name.clone(),

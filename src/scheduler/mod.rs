@@ -11,7 +11,10 @@
 //! `interrupted`; the next start resumes them.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
@@ -109,9 +112,14 @@ impl Daemon {
             if self.held(id).is_some_and(|until| now < until) {
                 continue;
             }
-            // Another process (`wsync run`) holds it: not ours to plan now.
-            if self.ctx.state.lock_holder(id).await?.is_some() {
-                continue;
+            // Another process (`wsync run`) holds it: not ours to plan now. A
+            // lock of this process with no task running the pipeline is stuck
+            // (its run panicked, or recording its outcome failed): release it.
+            if let Some(holder) = self.ctx.state.lock_holder(id).await? {
+                if !holder.own {
+                    continue;
+                }
+                self.release_stuck_lock(id).await?;
             }
             let history = if pipeline.input_protection == InputProtection::OnlyRead {
                 lock(&self.dry).get(id).cloned().unwrap_or_default()
@@ -144,10 +152,13 @@ impl Daemon {
     pub async fn trigger(&self, pipeline: &str) -> Result<(), SchedulerError> {
         self.ctx.pipeline(pipeline)?;
         self.reap_finished();
-        if self.lock_running().contains_key(pipeline)
-            || self.ctx.state.lock_holder(pipeline).await?.is_some()
-        {
+        if self.lock_running().contains_key(pipeline) {
             return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
+        }
+        match self.ctx.state.lock_holder(pipeline).await? {
+            Some(holder) if holder.own => self.release_stuck_lock(pipeline).await?,
+            Some(_) => return Err(SchedulerError::AlreadyRunning(pipeline.to_owned())),
+            None => {}
         }
         if self.is_paused(pipeline).await? {
             return Err(SchedulerError::Paused(pipeline.to_owned()));
@@ -214,15 +225,16 @@ impl Daemon {
     /// Wait until no pipeline task of this daemon runs (tests, and `once`
     /// daemons that want to exit when idle).
     pub async fn wait_idle(&self) {
+        // The tasks stay in `running` until they end: a pass running meanwhile
+        // must still see them (it would take their live lock for a stuck one).
         loop {
-            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock_running())
-                .into_values()
-                .collect();
-            if handles.is_empty() {
+            self.reap_finished();
+            if self.lock_running().is_empty() {
                 return;
             }
-            for handle in handles {
-                let _ = handle.await;
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
             }
         }
     }
@@ -239,6 +251,10 @@ impl Daemon {
         // (rustc through sqlx's executor bounds), and a thread per running
         // pipeline also maps rows of different pipelines in parallel.
         let runtime = tokio::runtime::Handle::current();
+        // Held until the handle is in the set: a pass must never see the run's
+        // lock (taken as soon as the task starts) without its task, or it would
+        // release a live lock as stuck. The task never touches this set.
+        let mut running = self.lock_running();
         let handle = tokio::task::spawn_blocking(move || {
             runtime.block_on(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
@@ -253,7 +269,39 @@ impl Daemon {
                         _ => None,
                     };
                     let scheduled = matches!(kind, RunKind::Scheduled { .. });
-                    let result = crate::sync::run(&ctx, &id, kind).await;
+                    // A panic in a run must not end this task with the
+                    // pipeline's lock still held by the live daemon.
+                    let result = match AssertUnwindSafe(crate::sync::run(&ctx, &id, kind))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(panic) => {
+                            let message = panic_message(panic.as_ref());
+                            tracing::error!(
+                                pipeline = %id,
+                                panic = %message,
+                                "Run panicked; releasing its lock."
+                            );
+                            let reason = format!("the run panicked: {message}");
+                            if let Err(e) = release_stuck_lock(&ctx, &id, &reason).await {
+                                // The next pass tries again.
+                                tracing::error!(pipeline = %id, error = %e, "Cannot release the pipeline lock.");
+                            }
+                            lock(&hold).insert(id.clone(), ctx.clock.now() + HOLD_AFTER_REFUSAL);
+                            break;
+                        }
+                    };
+                    // An error after the run started (recording its outcome
+                    // failed) may leave this process's lock behind.
+                    if let Err(e) = &result {
+                        if !matches!(e, SyncError::State(StateError::InProgress { .. })) {
+                            let reason = format!("the run ended without recording an outcome: {e}");
+                            if let Err(e) = release_stuck_lock(&ctx, &id, &reason).await {
+                                tracing::error!(pipeline = %id, error = %e, "Cannot release the pipeline lock.");
+                            }
+                        }
+                    }
                     if let (Ok(report), true) = (&result, scheduled) {
                         if report.record.dry_run {
                             let mut dry = lock(&dry);
@@ -294,7 +342,13 @@ impl Daemon {
                 wake.notify_one();
             });
         });
-        self.lock_running().insert(pipeline, handle);
+        running.insert(pipeline, handle);
+    }
+
+    /// Release the lock this process holds on `pipeline` although no task of
+    /// this daemon runs it, and log it. Callers check that no task runs it.
+    async fn release_stuck_lock(&self, pipeline: &str) -> Result<(), StateError> {
+        release_stuck_lock(&self.ctx, pipeline, STUCK_LOCK_REASON).await
     }
 
     fn held(&self, pipeline: &str) -> Option<DateTime<Utc>> {
@@ -318,6 +372,41 @@ pub async fn is_paused(
     pipeline: &crate::config::model::Pipeline,
 ) -> Result<bool, StateError> {
     Ok(pipeline.paused || state.paused(&pipeline.id).await?)
+}
+
+/// The error recorded on a run whose lock a scheduling pass found stuck.
+const STUCK_LOCK_REASON: &str =
+    "the run ended without recording an outcome (it panicked, or the state store refused the \
+     outcome); its lock was released";
+
+/// Release `pipeline`'s lock if this process holds it, and log when it did.
+async fn release_stuck_lock(
+    ctx: &SyncContext,
+    pipeline: &str,
+    reason: &str,
+) -> Result<(), StateError> {
+    if let Some(run_id) = ctx
+        .state
+        .release_own_lock(pipeline, ctx.clock.now(), reason)
+        .await?
+    {
+        tracing::warn!(
+            pipeline,
+            run_id,
+            reason,
+            "Released a pipeline lock left by a run that ended without recording an outcome."
+        );
+    }
+    Ok(())
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// A mutex that stays usable after a panic elsewhere (the data is plain state).

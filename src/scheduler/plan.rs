@@ -12,7 +12,8 @@
 //!   run's (`only_read`).
 //! - **Cron** fires at each wall-clock time the expression names in its zone. A
 //!   time that does not exist (spring forward) fires at the end of the gap; a
-//!   time that occurs twice (fall back) fires once, at its first occurrence.
+//!   time that occurs twice (fall back) fires at both occurrences, so an hourly
+//!   expression keeps its pace (as croniter does; a run is idempotent).
 //!   Fires missed while the daemon was down are coalesced into one run.
 //! - **Once** runs until one scheduled run has succeeded or failed.
 //! - A scheduled run cut off (crash, shutdown) is due again at once, to resume
@@ -245,31 +246,55 @@ fn catch_up_floor(frequency: Frequency, days: Option<u32>, now: DateTime<Utc>) -
 
 /// The first fire strictly after `after`, by wall-clock time in `tz` (see the
 /// module notes for the daylight-saving rules).
-pub fn cron_next(schedule: &cron::Schedule, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn cron_next(
+    schedule: &crate::config::cron_expr::CronSchedule,
+    tz: Tz,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     // The expression is matched against local wall-clock times, which the
-    // `cron` crate walks when given them as if they were UTC.
-    let mut local = after.with_timezone(&tz).naive_local();
+    // `cron` crate walks when given them as if they were UTC. Every local time
+    // maps to one instant, two (a repeated hour) or, in a gap, the end of it.
+    // Across a fall-back change local time runs backwards by `shift`, so the walk
+    // starts that much before `after` and keeps the earliest instant after it.
+    let offset = |t: DateTime<Utc>| {
+        i64::from(
+            chrono::Offset::fix(&tz.offset_from_utc_datetime(&t.naive_utc())).local_minus_utc(),
+        )
+    };
+    let shift = Duration::seconds((offset(after) - offset(after + Duration::hours(3))).max(0));
+    let mut local = after.with_timezone(&tz).naive_local() - shift;
+    let mut best: Option<DateTime<Utc>> = None;
     for _ in 0..10_000 {
         let next_local = schedule
-            .after(&Utc.from_utc_datetime(&local))
-            .next()?
+            .next_after(&Utc.from_utc_datetime(&local))?
             .naive_utc();
-        let instant = match tz.from_local_datetime(&next_local) {
-            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t,
+        if let Some(b) = best {
+            if next_local > b.with_timezone(&tz).naive_local() + shift {
+                break;
+            }
+        }
+        let instants: Vec<DateTime<Utc>> = match tz.from_local_datetime(&next_local) {
+            LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
+            LocalResult::Ambiguous(a, b) => vec![a.with_timezone(&Utc), b.with_timezone(&Utc)],
             // In a spring-forward gap: the first minute that exists after it.
-            LocalResult::None => (1..=24 * 60).find_map(|m| {
-                tz.from_local_datetime(&(next_local + Duration::minutes(m)))
-                    .earliest()
-                    .map(|t| t - Duration::seconds(i64::from(chrono::Timelike::second(&t))))
-            })?,
+            LocalResult::None => (1..=24 * 60)
+                .find_map(|m| {
+                    tz.from_local_datetime(&(next_local + Duration::minutes(m)))
+                        .earliest()
+                        .map(|t| t - Duration::seconds(i64::from(chrono::Timelike::second(&t))))
+                })
+                .map(|t| t.with_timezone(&Utc))
+                .into_iter()
+                .collect(),
         };
-        let instant = instant.with_timezone(&Utc);
-        if instant > after {
-            return Some(instant);
+        for instant in instants {
+            if instant > after && best.is_none_or(|b| instant < b) {
+                best = Some(instant);
+            }
         }
         local = next_local;
     }
-    None
+    best
 }
 
 #[cfg(test)]
@@ -510,10 +535,11 @@ mod tests {
         );
         // 2026-10-25: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice.
         assert_eq!(
-            fires("30 2 * * *", "Europe/Berlin", "2026-10-23T12:00:00Z", 3),
+            fires("30 2 * * *", "Europe/Berlin", "2026-10-23T12:00:00Z", 4),
             vec![
                 "2026-10-24T00:30:00+00:00", // 02:30 CEST
-                "2026-10-25T00:30:00+00:00", // the first 02:30, once
+                "2026-10-25T00:30:00+00:00", // the first 02:30
+                "2026-10-25T01:30:00+00:00", // the second 02:30
                 "2026-10-26T01:30:00+00:00", // 02:30 CET
             ]
         );
@@ -558,5 +584,51 @@ mod tests {
         };
         let soon = t("2026-03-01T07:05:00Z");
         assert_eq!(plan(&p, &cut_off, soon, soon).due, vec![None]);
+    }
+
+    /// Next fire times from a reference implementation (Python's croniter 7.0.0)
+    /// for expressions × zones × start times, many across daylight-saving changes
+    /// (Berlin, New York, Sydney, both directions), 8 fires each.
+    #[test]
+    fn cron_matches_croniter_reference_table() {
+        let table = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/cron_reference.tsv"
+        ));
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for line in table
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [expression, zone, after, expected] = cols[..] else {
+                panic!("bad line: {line}");
+            };
+            let schedule = crate::config::cron_expr::parse(expression).unwrap();
+            let tz: Tz = zone.parse().unwrap();
+            let mut at = t(after);
+            let got: Vec<String> = expected
+                .split(',')
+                .map(|_| {
+                    at = cron_next(&schedule, tz, at).unwrap();
+                    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+                .collect();
+            if got.join(",") != expected {
+                wrong.push(format!(
+                    "{expression} | {zone} | {after}\n  want {expected}\n  got  {}",
+                    got.join(",")
+                ));
+            }
+            checked += 1;
+        }
+        assert!(checked > 1000, "{checked}");
+        assert!(
+            wrong.is_empty(),
+            "{} of {checked} differ:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
     }
 }

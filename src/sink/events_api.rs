@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    HeaderMap, CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT,
+};
 use reqwest::StatusCode;
 
 use crate::config::model::Feed;
@@ -123,6 +125,9 @@ impl EventsApiClient {
             .timeout(feed.request_timeout)
             .connect_timeout(feed.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect is a wrong `base_url`, never an acknowledgement: following
+            // one to a page that answers 200 would count the batches as sent.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| DeliveryError::Transport {
                 feed: feed.name.clone(),
@@ -169,8 +174,9 @@ impl EventsApiClient {
             .map_err(|e| self.transport(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        // Reading the body to its end also returns the connection to the pool.
-        let text = match response.text().await {
+        // Reading the body to its end also returns the connection to the pool;
+        // a body beyond the cap is cut (that connection is then closed).
+        let text = match read_body_capped(response, MAX_RESPONSE_BODY_BYTES).await {
             Ok(text) => text,
             // A 2xx whose body broke off was still accepted: the status is what counts.
             Err(_) if status.is_success() => String::new(),
@@ -185,6 +191,12 @@ impl EventsApiClient {
             rate_limit_exceeded: header_text(&headers, RATE_LIMIT_EXCEEDED),
             message: if status.is_success() {
                 String::new()
+            } else if status.is_redirection() {
+                format!(
+                    "redirected to `{}`; redirects are not followed: set base_url to the Events \
+                     API host itself",
+                    self.scrub(&header_text(&headers, LOCATION.as_str()).unwrap_or_default())
+                )
             } else {
                 self.server_message(&text)
             },
@@ -267,10 +279,130 @@ impl EventsApiClient {
     }
 }
 
+/// The most of a response body wsync reads (error messages, IDSync answers):
+/// a misbehaving server or proxy cannot make a run hold a large body in memory.
+pub(crate) const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
+
+/// At most `cap` bytes of `response`'s body, as (lossy) UTF-8 text.
+pub(crate) async fn read_body_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<String, reqwest::Error> {
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap.saturating_sub(body.len());
+        if chunk.len() >= room {
+            body.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// A header's value as text, if present and visible ASCII.
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::{DeliverySettings, Environment};
+    use crate::sink::retry::{classify, Action, Outcome};
+    use axum::http::{HeaderValue, StatusCode as AxumStatus};
+    use axum::response::IntoResponse;
+
+    /// A loopback server with `/ok` (200), `/redirect` (307 to `/ok`) and
+    /// `/huge` (500 with a 4 MiB body).
+    async fn server() -> String {
+        let app = axum::Router::new()
+            .route("/ok/v2/bulkevents", axum::routing::post(|| async { "{}" }))
+            .route(
+                "/redirect/v2/bulkevents",
+                axum::routing::post(|| async {
+                    let mut r = AxumStatus::TEMPORARY_REDIRECT.into_response();
+                    r.headers_mut()
+                        .insert("location", HeaderValue::from_static("/ok/v2/bulkevents"));
+                    r
+                }),
+            )
+            .route(
+                "/huge/v2/bulkevents",
+                axum::routing::post(|| async {
+                    (AxumStatus::INTERNAL_SERVER_ERROR, "x".repeat(4 << 20))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn client(base_url: String) -> EventsApiClient {
+        EventsApiClient::new(&Feed {
+            name: "unit".to_owned(),
+            base_url,
+            api_key: Secret::new("k"),
+            api_secret: Secret::new("s"),
+            environment: Environment::Development,
+            request_timeout: Duration::from_secs(5),
+            delivery: DeliverySettings::default(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_api_does_not_follow_redirects() {
+        let base = server().await;
+        let ok = client(format!("{base}/ok"))
+            .post(b"{}".to_vec(), false)
+            .await;
+        assert_eq!(ok.unwrap().status, 200);
+        let answer = client(format!("{base}/redirect"))
+            .post(b"{}".to_vec(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status, 307,
+            "the redirect itself, not the 200 behind it"
+        );
+        assert!(
+            answer.message.contains("/ok/v2/bulkevents") && answer.message.contains("base_url"),
+            "{}",
+            answer.message
+        );
+        let action = classify(Outcome::Response {
+            status: answer.status,
+            retry_after: None,
+        });
+        assert_eq!(action, Action::Fatal, "a redirect is never acknowledged");
+    }
+
+    #[tokio::test]
+    async fn error_bodies_are_read_up_to_a_cap() {
+        let base = server().await;
+        let response = reqwest::Client::new()
+            .post(format!("{base}/huge/v2/bulkevents"))
+            .send()
+            .await
+            .unwrap();
+        let body = read_body_capped(response, MAX_RESPONSE_BODY_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(body.len(), MAX_RESPONSE_BODY_BYTES);
+        let answer = client(format!("{base}/huge"))
+            .post(b"{}".to_vec(), false)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 500);
+        assert!(
+            answer.message.len() <= MAX_SERVER_MESSAGE * 4,
+            "{}",
+            answer.message.len()
+        );
+    }
 }

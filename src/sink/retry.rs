@@ -8,6 +8,7 @@
 //! | 5xx except 501, 408, timeout, connection refused/reset/closed | [`Action::Retry`]: exponential backoff with full jitter, bounded by attempts and by a total deadline |
 //! | 401, 403 | [`Action::Fatal`]: the key or secret is wrong; the run stops |
 //! | 404, 405, 501 | [`Action::Fatal`]: the endpoint is wrong; every request would fail alike |
+//! | 3xx | [`Action::Fatal`]: redirects are not followed (a redirect to a page answering 200 is no acknowledgement); `base_url` is wrong |
 //! | 413 | [`Action::Split`]: resend the request in halves |
 //! | 400 | [`Action::Bisect`]: halve until the bad batches are isolated as dead letters |
 //! | other 4xx | [`Action::Reject`]: not retried; the request's batches become dead letters |
@@ -155,8 +156,11 @@ pub fn classify_at(outcome: Outcome<'_>, now: SystemTime) -> Action {
         413 => Action::Split,
         400 => Action::Bisect,
         500..=599 => Action::Retry(RetryReason::ServerError(status)),
-        // 1xx and 3xx never reach here in practice (redirects are followed);
-        // treat them and other 4xx as a refusal of this request's content.
+        // Redirects are not followed (a redirect to a page answering 200 must not
+        // count as acknowledged): the URL is wrong for every request, so stop.
+        300..=399 => Action::Fatal,
+        // 1xx never reaches here in practice; treat it and other 4xx as a
+        // refusal of this request's content.
         _ => Action::Reject,
     }
 }
@@ -205,6 +209,9 @@ mod tests {
         assert_eq!(status(400), Action::Bisect);
         for s in [402, 409, 410, 415, 422, 451] {
             assert_eq!(status(s), Action::Reject, "{s}");
+        }
+        for s in [301, 302, 303, 307, 308] {
+            assert_eq!(status(s), Action::Fatal, "redirect {s}");
         }
         assert_eq!(
             classify(Outcome::TimedOut),

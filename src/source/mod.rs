@@ -27,7 +27,7 @@ mod sql;
 pub mod types;
 
 pub use error::{SourceError, UnsupportedColumn};
-pub use guard::{check_single_select, GuardError};
+pub use guard::{check_select_for, check_single_select, GuardError};
 pub use reader::{ReadPath, Warehouse};
 
 /// Field metadata key holding the column's SQL type name as the database reported it.

@@ -264,6 +264,20 @@ impl Warehouse {
         &self.name
     }
 
+    /// The SQL dialect the server speaks, for the single-SELECT guard.
+    fn dialect(&self) -> ConnectionKind {
+        match &self.conn {
+            Conn::Pg {
+                read_only: true, ..
+            } => ConnectionKind::Postgres,
+            Conn::Pg { .. } => ConnectionKind::Redshift,
+            Conn::MySql(_) => ConnectionKind::MySql,
+            Conn::Sqlite(_) => ConnectionKind::Sqlite,
+            Conn::Snowflake(_) => ConnectionKind::Snowflake,
+            Conn::BigQuery(_) => ConnectionKind::BigQuery,
+        }
+    }
+
     /// Check the connection is alive.
     pub async fn ping(&mut self) -> Result<(), SourceError> {
         self.ensure_pg().await?;
@@ -283,7 +297,7 @@ impl Warehouse {
     /// The model's columns and kinds, without reading any row. Every column of an
     /// unsupported type is reported in one [`SourceError::UnsupportedType`].
     pub async fn probe(&mut self, query: &SourceQuery) -> Result<Vec<ColumnInfo>, SourceError> {
-        check_guard(query)?;
+        check_guard(query, self.dialect())?;
         self.ensure_pg().await?;
         let sql = sql::base(&query.sql);
         let model = query.model.as_str();
@@ -413,7 +427,7 @@ impl Warehouse {
         chunk_rows: usize,
         tx: Sender<RecordBatch>,
     ) -> Result<u64, SourceError> {
-        check_guard(query)?;
+        check_guard(query, self.dialect())?;
         self.ensure_pg().await?;
         if let Some(copied) = self.extract_pg_copy(query, columns, chunk_rows, &tx).await {
             self.last_read_path = Some(ReadPath::Copy);
@@ -705,7 +719,7 @@ impl Warehouse {
         &mut self,
         query: &SourceQuery,
     ) -> Result<Option<IteratorValue>, SourceError> {
-        check_guard(query)?;
+        check_guard(query, self.dialect())?;
         self.ensure_pg().await?;
         let Some(filter) = &query.filter else {
             return Ok(None);
@@ -850,9 +864,10 @@ async fn pg_open(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error
     Ok(c)
 }
 
-/// Refuse a model that is not a single SELECT before sending it anywhere.
-fn check_guard(query: &SourceQuery) -> Result<(), SourceError> {
-    super::guard::check_single_select(&query.sql).map_err(|e| SourceError::RefusedSql {
+/// Refuse a model that is not a single SELECT, as `dialect` reads it, before
+/// sending it anywhere.
+fn check_guard(query: &SourceQuery, dialect: ConnectionKind) -> Result<(), SourceError> {
+    super::guard::check_select_for(&query.sql, dialect).map_err(|e| SourceError::RefusedSql {
         model: query.model.clone(),
         line: e.line,
         message: e.message,

@@ -75,7 +75,7 @@ impl StateStore {
         now: DateTime<Utc>,
         letters: &[NewDeadLetter],
     ) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for letter in letters {
             let content_key = match &letter.source_request_id {
                 Some(id) => id.clone(),
@@ -165,7 +165,7 @@ impl StateStore {
 
     /// Remove delivered dead letters.
     pub async fn remove_dead_letters(&self, ids: &[i64]) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for id in ids {
             sqlx::query("DELETE FROM dead_letters WHERE id = ?")
                 .bind(id)
@@ -178,7 +178,7 @@ impl StateStore {
 
     /// Record another failed attempt on dead letters that were retried and refused again.
     pub async fn bump_dead_letters(&self, refused: &[(i64, String)]) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (id, message) in refused {
             sqlx::query(
                 "UPDATE dead_letters SET attempts = attempts + 1, message = ? WHERE id = ?",

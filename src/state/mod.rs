@@ -208,6 +208,8 @@ pub struct LockHolder {
     pub pid: i64,
     /// When taken.
     pub since: String,
+    /// Taken by this very process (same pid and instance token).
+    pub own: bool,
 }
 
 /// How a run ended, to be recorded.
@@ -271,6 +273,17 @@ impl StateStore {
         Ok(Self { pool })
     }
 
+    /// A write transaction that takes SQLite's write lock at `BEGIN` (waiting up
+    /// to the busy timeout for it). A deferred transaction that reads first and
+    /// writes later fails at once with "database is locked" when another writer
+    /// committed in between (the busy timeout does not apply to that upgrade):
+    /// two pipelines starting together under `max_concurrent_runs` hit it.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Record a new run as `running` and take the pipeline's lock.
     ///
     /// Refused with [`StateError::InProgress`] while a live process holds the
@@ -278,7 +291,7 @@ impl StateStore {
     /// over, and that process's run, still marked `running`, becomes
     /// `interrupted`.
     pub async fn start_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let holder = sqlx::query(
             "SELECT run_id, pid, instance, acquired_at FROM pipeline_locks WHERE pipeline_id = ?",
         )
@@ -453,11 +466,56 @@ impl StateStore {
         if !process_alive(pid, &instance) {
             return Ok(None);
         }
+        let me = this_process();
         Ok(Some(LockHolder {
             run_id: row.try_get("run_id")?,
             pid,
             since: row.try_get("acquired_at")?,
+            own: pid == me.pid && instance == me.instance,
         }))
+    }
+
+    /// Release the lock this process holds on `pipeline_id`, if any, for a run
+    /// that ended without recording an outcome (it panicked, or `finish_run`
+    /// failed: a busy or full disk). That run, if still `running`, ends `failed`
+    /// with `reason`; its checkpoint stays, so the next run resumes from it.
+    /// Returns the released run's id. Only the caller knows that no run of the
+    /// pipeline is in progress in this process: a live run's lock looks alike.
+    pub async fn release_own_lock(
+        &self,
+        pipeline_id: &str,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<i64>, StateError> {
+        let me = this_process();
+        let mut tx = self.write_tx().await?;
+        let run_id: Option<i64> = sqlx::query_scalar(
+            "SELECT run_id FROM pipeline_locks WHERE pipeline_id = ? AND pid = ? AND instance = ?",
+        )
+        .bind(pipeline_id)
+        .bind(me.pid)
+        .bind(&me.instance)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run_id) = run_id else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE pipeline_runs SET state = 'failed', end_date = ?, error = ? \
+             WHERE id = ? AND state = 'running'",
+        )
+        .bind(now.to_rfc3339())
+        .bind(reason)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM pipeline_locks WHERE pipeline_id = ? AND run_id = ?")
+            .bind(pipeline_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(run_id))
     }
 
     /// Record a run's outcome and, in the same transaction, its watermark.
@@ -469,7 +527,7 @@ impl StateStore {
         outcome: &RunOutcome,
     ) -> Result<(), StateError> {
         let c = &outcome.counts;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE pipeline_runs SET state = ?, end_date = ?, records_extracted = ?, \
              records_mapped = ?, event_batches_generated = ?, batches_sent = ?, requests_sent = ?, \
@@ -776,5 +834,77 @@ mod tests {
         drop(store);
         let again = StateStore::open(&url).await.unwrap();
         assert_eq!(again.runs(None, 10, 0).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn stuck_lock_of_this_process_is_released_and_its_run_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let store = StateStore::open(&url).await.unwrap();
+        let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let run = NewRun {
+            pipeline_id: "p",
+            run_type: "scheduled",
+            dry_run: false,
+            now: t0,
+            window: (None, None),
+            interval: None,
+            resumed_from: None,
+        };
+        assert_eq!(store.release_own_lock("p", t0, "x").await.unwrap(), None);
+        // A run whose finish never came (a panic, SQLITE_BUSY at finish_run).
+        let stuck = store.start_run(&run).await.unwrap();
+        store.checkpoint(stuck, "c1").await.unwrap();
+        let holder = store.lock_holder("p").await.unwrap().unwrap();
+        assert!(holder.own, "{holder:?}");
+        assert!(store.start_run(&run).await.is_err(), "still locked");
+        let released = store
+            .release_own_lock("p", t0, "the run panicked")
+            .await
+            .unwrap();
+        assert_eq!(released, Some(stuck));
+        assert_eq!(store.lock_holder("p").await.unwrap(), None);
+        let record = store.run(stuck).await.unwrap().unwrap();
+        assert_eq!(record.state, RunState::Failed);
+        assert_eq!(record.error.as_deref(), Some("the run panicked"));
+        // The checkpoint survives for the next run to resume from.
+        assert_eq!(
+            store.resume_point("p").await.unwrap(),
+            Some(ResumePoint {
+                run_id: stuck,
+                checkpoint: "c1".into()
+            })
+        );
+        assert!(store.start_run(&run).await.is_ok(), "free again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_run_starts_do_not_fail_with_database_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let store = StateStore::open(&url).await.unwrap();
+        let ids: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        let starts = ids.iter().map(|id| {
+            let store = store.clone();
+            async move {
+                store
+                    .start_run(&NewRun {
+                        pipeline_id: id,
+                        run_type: "scheduled",
+                        dry_run: false,
+                        now: Utc::now(),
+                        window: (None, None),
+                        interval: None,
+                        resumed_from: None,
+                    })
+                    .await
+            }
+        });
+        for result in futures::future::join_all(starts).await {
+            result.unwrap();
+        }
+        assert_eq!(store.runs(None, 20, 0).await.unwrap().len(), 12);
     }
 }

@@ -95,14 +95,12 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
     })
 }
 
-/// Write the report to `path` (pretty JSON).
+/// Write the report to `path` (pretty JSON), atomically: a reader or a crash
+/// never sees half a report.
 pub fn write(report: &RunReport, pipeline: &Pipeline, path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let text =
         serde_json::to_string_pretty(&to_json(report, pipeline)).map_err(std::io::Error::other)?;
-    std::fs::write(path, text)
+    crate::sink::files::write_atomic(path, text.as_bytes())
 }
 
 /// Percentage of rows read that were rejected (0 when nothing was read).

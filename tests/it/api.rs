@@ -263,3 +263,64 @@ type = "on_demand"
     assert_eq!(counts.len(), 300);
     assert!(counts.values().all(|n| *n == 1));
 }
+
+/// The HTTP API with no token (issue 16 item 15): on loopback it serves local
+/// users and the daemon warns at start-up; a non-loopback bind without a token
+/// is refused as a config error (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_without_token_warns_on_loopback_and_refuses_other_binds() {
+    use crate::support::child::Drained;
+    let p = crate::cli::demo_project();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base_toml = std::fs::read_to_string(repo.join("wsync.toml")).unwrap();
+    p.file(
+        "wsync.toml",
+        &format!("{base_toml}\n[daemon]\nhttp_bind = \"0.0.0.0:0\"\n"),
+    );
+    let (code, _, stderr) = p.wsync(&["daemon"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("daemon.http_bind") && stderr.contains("has no token"),
+        "{stderr}"
+    );
+
+    p.file(
+        "wsync.toml",
+        &format!("{base_toml}\n[daemon]\nhttp_bind = \"127.0.0.1:0\"\n"),
+    );
+    let daemon = Drained::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsync"))
+            .arg("--config")
+            .arg(p.root())
+            .arg("daemon"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        let stderr = daemon.stderr_so_far();
+        if let Some(at) = stderr.find("address=") {
+            let rest = &stderr[at + "address=".len()..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            if stderr.contains("HTTP API has no token") {
+                break rest[..end].to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no start-up lines: {stderr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stderr = daemon.stderr_so_far();
+    assert!(
+        stderr.contains("any local user can trigger, pause and resume pipelines"),
+        "{stderr}"
+    );
+    // No token needed on loopback: the API acts for any local user.
+    let api = Api {
+        base: format!("http://{address}"),
+        client: reqwest::Client::new(),
+    };
+    assert_eq!(api.call("GET", "/pipelines", None).await.0, 200);
+    let (code, body) = api.call("POST", "/pipelines/demo_users/pause", None).await;
+    assert_eq!(code, 200, "{body}");
+    daemon.signal(libc::SIGTERM);
+    let (status, _, stderr) = daemon.wait();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

@@ -8,7 +8,7 @@ use crate::support::project::{read_jsonl, TestProject};
 
 /// Copy the repository's demo project (wsync.toml, sql/, schedules/, seed/) into
 /// a temporary folder, as a new user's clone would have it.
-fn demo_project() -> TestProject {
+pub(crate) fn demo_project() -> TestProject {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let p = TestProject::new(&std::fs::read_to_string(repo.join("wsync.toml")).unwrap());
     for folder in ["sql", "schedules", "seed"] {
@@ -419,5 +419,103 @@ fn write_batches_and_preview_produce_batches_the_events_api_accepts() {
         previewed[..],
         batches[..3],
         "preview shows what the run would send"
+    );
+}
+
+#[test]
+fn backfill_with_swapped_bounds_is_a_usage_error() {
+    let p = demo_project();
+    let (code, stdout, stderr) = p.wsync(
+        &[
+            "backfill",
+            "demo_users",
+            "--from",
+            "2026-11-05T00:00:00Z",
+            "--until",
+            "2026-11-02T00:00:00Z",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--from 2026-11-05T00:00:00Z is not before --until 2026-11-02T00:00:00Z"),
+        "{stderr}"
+    );
+    // Equal bounds are an empty range too.
+    let (code, _, stderr) = p.wsync(
+        &[
+            "backfill",
+            "demo_users",
+            "--from",
+            "2026-11-02",
+            "--until",
+            "2026-11-02",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_limit_zero_is_a_usage_error_and_pages_show_every_run() {
+    let fake =
+        crate::support::fake_mparticle::FakeMparticle::start("runs-key", "runs-secret").await;
+    let p = demo_project();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wsync_toml = std::fs::read_to_string(repo.join("wsync.toml")).unwrap();
+    p.file(
+        "wsync.toml",
+        &format!(
+            "{wsync_toml}\n[feeds.fake]\nbase_url = \"{}\"\napi_key = \"runs-key\"\napi_secret = \"runs-secret\"\nrate_limit_per_sec = 0\n",
+            fake.base_url()
+        ),
+    );
+    let pipeline = std::fs::read_to_string(repo.join("schedules/demo_users.toml")).unwrap();
+    p.file(
+        "schedules/demo_users.toml",
+        &pipeline
+            .replace(
+                "input_protection = \"only_read\"",
+                "input_protection = \"create_and_update\"\nfeed = \"fake\"",
+            )
+            .replace("write_batches = true", ""),
+    );
+    for _ in 0..3 {
+        let (code, stdout, stderr) = p.wsync(&["run", "demo_users"], &[]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+    }
+    let (code, stdout, stderr) = p.wsync(&["runs", "--limit", "0"], &[]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("No runs recorded yet"), "{stdout}");
+    assert!(stderr.contains("--limit"), "{stderr}");
+
+    let (code, stdout, _) = p.wsync(&["runs", "--limit", "2"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("Page 1 (2 run(s)); next page: --page 2"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = p.wsync(&["runs", "--limit", "2", "--page", "2"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Page 2 (1 run(s))"), "{stdout}");
+    let (_, stdout, _) = p.wsync(&["runs", "--limit", "2", "--page", "2", "--json"], &[]);
+    let ids: Vec<i64> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["pipeline_run_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, vec![1], "the oldest run is alone on page 2");
+    let (code, stdout, _) = p.wsync(&["runs", "--limit", "2", "--page", "3"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("No runs on page 3"), "{stdout}");
+    let (code, _, _) = p.wsync(&["runs", "--page", "0"], &[]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        fake.distinct_applied(),
+        7,
+        "the first run sent the 7 mappable rows"
     );
 }

@@ -4,11 +4,12 @@
 //! SIGTERM mid-run exits 0, records the run as interrupted at a checkpoint, and
 //! the next start resumes it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wsync::state::{RunState, StateStore};
 
+use crate::support::child::Drained;
 use crate::support::db;
 use crate::support::fake_mparticle::FakeMparticle;
 use crate::support::project::TestProject;
@@ -83,15 +84,15 @@ async fn create_table(pool: &sqlx::PgPool, table: &str, rows: u32) {
     .unwrap();
 }
 
-fn spawn(p: &TestProject, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_wsync"))
-        .arg("--config")
-        .arg(p.root())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wsync")
+/// `wsync ARGS` with stdout and stderr drained while it runs, so its logs can
+/// never fill a pipe and block it.
+fn spawn(p: &TestProject, args: &[&str]) -> Drained {
+    Drained::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wsync"))
+            .arg("--config")
+            .arg(p.root())
+            .args(args),
+    )
 }
 
 async fn state(p: &TestProject) -> StateStore {
@@ -134,14 +135,14 @@ async fn sigkill_at_random_points_loses_no_row_and_applies_each_batch_once() {
                 if fake.distinct_applied() >= target {
                     break true;
                 }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                if child.try_wait().is_some() || Instant::now() > deadline {
                     break false;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         };
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill(); // SIGKILL
+        child.wait();
         if landed {
             kills += 1;
         }
@@ -205,25 +206,19 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     let mut daemon = spawn(&slow, &["daemon"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while fake.distinct_applied() < 6_000 {
-        if Instant::now() > deadline || daemon.try_wait().unwrap().is_some() {
-            let _ = daemon.kill();
-            let out = daemon.wait_with_output().unwrap();
+        if Instant::now() > deadline || daemon.try_wait().is_some() {
+            daemon.kill();
+            let (_, _, stderr) = daemon.wait();
             panic!(
-                "6000 rows not applied ({}): {}",
+                "6000 rows not applied ({}): {stderr}",
                 fake.distinct_applied(),
-                String::from_utf8_lossy(&out.stderr)
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    // SAFETY: sending SIGTERM to our own child process.
-    unsafe {
-        libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let status = daemon.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    daemon.signal(libc::SIGTERM);
+    let (status, _, stderr) = daemon.wait();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -241,7 +236,7 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     // Next start (full speed): the `once` run is resumed and finished.
     let fast = slow;
     fast.file("wsync.toml", &wsync_toml(&fake, "rate_limit_per_sec = 0"));
-    let mut daemon = spawn(&fast, &["daemon"]);
+    let daemon = spawn(&fast, &["daemon"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let resumed = loop {
         let last = store.runs(Some("big"), 1, 0).await.unwrap().remove(0);
@@ -262,11 +257,8 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
         "{} re-sent",
         fake.duplicates()
     );
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait().0.code(), Some(0));
     // Read once the daemon is gone: the report is written just after the
     // run's record is committed.
     let report: serde_json::Value = serde_json::from_slice(
@@ -283,13 +275,10 @@ async fn sigterm_interrupts_the_daemon_cleanly_and_the_next_start_resumes() {
     assert_eq!(fake.batches().len(), ROWS + fake.duplicates());
     // `once` is done: a third start runs nothing.
     let runs_before = store.runs(Some("big"), 10, 0).await.unwrap().len();
-    let mut daemon = spawn(&fast, &["daemon"]);
+    let daemon = spawn(&fast, &["daemon"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait().0.code(), Some(0));
     assert_eq!(
         store.runs(Some("big"), 10, 0).await.unwrap().len(),
         runs_before

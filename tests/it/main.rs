@@ -12,6 +12,7 @@ mod delivery;
 mod export;
 mod export_runs;
 mod fake_selftest;
+mod hardening;
 mod kill;
 mod mapping_props;
 mod observability;

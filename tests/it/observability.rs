@@ -4,11 +4,12 @@
 //! and secret, API token) appear nowhere: not in logs, stdout, the state store,
 //! run files or Parquet exports.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wsync::state::{RunState, StateStore};
 
+use crate::support::child::Drained;
 use crate::support::db;
 use crate::support::fake_mparticle::FakeMparticle;
 use crate::support::project::TestProject;
@@ -104,16 +105,15 @@ type = "once"
 datasets = ["rows", "batches"]
 "#,
     );
-    let daemon = Command::new(env!("CARGO_BIN_EXE_wsync"))
-        .arg("--config")
-        .arg(p.root())
-        .args(["--log-format", "json", "--log", "debug", "daemon"])
-        .env("OBS_FEED_SECRET", SECRET)
-        .env("OBS_API_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Debug logs pass the pipe's buffer quickly: drained while it runs.
+    let daemon = Drained::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wsync"))
+            .arg("--config")
+            .arg(p.root())
+            .args(["--log-format", "json", "--log", "debug", "daemon"])
+            .env("OBS_FEED_SECRET", SECRET)
+            .env("OBS_API_TOKEN", TOKEN),
+    );
     let store = StateStore::open(&format!(
         "sqlite://{}",
         p.root().join(".wsync/state.db").display()
@@ -129,14 +129,9 @@ datasets = ["rows", "batches"]
         assert!(Instant::now() < deadline, "no successful run: {runs:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // SAFETY: SIGTERM to our own child.
-    unsafe {
-        libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let out = daemon.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    daemon.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = daemon.wait();
+    assert_eq!(status.code(), Some(0));
     assert_eq!(fake.distinct_applied(), 500);
 
     // Every line is JSON; every line inside a run names the pipeline and run.

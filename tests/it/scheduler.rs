@@ -657,3 +657,96 @@ expression = "0 * * * *"
     assert_eq!(dry_runs(), 2);
     assert!(fake.requests().is_empty());
 }
+
+/// Issue 16 item 8: a run of this daemon that panicked, or whose outcome the
+/// state store refused, left the pipeline's lock held by the live process. The
+/// daemon must release it (and say so), not skip the pipeline silently and
+/// answer 409 to every trigger until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_lock_after_a_panicked_run_is_released() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("sched_stuck");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, updated_at timestamptz);
+         INSERT INTO {table} VALUES ('a', '2026-03-01T00:00:00Z'), ('b', '2026-03-01T00:00:01Z');"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&fake, "");
+    p.model("m", &format!("SELECT customer_id, updated_at FROM {table}"));
+    p.pipeline(
+        "stuck",
+        r#"
+connection = "pg"
+data_model = "m"
+feed = "fake"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+
+[schedule]
+type = "once"
+"#,
+    );
+    let ctx = p.context().await;
+    // What a panicked run leaves: a `running` record and this process's lock.
+    let stuck = ctx
+        .state
+        .start_run(&wsync::state::NewRun {
+            pipeline_id: "stuck",
+            run_type: "manual",
+            dry_run: false,
+            now: ctx.clock.now(),
+            window: (None, None),
+            interval: None,
+            resumed_from: None,
+        })
+        .await
+        .unwrap();
+    let daemon = Daemon::new(ctx.clone());
+    // The pass releases the lock and plans the `once` run.
+    daemon.tick().await.unwrap();
+    daemon.wait_idle().await;
+    assert_eq!(ctx.state.lock_holder("stuck").await.unwrap(), None);
+    let runs = ctx.state.runs(Some("stuck"), 10, 0).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1].id, stuck);
+    assert_eq!(runs[1].state, RunState::Failed);
+    assert!(
+        runs[1]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("ended without recording an outcome"),
+        "{:?}",
+        runs[1].error
+    );
+    assert_eq!(runs[0].state, RunState::Success, "{:?}", runs[0].error);
+    assert_eq!(fake.distinct_applied(), 2);
+
+    // A trigger is not refused with 409 by a stuck lock either.
+    ctx.state
+        .start_run(&wsync::state::NewRun {
+            pipeline_id: "stuck",
+            run_type: "manual",
+            dry_run: false,
+            now: ctx.clock.now(),
+            window: (None, None),
+            interval: None,
+            resumed_from: None,
+        })
+        .await
+        .unwrap();
+    daemon.trigger("stuck").await.unwrap();
+    daemon.wait_idle().await;
+    let runs = ctx.state.runs(Some("stuck"), 10, 0).await.unwrap();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(runs[0].state, RunState::Success, "{:?}", runs[0].error);
+    assert_eq!(runs[1].state, RunState::Failed);
+}

@@ -240,7 +240,9 @@ fn base_url(
 ) -> Option<String> {
     match raw {
         None => Some(default),
-        Some(url) => match check_base_url(url) {
+        // Credentials (tokens, signed JWTs) go to it: the same loopback-only
+        // rule for plain http as a feed's base_url.
+        Some(url) => match check_base_url(url, false) {
             Ok(url) => Some(url),
             Err(problem) => {
                 ctx.push(

@@ -118,6 +118,7 @@ pub(super) fn validate_connection(
         &format!("{base}.statement_timeout_secs"),
         raw.statement_timeout_secs,
         defaults.statement_timeout,
+        MAX_LONG_SECS,
     );
     let chunk_rows = ctx.chunk_rows(
         &format!("{base}.chunk_rows"),

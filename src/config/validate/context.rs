@@ -6,6 +6,15 @@ use super::*;
 
 /// Upper bound of `chunk_rows`: keeps one chunk's memory bounded.
 pub(super) const MAX_CHUNK_ROWS: i64 = 100_000;
+/// Upper bound of second counts that are timeouts, grace periods or backoffs
+/// (one day).
+pub(crate) const MAX_SHORT_SECS: u64 = 86_400;
+/// Upper bound of `statement_timeout_secs` and `retry_deadline_secs` (one week;
+/// PostgreSQL's `statement_timeout` stops at 24.8 days in milliseconds).
+pub(crate) const MAX_LONG_SECS: u64 = 604_800;
+/// Upper bound of `sync_mode.lag` (about 10 years in seconds); larger values
+/// overflow date arithmetic.
+pub(super) const MAX_LAG: i64 = 315_360_000;
 
 /// Collects errors for one file.
 pub(super) struct Ctx<'a> {
@@ -79,21 +88,24 @@ impl Ctx<'_> {
         None
     }
 
-    /// A positive number of seconds.
+    /// A number of seconds from 1 to `max`: a bound keeps every deadline computed
+    /// from it (`Instant + Duration`, SQL `statement_timeout` in milliseconds)
+    /// far from overflow.
     pub(super) fn seconds(
         &mut self,
         key_path: &str,
         value: Option<i64>,
         fallback: Duration,
+        max: u64,
     ) -> Duration {
         match value {
             None => fallback,
-            Some(n) if n > 0 => Duration::from_secs(n.unsigned_abs()),
+            Some(n) if n > 0 && n.unsigned_abs() <= max => Duration::from_secs(n.unsigned_abs()),
             Some(n) => {
                 self.push(
                     key_path,
-                    format!("must be more than 0 seconds, not {n}"),
-                    "use e.g. 30",
+                    format!("must be between 1 and {max} seconds, not {n}"),
+                    format!("use e.g. {} (the default)", fallback.as_secs()),
                 );
                 fallback
             }

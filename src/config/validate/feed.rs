@@ -54,14 +54,10 @@ pub(super) fn validate_feed(
             ctx.choice_with(&format!("{base}.pod"), pod, "pod", PODS, true)
                 .map(|p| p.base_url().to_owned())
         }
-        (None, Some(url)) => match check_base_url(url) {
+        (None, Some(url)) => match check_base_url(url, raw.allow_insecure_http.unwrap_or(false)) {
             Ok(url) => Some(url),
             Err(problem) => {
-                ctx.push(
-                    &format!("{base}.base_url"),
-                    problem,
-                    "use an http:// or https:// URL such as \"https://s2s.us1.mparticle.com\"",
-                );
+                ctx.push(&format!("{base}.base_url"), problem, BASE_URL_HINT);
                 None
             }
         },
@@ -114,6 +110,7 @@ pub(super) fn validate_feed(
         &format!("{base}.request_timeout_secs"),
         raw.request_timeout_secs,
         defaults.request_timeout,
+        MAX_SHORT_SECS,
     );
     let d = DeliverySettings::default();
     let delivery = DeliverySettings {
@@ -150,11 +147,13 @@ pub(super) fn validate_feed(
             &format!("{base}.retry_max_backoff_secs"),
             raw.retry_max_backoff_secs,
             d.retry_max_backoff,
+            MAX_SHORT_SECS,
         ),
         retry_deadline: ctx.seconds(
             &format!("{base}.retry_deadline_secs"),
             raw.retry_deadline_secs,
             d.retry_deadline,
+            MAX_LONG_SECS,
         ),
     };
     PendingFeed {
@@ -169,14 +168,32 @@ pub(super) fn validate_feed(
     }
 }
 
-/// An http(s) URL with a host, returned without trailing slashes.
-pub(super) fn check_base_url(raw: &str) -> Result<String, String> {
+/// An http(s) URL with a host, returned without trailing slashes. Plain
+/// `http://` carries the credentials in clear text, so it is refused unless
+/// the host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`) or the
+/// user opted in with `allow_insecure_http = true`.
+pub(super) fn check_base_url(raw: &str, allow_insecure_http: bool) -> Result<String, String> {
     let parsed = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a valid URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("`{raw}` is not an http or https URL"));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{raw}` has no host"));
+    let loopback = match parsed.host() {
+        None => return Err(format!("`{raw}` has no host")),
+        Some(url::Host::Domain("")) => return Err(format!("`{raw}` has no host")),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+    };
+    if parsed.scheme() == "http" && !loopback && !allow_insecure_http {
+        return Err(format!(
+            "`{raw}` is plain http to a host that is not this machine: the API key and secret \
+             would travel in clear text"
+        ));
     }
     Ok(raw.trim_end_matches('/').to_owned())
 }
+
+/// The hint for a refused `base_url`.
+const BASE_URL_HINT: &str =
+    "use an https:// URL such as \"https://s2s.us1.mparticle.com\" (http:// \
+     only to 127.0.0.1 or localhost, or with allow_insecure_http = true)";

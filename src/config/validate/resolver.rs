@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{check_base_url, secret, Ctx, Names, PendingSecret, PODS};
+use super::{
+    check_base_url, secret, Ctx, Names, PendingSecret, MAX_LONG_SECS, MAX_SHORT_SECS, PODS,
+};
 use crate::config::locate::SourceFile;
 use crate::config::model::{DeliverySettings, InputProtection, Pipeline};
 use crate::config::resolver::{
@@ -157,13 +159,15 @@ fn idsync(ctx: &mut Ctx<'_>, root: &Path, raw: &RawResolver) -> Option<PendingKi
         (Some(pod), None) => ctx
             .choice_with("resolver.pod", pod, "pod", PODS, true)
             .map(|p| idsync_base_url(p).to_owned()),
-        (None, Some(url)) => match check_base_url(url) {
+        (None, Some(url)) => match check_base_url(url, raw.allow_insecure_http.unwrap_or(false)) {
             Ok(url) => Some(url),
             Err(problem) => {
                 ctx.push(
                     "resolver.base_url",
                     problem,
-                    "use the IDSync host root, e.g. https://identity.mparticle.com (/v1/search is appended)",
+                    "use the IDSync host root over https, e.g. https://identity.mparticle.com \
+                     (/v1/search is appended); http:// only to 127.0.0.1 or localhost, or with \
+                     allow_insecure_http = true",
                 );
                 None
             }
@@ -237,17 +241,20 @@ fn idsync(ctx: &mut Ctx<'_>, root: &Path, raw: &RawResolver) -> Option<PendingKi
             "resolver.retry_max_backoff_secs",
             raw.retry_max_backoff_secs,
             d.retry_max_backoff,
+            MAX_SHORT_SECS,
         ),
         retry_deadline: ctx.seconds(
             "resolver.retry_deadline_secs",
             raw.retry_deadline_secs,
             d.retry_deadline,
+            MAX_LONG_SECS,
         ),
     };
     let request_timeout = ctx.seconds(
         "resolver.request_timeout_secs",
         raw.request_timeout_secs,
         Duration::from_secs(30),
+        MAX_SHORT_SECS,
     );
     let cache_entries = ctx.int_in(
         "resolver.cache_entries",

@@ -56,12 +56,14 @@ pub(super) fn validate_defaults(ctx: &mut Ctx<'_>, raw: Option<&RawDefaults>) ->
         "defaults.statement_timeout_secs",
         raw.statement_timeout_secs,
         d.statement_timeout,
+        MAX_LONG_SECS,
     );
     d.chunk_rows = ctx.chunk_rows("defaults.chunk_rows", raw.chunk_rows, d.chunk_rows);
     d.request_timeout = ctx.seconds(
         "defaults.request_timeout_secs",
         raw.request_timeout_secs,
         d.request_timeout,
+        MAX_SHORT_SECS,
     );
     d
 }
@@ -69,7 +71,7 @@ pub(super) fn validate_defaults(ctx: &mut Ctx<'_>, raw: Option<&RawDefaults>) ->
 pub(super) fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> DaemonSettings {
     let d = DaemonSettings::default();
     let Some(raw) = raw else { return d };
-    DaemonSettings {
+    let settings = DaemonSettings {
         max_concurrent_runs: ctx.int_in(
             "daemon.max_concurrent_runs",
             raw.max_concurrent_runs,
@@ -81,6 +83,7 @@ pub(super) fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> Dae
             "daemon.shutdown_grace_secs",
             raw.shutdown_grace_secs,
             d.shutdown_grace,
+            MAX_SHORT_SECS,
         ),
         checkpoint_rows: ctx.int_in(
             "daemon.checkpoint_rows",
@@ -105,7 +108,25 @@ pub(super) fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> Dae
             },
         },
         http_token_env: raw.http_token_env.clone(),
+    };
+    // Without a token the API lets anyone who reaches it trigger, pause and
+    // resume pipelines: fine for this machine's users only (warned at start-up),
+    // never for the network.
+    if let Some(addr) = settings.http_bind {
+        if !addr.ip().is_loopback() && settings.http_token_env.is_none() {
+            ctx.push(
+                "daemon.http_bind",
+                format!(
+                    "`{addr}` is reachable from other machines, and the HTTP API has no token \
+                     (daemon.http_token_env is not set): anyone who reaches it could trigger, \
+                     pause and resume pipelines"
+                ),
+                "set http_token_env = \"WSYNC_API_TOKEN\" (and export that variable), or bind \
+                 to 127.0.0.1",
+            );
+        }
     }
+    settings
 }
 
 pub(super) const DEFAULT_STATE_URL: &str = "sqlite://.wsync/state.db";
@@ -150,6 +171,7 @@ pub(super) fn validate_state(
         "state.spool_max_age_secs",
         raw.and_then(|s| s.spool_max_age_secs),
         DEFAULT_SPOOL_MAX_AGE,
+        MAX_LONG_SECS,
     );
     let min_free_disk_mb = ctx.int_in(
         "state.min_free_disk_mb",

@@ -120,11 +120,11 @@ pub(super) fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMo
             }
             let lag = match raw.lag {
                 None => 0,
-                Some(n) if n >= 0 => n,
+                Some(n) if (0..=MAX_LAG).contains(&n) => n,
                 Some(n) => {
                     ctx.push(
                         "sync_mode.lag",
-                        format!("must be 0 or more, not {n}"),
+                        format!("must be between 0 and {MAX_LAG}, not {n}"),
                         "lag is how much to re-read below the watermark: seconds for time \
                          iterators, values for an integer sequence",
                     );

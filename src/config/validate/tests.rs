@@ -183,8 +183,8 @@ fn defaults_ranges() {
         errors,
         vec![
             "wsync.toml:2: defaults.chunk_rows: must be between 1 and 100000, not 0",
-            "wsync.toml:3: defaults.statement_timeout_secs: must be more than 0 seconds, not -1",
-            "wsync.toml:4: defaults.request_timeout_secs: must be more than 0 seconds, not 0",
+            "wsync.toml:3: defaults.statement_timeout_secs: must be between 1 and 604800 seconds, not -1",
+            "wsync.toml:4: defaults.request_timeout_secs: must be between 1 and 86400 seconds, not 0",
             "wsync.toml:5: defaults.null_policy: `drop` is not a valid null policy",
         ]
     );
@@ -256,7 +256,7 @@ api_secret = "x"
             "wsync.toml:9: feeds.b.pod: `EU2` is not a valid pod\n  hint: did you mean `EU1`? use one of: US1, US2, EU1, AU1",
             "wsync.toml:12: feeds.b.api_secret_file: `api_secret_env` and `api_secret_file` are both set\n  hint: set exactly one of api_secret, api_secret_env or api_secret_file",
             "wsync.toml:13: feeds.b.environment: `prod` is not a valid environment\n  hint: did you mean `production`? use one of: development, production",
-            "wsync.toml:16: feeds.c.base_url: `ftp://example.com` is not an http or https URL\n  hint: use an http:// or https:// URL such as \"https://s2s.us1.mparticle.com\"",
+            "wsync.toml:16: feeds.c.base_url: `ftp://example.com` is not an http or https URL\n  hint: use an https:// URL such as \"https://s2s.us1.mparticle.com\" (http:// only to 127.0.0.1 or localhost, or with allow_insecure_http = true)",
             "wsync.toml:17: feeds.c.api_key: has a `${` without a closing `}`\n  hint: write ${NAME} to insert environment variable NAME, and $${ for a literal ${",
         ]
     );
@@ -441,7 +441,7 @@ fn daemon_lag_zone_and_catch_up_settings() {
     assert_eq!(
         errors,
         vec![
-            "schedules/p.toml:9: sync_mode.lag: must be 0 or more, not -5",
+            "schedules/p.toml:9: sync_mode.lag: must be between 0 and 315360000, not -5",
             "schedules/p.toml:10: sync_mode.iterator_time_zone: only applies to timestamp_ntz and date iterators",
             "schedules/p.toml:10: sync_mode.iterator_time_zone: `Mars/Olympus` is not a known time zone",
             "schedules/p.toml:15: schedule.catch_up_days: must be between 0 and 36600, not -1",
@@ -491,7 +491,7 @@ fn daemon_lag_zone_and_catch_up_settings() {
         errors,
         vec![
             "wsync.toml:21: daemon.max_concurrent_runs: must be between 1 and 64, not 0",
-            "wsync.toml:22: daemon.shutdown_grace_secs: must be more than 0 seconds, not 0",
+            "wsync.toml:22: daemon.shutdown_grace_secs: must be between 1 and 86400 seconds, not 0",
         ]
     );
 }
@@ -723,4 +723,122 @@ fn model_sql_is_trimmed() {
     assert_eq!(model_sql("\n  SELECT 1 ;\n\n"), "SELECT 1");
     assert_eq!(model_sql("SELECT ';';;"), "SELECT ';';");
     assert_eq!(model_sql(" ; "), "");
+}
+
+#[test]
+fn config_plain_http_base_url_needs_loopback_or_opt_in() {
+    let feeds = |url: &str, opt_in: &str| {
+        format!("[feeds.f]\nbase_url = \"{url}\"\napi_key = \"k\"\napi_secret = \"s\"\n{opt_in}")
+    };
+    for url in [
+        "https://proxy.internal",
+        "http://127.0.0.1:9999",
+        "http://127.8.0.1",
+        "http://[::1]:80/",
+        "http://localhost:8080",
+        "http://LOCALHOST",
+    ] {
+        assert_eq!(
+            check(&feeds(url, ""), &[], false).1,
+            Vec::<String>::new(),
+            "{url}"
+        );
+    }
+    for url in [
+        "http://proxy.internal",
+        "http://10.0.0.5:8080",
+        "http://[fe80::1]/",
+    ] {
+        let errors = check(&feeds(url, ""), &[], false).1;
+        assert_eq!(
+            errors,
+            vec![format!("wsync.toml:2: feeds.f.base_url: `{url}` is plain http to a host that is not this machine: the API key and secret would travel in clear text")]
+        );
+        let errors = check(&feeds(url, "allow_insecure_http = true\n"), &[], false).1;
+        assert_eq!(errors, Vec::<String>::new(), "{url} with the opt-in");
+    }
+    // The resolver's base_url follows the same rule.
+    let body = format!("{HEAD}[resolver]\ntype = \"idsync\"\nbase_url = \"http://idsync.internal\"\napi_key = \"k\"\napi_secret = \"s\"\n");
+    let errors = pipeline_errors(&body);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("resolver.base_url") && e.contains("clear text")),
+        "{errors:?}"
+    );
+    let body = body.replace("[resolver]\n", "[resolver]\nallow_insecure_http = true\n");
+    let errors = pipeline_errors(&body);
+    assert!(
+        !errors.iter().any(|e| e.contains("resolver.base_url")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn config_durations_and_numbers_are_bounded() {
+    let (_, errors) = check(
+        r#"
+[defaults]
+statement_timeout_secs = 99999999999
+request_timeout_secs = 86401
+
+[daemon]
+shutdown_grace_secs = 9223372036854775807
+
+[feeds.f]
+base_url = "http://127.0.0.1:1"
+api_key = "k"
+api_secret = "s"
+retry_deadline_secs = 604801
+retry_max_backoff_secs = 0
+"#,
+        &[],
+        false,
+    );
+    assert_eq!(
+        errors,
+        vec![
+            "wsync.toml:3: defaults.statement_timeout_secs: must be between 1 and 604800 seconds, not 99999999999",
+            "wsync.toml:4: defaults.request_timeout_secs: must be between 1 and 86400 seconds, not 86401",
+            "wsync.toml:7: daemon.shutdown_grace_secs: must be between 1 and 86400 seconds, not 9223372036854775807",
+            "wsync.toml:13: feeds.f.retry_deadline_secs: must be between 1 and 604800 seconds, not 604801",
+            "wsync.toml:14: feeds.f.retry_max_backoff_secs: must be between 1 and 86400 seconds, not 0",
+        ]
+    );
+}
+
+#[test]
+fn config_huge_lag_is_refused_not_a_panic() {
+    let body = format!("{HEAD}[sync_mode]\ntype = \"incremental\"\niterator_field = \"updated_at\"\niterator_data_type = \"timestamp_tz\"\nlag = 9223372036854775807\n");
+    let errors = pipeline_errors(&body);
+    assert_eq!(
+        errors,
+        vec!["schedules/p.toml:9: sync_mode.lag: must be between 0 and 315360000, not 9223372036854775807"]
+    );
+}
+
+#[test]
+fn api_non_loopback_bind_needs_a_token() {
+    let daemon = |extra: &str| format!("[daemon]\n{extra}");
+    for ok in [
+        "http_bind = \"127.0.0.1:9184\"\n",
+        "http_bind = \"[::1]:9184\"\n",
+        "http_bind = \"\"\n",
+        "http_bind = \"0.0.0.0:9184\"\nhttp_token_env = \"T\"\n",
+    ] {
+        assert_eq!(
+            check(&daemon(ok), &[], false).1,
+            Vec::<String>::new(),
+            "{ok}"
+        );
+    }
+    for bind in ["0.0.0.0:9184", "10.1.2.3:80", "[::]:9184"] {
+        let errors = check(&daemon(&format!("http_bind = \"{bind}\"\n")), &[], false).1;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("wsync.toml:2: daemon.http_bind: `")
+                && errors[0].contains("has no token"),
+            "{errors:?}"
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! Test databases: the real PostgreSQL and MariaDB on 127.0.0.1.
 //!
 //! Each helper returns a small pool, or `None` (after printing `skipping: …`) when
-//! the server is unreachable on a developer machine. With `CI=true` an unreachable
-//! server is a test failure, never a silent skip. Tests run in parallel, so every
+//! the server is unreachable on a developer machine. With `CI` set to any truthy
+//! value (`true`, `1`, `yes`, anything but empty, `0`, `false`, `no` or `off`),
+//! as CI services set it, an unreachable server is a test failure, never a
+//! silent skip. Tests run in parallel, so every
 //! test creates its own tables through [`unique_table`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,14 +27,26 @@ pub fn mysql_url() -> String {
 
 /// Whether we run in CI, where a missing database must fail the test.
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
+    ci_is_truthy(std::env::var("CI").ok().as_deref())
+}
+
+/// Whether a `CI` value means "in CI": any value but empty, `0`, `false`, `no`
+/// or `off` (in any case). CI services set `true` (GitHub, GitLab) or `1`.
+pub fn ci_is_truthy(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        !(v.is_empty()
+            || ["0", "false", "no", "off"]
+                .iter()
+                .any(|f| v.eq_ignore_ascii_case(f)))
+    })
 }
 
 /// Panic in CI, otherwise print a skip line; the caller then returns `None`.
 fn unreachable_db(what: &str, url: &str, err: &sqlx::Error) {
     let url = wsync::redact::redact_url(url);
     if in_ci() {
-        panic!("{what} at {url} is unreachable ({err}); CI=true so this test fails instead of skipping");
+        panic!("{what} at {url} is unreachable ({err}); CI is set, so this test fails instead of skipping");
     }
     eprintln!("skipping: {what} at {url} is unreachable ({err})");
 }
@@ -158,4 +172,22 @@ pub fn rejected_reasons(batches: &[arrow::array::RecordBatch]) -> Vec<Option<Str
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+#[test]
+fn ci_any_truthy_value_makes_an_unreachable_database_fail() {
+    for on in ["true", "1", "TRUE", "yes", "on", "woodpecker"] {
+        assert!(ci_is_truthy(Some(on)), "{on}");
+    }
+    for off in [
+        None,
+        Some(""),
+        Some("0"),
+        Some("false"),
+        Some("False"),
+        Some("no"),
+        Some("off"),
+    ] {
+        assert!(!ci_is_truthy(off), "{off:?}");
+    }
 }

@@ -47,8 +47,8 @@ pub async fn reachable(what: &str, url: &str) -> bool {
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out".to_owned(),
             };
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{what} at {url} is unreachable ({why}); CI=true so this test fails instead of skipping (start it with tests/emulators/start.sh)");
+            if super::db::ci_is_truthy(std::env::var("CI").ok().as_deref()) {
+                panic!("{what} at {url} is unreachable ({why}); CI is set, so this test fails instead of skipping (start it with tests/emulators/start.sh)");
             }
             eprintln!("skipping: {what} at {url} is unreachable ({why}); start it with tests/emulators/start.sh");
             false
