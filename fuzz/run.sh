@@ -14,7 +14,7 @@ set -eu
 # cargo-fuzz finds fuzz/ from the project root.
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-20000}"
-TARGETS="${*:-sql_guard config_load cron_expr path_template retry_after}"
+TARGETS="${*:-sql_guard config_load cron_expr path_template retry_after pg_copy_binary pg_values json_text}"
 for target in $TARGETS; do
     cargo +nightly fuzz build "$target"
 done

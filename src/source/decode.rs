@@ -302,7 +302,6 @@ fn take<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], String> {
 
 /// The exact text of a PostgreSQL binary `NUMERIC`: `NaN`, `Infinity`,
 /// `-Infinity`, or digits with exactly `dscale` fractional digits (`12.50`).
-#[cfg(test)]
 pub(crate) fn pg_numeric_text(buf: &[u8]) -> Result<String, String> {
     let mut out = String::new();
     pg_numeric_write(buf, &mut out)?;

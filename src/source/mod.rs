@@ -18,6 +18,8 @@ pub(crate) mod bigquery;
 mod chunker;
 mod decode;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub(crate) mod jwt;
 mod pg_copy;

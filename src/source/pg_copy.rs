@@ -185,10 +185,10 @@ pub(crate) async fn copy_out(
 
 /// What the decoding thread reports: rows sent, and `Ok(true)` when the stream
 /// was complete, `Ok(false)` when the receiver went away first.
-type Decoded = (u64, Result<bool, SourceError>);
+pub(crate) type Decoded = (u64, Result<bool, SourceError>);
 
 /// The decoding thread: parse blocks until the channel closes.
-fn decode_blocks(mut blocks: mpsc::Receiver<Vec<u8>>, mut chunker: Chunker) -> Decoded {
+pub(crate) fn decode_blocks(mut blocks: mpsc::Receiver<Vec<u8>>, mut chunker: Chunker) -> Decoded {
     let mut parser = Parser::default();
     while let Some(block) = blocks.blocking_recv() {
         match parser.feed(&block, &mut chunker) {
