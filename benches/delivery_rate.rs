@@ -11,6 +11,16 @@
 //!
 //! Run with `cargo bench --bench delivery_rate`.
 
+// Tests and benchmarks fail loudly and print what they measure; the library's
+// lint discipline (Cargo.toml [lints]) is for the product's code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::pedantic,
+    missing_docs
+)]
+
 #[allow(dead_code)]
 #[path = "../tests/it/support/fake_mparticle.rs"]
 mod fake_mparticle;

@@ -14,6 +14,16 @@
 //! The database is `WSYNC_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! Not a timed test: the figures are for reading, nothing is asserted.
 
+// Tests and benchmarks fail loudly and print what they measure; the library's
+// lint discipline (Cargo.toml [lints]) is for the product's code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::pedantic,
+    missing_docs
+)]
+
 use std::time::{Duration, Instant};
 
 use wsync::config::model::{Connection, ConnectionKind};

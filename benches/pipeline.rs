@@ -31,6 +31,16 @@
 //! (and for BENCHMARKS.md). `tests/it/perf_smoke.rs` runs the same steps on a few
 //! thousand rows and checks their outcomes, so this file cannot rot unnoticed.
 
+// Tests and benchmarks fail loudly and print what they measure; the library's
+// lint discipline (Cargo.toml [lints]) is for the product's code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::pedantic,
+    missing_docs
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

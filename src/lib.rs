@@ -35,6 +35,8 @@
 //!   registry of environment variables wsync reads.
 
 pub mod api;
+// Results (tables, JSON) are the command line's stdout; nothing else prints.
+#[allow(clippy::print_stdout)]
 pub mod cli;
 pub mod clock;
 pub mod config;

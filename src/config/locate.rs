@@ -266,8 +266,7 @@ fn find_offset(node: Node<'_>, offset: usize, path: &mut Vec<Segment>) -> bool {
 /// `path` relative to `root` when it lies below it, else unchanged.
 pub(crate) fn relative_to(root: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(root)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|_| path.to_path_buf())
+        .map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
 }
 
 #[cfg(test)]

@@ -453,10 +453,10 @@ pub(crate) fn parse_toml<T: DeserializeOwned + ValidKeys>(
             let offset = e.span().map(|s| s.start);
             let key_path = offset.map(|o| file.key_path_at(o)).unwrap_or_default();
             // Syntax errors and type errors read the same to the user: fix this spot.
-            let hint = if !file.is_toml() {
-                "fix the TOML syntax at this line (see https://toml.io)"
-            } else {
+            let hint = if file.is_toml() {
                 "fix the value's type at this line"
+            } else {
+                "fix the TOML syntax at this line (see https://toml.io)"
             };
             errors.push(ConfigError {
                 file: file.rel.clone(),

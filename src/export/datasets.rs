@@ -184,13 +184,14 @@ impl RowsDataset {
             for value in text {
                 match value {
                     None => builder.append_null(),
-                    Some(v) => match parse_decimal(v, precision, scale) {
-                        Some(unscaled) => builder.append_value(unscaled),
-                        None => {
+                    Some(v) => {
+                        if let Some(unscaled) = parse_decimal(v, precision, scale) {
+                            builder.append_value(unscaled);
+                        } else {
                             self.nulled += 1;
                             builder.append_null();
                         }
-                    },
+                    }
                 }
             }
             let array = builder

@@ -787,7 +787,8 @@ const MIN_ROWS_PER_PART: usize = 256;
 /// least [`MIN_ROWS_PER_PART`] rows.
 fn parallel_parts(rows: usize) -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     cores.min(rows / MIN_ROWS_PER_PART).max(1)
 }
 

@@ -38,15 +38,12 @@ impl LookupCache {
 
     /// The remembered result for `key`, counting a hit or a miss.
     pub fn get(&mut self, key: u128) -> Option<Found> {
-        match self.entries.get(&key) {
-            Some(found) => {
-                self.hits += 1;
-                Some(*found)
-            }
-            None => {
-                self.misses += 1;
-                None
-            }
+        if let Some(found) = self.entries.get(&key) {
+            self.hits += 1;
+            Some(*found)
+        } else {
+            self.misses += 1;
+            None
         }
     }
 

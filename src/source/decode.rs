@@ -497,7 +497,7 @@ fn pg_array(child: &mut ColBuilder, mut buf: &[u8]) -> Result<(), String> {
     let ndim = i32::from_be_bytes(take(&mut buf)?);
     let _has_nulls = i32::from_be_bytes(take(&mut buf)?);
     let _element_oid = u32::from_be_bytes(take(&mut buf)?);
-    let mut count: usize = if ndim == 0 { 0 } else { 1 };
+    let mut count: usize = usize::from(ndim != 0);
     for _ in 0..ndim {
         let len = i32::from_be_bytes(take(&mut buf)?);
         let _lower = i32::from_be_bytes(take(&mut buf)?);

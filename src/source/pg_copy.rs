@@ -111,13 +111,10 @@ pub(crate) async fn copy_out(
     // Whether sqlx read the stream up to `ReadyForQuery` (its end, or an error).
     let mut read_to_end = false;
     loop {
-        let next = match tokio::time::timeout(read_timeout, stream.try_next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                // Not read to its end: the caller replaces the connection.
-                server_error = Some(super::reader::read_timed_out(read_timeout));
-                break;
-            }
+        let Ok(next) = tokio::time::timeout(read_timeout, stream.try_next()).await else {
+            // Not read to its end: the caller replaces the connection.
+            server_error = Some(super::reader::read_timed_out(read_timeout));
+            break;
         };
         match next {
             Ok(Some(data)) => {
@@ -468,7 +465,10 @@ mod tests {
             assert_eq!(rows, 3, "step {step}");
             assert!(done.unwrap(), "step {step}");
             assert_eq!(
-                batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+                batches
+                    .iter()
+                    .map(arrow::array::RecordBatch::num_rows)
+                    .collect::<Vec<_>>(),
                 vec![2, 1]
             );
             let ids = batches[1].column(0).as_any().downcast_ref::<Int64Array>();

@@ -489,7 +489,7 @@ impl Warehouse {
                         }
                     }
                     result
-                })
+                });
             }
             Conn::MySql(conn) => {
                 let guard = sql::size_guard(Dialect::MySql, columns);
@@ -1315,7 +1315,7 @@ fn decode_mysql_row(
                 }
                 // DATETIME and TIMESTAMP (session time zone +00:00) are both UTC wall time.
                 ColBuilder::Ts(b) => {
-                    b.append_value(decode::micros(mysql_datetime(my::<&[u8]>(v)?)?))
+                    b.append_value(decode::micros(mysql_datetime(my::<&[u8]>(v)?)?));
                 }
                 ColBuilder::List { .. } => return Err("mysql has no array columns".to_owned()),
             }

@@ -83,7 +83,7 @@ pub(crate) async fn finish(
             match SpoolDir::new(&ctx.project.state.spool_dir, &pipeline.id).remove() {
                 Ok(()) => s.kept = false,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Cannot delete the delivered spool; the next run will.")
+                    tracing::warn!(error = %e, "Cannot delete the delivered spool; the next run will.");
                 }
             }
         }
@@ -136,7 +136,7 @@ pub(crate) async fn finish(
             report.files.insert("report", path);
         }
         Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "Cannot write the run report.")
+            tracing::warn!(error = %e, path = %path.display(), "Cannot write the run report.");
         }
     }
     Ok(report)

@@ -137,35 +137,32 @@ impl Extract {
         let chunk_rows = project.connections[&pipeline.connection].chunk_rows;
         let stop = ctx.shutdown.child_token();
         let (tx, rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
-        let (source, task) = match spool {
-            Some((dir, mut manifest)) => {
-                manifest.window_end = upper.as_ref().map(window::to_text);
-                manifest.columns = columns.iter().map(SpooledColumn::from_column).collect();
-                dir.create(&manifest)?;
-                let (writer, progress) = SpoolWriter::new(&dir, project.state.min_free_disk_mb);
-                let reader = SpoolReader::follow(&dir, progress);
-                let job = SpoolJob {
-                    warehouse,
-                    query,
-                    columns: columns.clone(),
-                    chunk_rows,
-                    dir,
-                    manifest,
-                    writer,
-                    stop: stop.clone(),
-                    connected,
-                };
-                let task = on_own_thread(move || spool_task(job, (tx, rx)));
-                (ChunkSource::Spool(Box::new(reader)), task)
-            }
-            None => {
-                let stop = stop.clone();
-                let columns = columns.clone();
-                let task = on_own_thread(move || {
-                    stream_task(warehouse, query, columns, chunk_rows, tx, stop, connected)
-                });
-                (ChunkSource::Stream(rx), task)
-            }
+        let (source, task) = if let Some((dir, mut manifest)) = spool {
+            manifest.window_end = upper.as_ref().map(window::to_text);
+            manifest.columns = columns.iter().map(SpooledColumn::from_column).collect();
+            dir.create(&manifest)?;
+            let (writer, progress) = SpoolWriter::new(&dir, project.state.min_free_disk_mb);
+            let reader = SpoolReader::follow(&dir, progress);
+            let job = SpoolJob {
+                warehouse,
+                query,
+                columns: columns.clone(),
+                chunk_rows,
+                dir,
+                manifest,
+                writer,
+                stop: stop.clone(),
+                connected,
+            };
+            let task = on_own_thread(move || spool_task(job, (tx, rx)));
+            (ChunkSource::Spool(Box::new(reader)), task)
+        } else {
+            let stop = stop.clone();
+            let columns = columns.clone();
+            let task = on_own_thread(move || {
+                stream_task(warehouse, query, columns, chunk_rows, tx, stop, connected)
+            });
+            (ChunkSource::Stream(rx), task)
         };
         Ok(Self {
             columns,

@@ -80,7 +80,7 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
         "values_dropped": report.stats.values_dropped,
         "values_truncated": report.stats.values_truncated,
         "columns": columns,
-        "protection": report.protection.as_ref().map(|p| p.to_json()),
+        "protection": report.protection.as_ref().map(super::super::resolve::ProtectionSummary::to_json),
         "spool": report.spool.as_ref().map(|s| json!({
             "dir": s.dir.display().to_string(),
             "rows": s.rows,

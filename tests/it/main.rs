@@ -4,6 +4,16 @@
 //! `support::db`); the Events API is the in-process fake in
 //! `support::fake_mparticle`.
 
+// Tests and benchmarks fail loudly and print what they measure; the library's
+// lint discipline (Cargo.toml [lints]) is for the product's code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::pedantic,
+    missing_docs
+)]
+
 mod api;
 mod cli;
 mod config_errors;

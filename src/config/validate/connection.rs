@@ -51,20 +51,19 @@ pub(super) fn validate_connection(
             NAME_HINT,
         );
     }
-    let kind = match &raw.kind {
-        Some(k) => ctx.choice(
+    let kind = if let Some(k) = &raw.kind {
+        ctx.choice(
             &format!("{base}.type"),
             k,
             "connection type",
             CONNECTION_KINDS,
-        ),
-        None => {
-            ctx.missing(
-                &format!("{base}.type"),
-                "add type = \"postgres\", \"redshift\", \"mysql\", \"sqlite\", \"snowflake\" or \"bigquery\"",
-            );
-            None
-        }
+        )
+    } else {
+        ctx.missing(
+            &format!("{base}.type"),
+            "add type = \"postgres\", \"redshift\", \"mysql\", \"sqlite\", \"snowflake\" or \"bigquery\"",
+        );
+        None
     };
     if let Some(kind) = kind {
         cloud::check_keys_apply(ctx, &base, kind, raw);

@@ -30,20 +30,19 @@ pub(super) fn validate_mappings(
     let mut sources: BTreeMap<String, usize> = BTreeMap::new();
     for (i, m) in raw.iter().enumerate() {
         let base = format!("mappings[{i}]");
-        let kind = match &m.mapping_type {
-            Some(k) => ctx.choice(
+        let kind = if let Some(k) = &m.mapping_type {
+            ctx.choice(
                 &format!("{base}.mapping_type"),
                 k,
                 "mapping type",
                 MAPPING_KINDS,
-            ),
-            None => {
-                ctx.missing(
-                    &format!("{base}.mapping_type"),
-                    "add mapping_type = \"column\", \"static\" or \"ignore\"",
-                );
-                None
-            }
+            )
+        } else {
+            ctx.missing(
+                &format!("{base}.mapping_type"),
+                "add mapping_type = \"column\", \"static\" or \"ignore\"",
+            );
+            None
         };
         let Some(kind) = kind else { continue };
         let (kind_text, valid, wants_source, wants_destination, wants_value) = match kind {
@@ -116,7 +115,7 @@ pub(super) fn validate_mappings(
             m.destination.as_deref().and_then(|d| {
                 parse_destination(d)
                     .map_err(|(message, hint)| {
-                        ctx.push(&format!("{base}.destination"), message, hint)
+                        ctx.push(&format!("{base}.destination"), message, hint);
                     })
                     .ok()
             })

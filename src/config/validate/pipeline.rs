@@ -75,7 +75,7 @@ pub(super) fn validate_pipeline(
     let feed_names: Option<Vec<String>> = names.feeds.as_ref().map(|f| f.keys().cloned().collect());
     let export = raw.export.as_ref().map(|e| validate_export(ctx, e));
     let feed = match (&raw.feed, input_protection) {
-        (None, Some(InputProtection::OnlyRead)) | (None, None) => None,
+        (None, Some(InputProtection::OnlyRead) | None) => None,
         // An export-only pipeline: reads and writes Parquet, sends nothing.
         (None, Some(_)) if export.is_some() => None,
         (None, Some(_)) => {
@@ -203,7 +203,7 @@ pub(super) fn validate_export(ctx: &mut Ctx<'_>, raw: &RawExport) -> ExportSetti
                 ExportDataset::Rows,
                 ExportDataset::Batches,
                 ExportDataset::Rejected,
-            ]
+            ];
         }
         Some(list) => {
             for (i, name) in list.iter().enumerate() {

@@ -119,12 +119,11 @@ pub(super) fn validate_resolver(
         return None;
     };
     let before = ctx.errors.len();
-    let is_idsync = match raw.kind.as_deref() {
-        Some(kind) => ctx.choice("resolver.type", kind, "resolver type", KINDS),
-        None => {
-            ctx.missing("resolver.type", "add type = \"idsync\" or type = \"sql\"");
-            None
-        }
+    let is_idsync = if let Some(kind) = raw.kind.as_deref() {
+        ctx.choice("resolver.type", kind, "resolver type", KINDS)
+    } else {
+        ctx.missing("resolver.type", "add type = \"idsync\" or type = \"sql\"");
+        None
     }?;
     let (own, stray, other) = if is_idsync {
         ("idsync", sql_only_keys(raw), "sql")

@@ -26,15 +26,14 @@ pub(super) const SCHEDULE_KINDS: &[(&str, ScheduleKind)] = &[
 ];
 
 pub(super) fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedule {
-    let kind = match &raw.kind {
-        Some(k) => ctx.choice("schedule.type", k, "schedule type", SCHEDULE_KINDS),
-        None => {
-            ctx.missing(
-                "schedule.type",
-                "add type = \"interval\", \"cron\", \"once\" or \"on_demand\"",
-            );
-            None
-        }
+    let kind = if let Some(k) = &raw.kind {
+        ctx.choice("schedule.type", k, "schedule type", SCHEDULE_KINDS)
+    } else {
+        ctx.missing(
+            "schedule.type",
+            "add type = \"interval\", \"cron\", \"once\" or \"on_demand\"",
+        );
+        None
     };
     let Some(kind) = kind else {
         return Schedule::OnDemand;
@@ -66,22 +65,23 @@ pub(super) fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedul
     }
     match kind {
         ScheduleKind::Interval => {
-            let frequency = match &raw.frequency {
-                Some(f) => ctx.choice("schedule.frequency", f, "frequency", FREQUENCIES),
-                None => {
-                    ctx.missing(
-                        "schedule.frequency",
-                        "add frequency = \"hourly\", \"daily\", \"weekly\" or \"monthly\"",
-                    );
-                    None
-                }
+            let frequency = if let Some(f) = &raw.frequency {
+                ctx.choice("schedule.frequency", f, "frequency", FREQUENCIES)
+            } else {
+                ctx.missing(
+                    "schedule.frequency",
+                    "add frequency = \"hourly\", \"daily\", \"weekly\" or \"monthly\"",
+                );
+                None
             };
-            let start = match &raw.start {
-                Some(v) => instant(ctx, "schedule.start", v),
-                None => {
-                    ctx.missing("schedule.start", "add start = \"2024-01-01T00:00:00Z\" (the first run and the grid's anchor)");
-                    None
-                }
+            let start = if let Some(v) = &raw.start {
+                instant(ctx, "schedule.start", v)
+            } else {
+                ctx.missing(
+                    "schedule.start",
+                    "add start = \"2024-01-01T00:00:00Z\" (the first run and the grid's anchor)",
+                );
+                None
             };
             let end = raw
                 .end
@@ -113,17 +113,17 @@ pub(super) fn validate_schedule(ctx: &mut Ctx<'_>, raw: &RawSchedule) -> Schedul
             }
         }
         ScheduleKind::Cron => {
-            let expression = match &raw.expression {
-                Some(e) => {
-                    if let Err(problem) = crate::config::cron_expr::parse(e) {
-                        ctx.push("schedule.expression", format!("cron expression `{e}` {problem}"), "write 5 fields: minute hour day-of-month month day-of-week, e.g. \"0 */15 * * *\"");
-                    }
-                    e.clone()
+            let expression = if let Some(e) = &raw.expression {
+                if let Err(problem) = crate::config::cron_expr::parse(e) {
+                    ctx.push("schedule.expression", format!("cron expression `{e}` {problem}"), "write 5 fields: minute hour day-of-month month day-of-week, e.g. \"0 */15 * * *\"");
                 }
-                None => {
-                    ctx.missing("schedule.expression", "add expression = \"0 * * * *\" (minute hour day-of-month month day-of-week)");
-                    String::new()
-                }
+                e.clone()
+            } else {
+                ctx.missing(
+                    "schedule.expression",
+                    "add expression = \"0 * * * *\" (minute hour day-of-month month day-of-week)",
+                );
+                String::new()
             };
             let time_zone = raw.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
             self::time_zone(ctx, "schedule.time_zone", &time_zone);
@@ -158,15 +158,14 @@ pub(super) fn instant(
     value: &toml::Value,
 ) -> Option<DateTime<Utc>> {
     let text = scalar_text(ctx, key_path, value)?;
-    match DateTime::parse_from_rfc3339(&text) {
-        Ok(t) => Some(t.with_timezone(&Utc)),
-        Err(_) => {
-            ctx.push(
-                key_path,
-                format!("`{text}` is not an RFC 3339 timestamp"),
-                "write a date, time and offset, e.g. \"2024-01-01T00:00:00Z\"",
-            );
-            None
-        }
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        Some(t.with_timezone(&Utc))
+    } else {
+        ctx.push(
+            key_path,
+            format!("`{text}` is not an RFC 3339 timestamp"),
+            "write a date, time and offset, e.g. \"2024-01-01T00:00:00Z\"",
+        );
+        None
     }
 }

@@ -54,7 +54,7 @@ pub(super) fn secret(
         [] => {
             ctx.missing(
                 &format!("{base}.{key}"),
-                format!("{one_of} (e.g. {}_env = \"VARIABLE\")", key),
+                format!("{one_of} (e.g. {key}_env = \"VARIABLE\")"),
             );
             None
         }

@@ -95,9 +95,10 @@ pub(super) fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> Dae
         http_bind: match raw.http_bind.as_deref().map(str::trim) {
             None => d.http_bind,
             Some("") => None,
-            Some(text) => match text.parse() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
+            Some(text) => {
+                if let Ok(addr) = text.parse() {
+                    Some(addr)
+                } else {
                     ctx.push(
                         "daemon.http_bind",
                         format!("`{text}` is not an address and port"),
@@ -105,7 +106,7 @@ pub(super) fn validate_daemon(ctx: &mut Ctx<'_>, raw: Option<&RawDaemon>) -> Dae
                     );
                     d.http_bind
                 }
-            },
+            }
         },
         http_token_env: raw.http_token_env.clone(),
     };

@@ -28,15 +28,14 @@ pub(super) const SYNC_KINDS: &[(&str, SyncKind)] = &[
 ];
 
 pub(super) fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMode {
-    let kind = match &raw.kind {
-        Some(k) => ctx.choice("sync_mode.type", k, "sync mode", SYNC_KINDS),
-        None => {
-            ctx.missing(
-                "sync_mode.type",
-                "add type = \"full\" or type = \"incremental\"",
-            );
-            None
-        }
+    let kind = if let Some(k) = &raw.kind {
+        ctx.choice("sync_mode.type", k, "sync mode", SYNC_KINDS)
+    } else {
+        ctx.missing(
+            "sync_mode.type",
+            "add type = \"full\" or type = \"incremental\"",
+        );
+        None
     };
     match kind {
         None => SyncMode::Full,
@@ -93,17 +92,16 @@ pub(super) fn validate_sync_mode(ctx: &mut Ctx<'_>, raw: &RawSyncMode) -> SyncMo
                     String::new()
                 }
             };
-            let data_type = match &raw.iterator_data_type {
-                Some(t) => ctx.choice(
+            let data_type = if let Some(t) = &raw.iterator_data_type {
+                ctx.choice(
                     "sync_mode.iterator_data_type",
                     t,
                     "iterator data type",
                     ITERATOR_TYPES,
-                ),
-                None => {
-                    ctx.missing("sync_mode.iterator_data_type", "add iterator_data_type = \"timestamp_tz\" (or timestamp_ntz, date, timestamp_unixtime_s, timestamp_unixtime_ms, integer)");
-                    None
-                }
+                )
+            } else {
+                ctx.missing("sync_mode.iterator_data_type", "add iterator_data_type = \"timestamp_tz\" (or timestamp_ntz, date, timestamp_unixtime_s, timestamp_unixtime_ms, integer)");
+                None
             };
             let from = raw
                 .from

@@ -276,9 +276,10 @@ pub(crate) async fn max_iterator(
             )
         }
         // A DATETIME, or a TIMESTAMP read as its UTC wall time.
-        IteratorDataType::TimestampNtz => match types::parse_datetime(text) {
-            Ok(t) => IteratorValue::Timestamp(t),
-            Err(_) => {
+        IteratorDataType::TimestampNtz => {
+            if let Ok(t) = types::parse_datetime(text) {
+                IteratorValue::Timestamp(t)
+            } else {
                 let micros = types::timestamp_micros(text).map_err(decode_err)?;
                 IteratorValue::Timestamp(
                     chrono::DateTime::from_timestamp_micros(micros)
@@ -286,7 +287,7 @@ pub(crate) async fn max_iterator(
                         .naive_utc(),
                 )
             }
-        },
+        }
         IteratorDataType::Date => IteratorValue::Date(types::parse_date(text).map_err(decode_err)?),
         _ => IteratorValue::Integer(
             text.parse::<i64>()

@@ -334,7 +334,7 @@ fn write_json(out: &mut String, cell: &Value, field: &Field, repeated: bool) -> 
             out.push_str(text);
         }
         "NUMERIC" | "DECIMAL" | "BIGNUMERIC" | "BIGDECIMAL" => {
-            out.push_str(&normalise_decimal(text)?)
+            out.push_str(&normalise_decimal(text)?);
         }
         "FLOAT" | "FLOAT64" => {
             let f = parse_float(text)?;

@@ -328,13 +328,13 @@ pub(crate) fn append_text(
         ColBuilder::Str(b, TextKind::Json) => b.append_value(compact_json_keep_digits(text)?),
         ColBuilder::Str(b, _) => b.append_value(text),
         ColBuilder::Bytes(b) => {
-            b.append_value(hex::decode(text.trim()).map_err(|_| bad("hex binary"))?)
+            b.append_value(hex::decode(text.trim()).map_err(|_| bad("hex binary"))?);
         }
         ColBuilder::Date(b) => {
-            b.append_value(text.trim().parse::<i32>().map_err(|_| bad("day number"))?)
+            b.append_value(text.trim().parse::<i32>().map_err(|_| bad("day number"))?);
         }
         ColBuilder::Time(b) => {
-            b.append_value(seconds_text_to_micros(text.trim()).ok_or_else(|| bad("time"))?)
+            b.append_value(seconds_text_to_micros(text.trim()).ok_or_else(|| bad("time"))?);
         }
         ColBuilder::Ts(b) => {
             let epoch = text.split_whitespace().next().unwrap_or_default();

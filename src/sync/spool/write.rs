@@ -150,7 +150,7 @@ impl SpoolWriter {
                     .into_inner()
                     .map_err(self.arrow("flush"))?
                     .into_inner()
-                    .map_err(|e| e.into_error())
+                    .map_err(std::io::IntoInnerError::into_error)
                     .map_err(self.io("flush"))?;
                 file.sync_all().map_err(self.io("fsync"))?;
                 file.metadata().map_err(self.io("stat"))?.len()
