@@ -92,6 +92,8 @@ impl IdSyncClient {
     ) -> Result<Self, ResolveError> {
         let url = format!("{}/v1/search", settings.base_url);
         let http = reqwest::Client::builder()
+            // A half-open connection is noticed by the OS, not only by the timeout.
+            .tcp_keepalive(crate::source::TCP_KEEPALIVE)
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))

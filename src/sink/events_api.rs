@@ -122,6 +122,8 @@ impl EventsApiClient {
     pub fn new(feed: &Feed) -> Result<Self, DeliveryError> {
         let url = format!("{}/v2/bulkevents", feed.base_url);
         let http = reqwest::Client::builder()
+            // A half-open connection is noticed by the OS, not only by the timeout.
+            .tcp_keepalive(crate::source::TCP_KEEPALIVE)
             .timeout(feed.request_timeout)
             .connect_timeout(feed.request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))

@@ -32,6 +32,12 @@ pub use error::{SourceError, UnsupportedColumn};
 pub use guard::{check_select_for, check_single_select, GuardError};
 pub use reader::{ReadPath, Warehouse};
 
+/// Idle time before TCP keepalive probes start on HTTP connections (Events
+/// API, IDSync, Snowflake, BigQuery), and what PostgreSQL sessions ask the
+/// server for (`tcp_keepalives_idle`): a peer that vanished without closing is
+/// found within about a minute instead of hours.
+pub const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Field metadata key holding the column's SQL type name as the database reported it.
 pub const META_SQL_TYPE: &str = "wsync.sql_type";
 /// Field metadata key holding the [`ColumnKind`] name (`decimal`, `json`, `uuid`, …).

@@ -861,6 +861,17 @@ fn live(conn: &mut Option<PgConnection>) -> Result<&mut PgConnection, SourceErro
 async fn pg_open(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
     let mut c = PgConnection::connect_with(options).await?;
     sqlx::raw_sql("SET TIME ZONE 'UTC'").execute(&mut c).await?;
+    // sqlx gives no handle on its socket, so the client side of a half-open
+    // connection is bounded by the read timeouts; the server side is asked to
+    // probe, so a session whose wsync vanished does not linger on the
+    // warehouse. Best effort: Redshift and poolers may refuse these settings.
+    let idle = super::TCP_KEEPALIVE.as_secs();
+    let keepalive = format!(
+        "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
+    );
+    if let Err(e) = sqlx::raw_sql(&keepalive).execute(&mut c).await {
+        tracing::debug!(error = %e, "The server refused TCP keepalive settings; read timeouts still apply.");
+    }
     Ok(c)
 }
 

@@ -533,3 +533,20 @@ async fn tls_to_the_warehouse_follows_the_url() {
     assert!(!err.contains("hunter2-secret"), "{err}");
     assert!(err.contains("test_postgres"), "names the connection: {err}");
 }
+
+/// Issue 16, item 9: a PostgreSQL session asks the server to probe its TCP
+/// connection, so a session whose client vanished does not linger.
+#[tokio::test]
+async fn postgres_sessions_ask_for_tcp_keepalive() {
+    let Some((_pool, mut wh)) = setup().await else {
+        return;
+    };
+    let model = "SELECT current_setting('tcp_keepalives_idle') AS idle, \
+                 current_setting('tcp_keepalives_count') AS probes";
+    let (_, _, batches) = extract_all(&mut wh, &query("keepalive", model), 10)
+        .await
+        .unwrap();
+    // Over TCP the server reports the setting; over a Unix socket it is 0.
+    assert_eq!(col::<StringArray>(&batches[0], "idle").value(0), "30");
+    assert_eq!(col::<StringArray>(&batches[0], "probes").value(0), "3");
+}

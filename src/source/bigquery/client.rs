@@ -171,6 +171,8 @@ impl Client {
             BigQueryAuth::None => None,
         };
         let http = reqwest::Client::builder()
+            // A half-open connection is noticed by the OS, not only by the timeout.
+            .tcp_keepalive(crate::source::TCP_KEEPALIVE)
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| connect_error(e.to_string(), false))?;

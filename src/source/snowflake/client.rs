@@ -242,6 +242,8 @@ impl Client {
             SnowflakeAuth::Password(_) => None,
         };
         let http = reqwest::Client::builder()
+            // A half-open connection is noticed by the OS, not only by the timeout.
+            .tcp_keepalive(crate::source::TCP_KEEPALIVE)
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| connect_error(name, settings, e.to_string(), false))?;
