@@ -114,6 +114,26 @@ pub(crate) fn validate(root: &Path, raw: &RawProject, errors: &mut Vec<ConfigErr
             &validated,
             pipeline.resolver.as_ref(),
         );
+        // The model must be one SELECT as this pipeline's warehouse reads it
+        // (quoting and comments differ by dialect and server settings).
+        let kind = out
+            .connections
+            .iter()
+            .find(|c| c.name == validated.connection)
+            .and_then(|c| c.kind);
+        if let (Some(kind), Some(model)) = (kind, out.models.get(&validated.data_model)) {
+            if let Err(e) = crate::source::guard::check_select_for(&model.sql, kind) {
+                ctx.push(
+                    "data_model",
+                    format!(
+                        "data model `{}` is not a single SELECT as {} reads it: {e}",
+                        model.name,
+                        kind.as_str()
+                    ),
+                    "a model is one SELECT (or WITH … SELECT) statement; wsync only reads",
+                );
+            }
+        }
         if ctx.errors.len() == before {
             out.resolvers.extend(resolver.map(|r| (id.clone(), r)));
             out.pipelines.insert(id.clone(), validated);
