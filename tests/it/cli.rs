@@ -519,3 +519,18 @@ async fn runs_limit_zero_is_a_usage_error_and_pages_show_every_run() {
         "the first run sent the 7 mappable rows"
     );
 }
+
+/// A model that one dialect reads as one SELECT (MySQL: `#` starts a comment)
+/// is refused when the pipeline's own warehouse would run a second statement.
+#[test]
+fn a_model_is_checked_as_its_own_warehouse_reads_it() {
+    let p = demo_project();
+    p.model(
+        "users",
+        "SELECT id AS customer_id, updated_at FROM customers # ; DELETE FROM customers",
+    );
+    let (code, stdout, stderr) = p.wsync(&["validate"], &[]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stderr.contains("as sqlite reads it"), "{stderr}");
+    assert!(stderr.contains("schedules/demo_users.toml"), "{stderr}");
+}
