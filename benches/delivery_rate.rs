@@ -44,6 +44,7 @@ fn batch(row: u64) -> EncodedBatch {
         part: 0,
         source_request_id: id,
         json: json.into_bytes(),
+        historical: false,
     }
 }
 

@@ -441,7 +441,13 @@ impl BatchesDataset {
                 Route::Iterator | Route::Ignored => None,
             })
             .chain(plan.statics.iter().map(|(d, v)| (d, SentFrom::Static(v))))
-            .filter(|(d, _)| !matches!(d, Destination::Mpid));
+            // Event fields are not columns of this dataset yet (see README).
+            .filter(|(d, _)| {
+                !matches!(
+                    d,
+                    Destination::Mpid | Destination::Event(_) | Destination::EventAttribute(_)
+                )
+            });
         let mut fields = vec![
             Field::new("source_request_id", DataType::Utf8, false),
             Field::new("row", DataType::UInt64, false),
@@ -471,7 +477,9 @@ impl BatchesDataset {
                     attributes.insert(cut.to_owned(), index);
                     attributes.insert(name.clone(), index);
                 }
-                Destination::Mpid => continue,
+                Destination::Mpid | Destination::Event(_) | Destination::EventAttribute(_) => {
+                    continue
+                }
             }
             let builder = SentBuilder::for_source(match destination {
                 Destination::Attribute(_) => from,

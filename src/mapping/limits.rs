@@ -33,6 +33,11 @@ pub mod reason {
     pub const LIST_ENTRY_TOO_LONG: &str = "list_entry_too_long";
     /// NULL element inside an array (lists cannot hold nulls).
     pub const LIST_NULL_ENTRY: &str = "list_null_entry";
+    /// A list value mapped to an event attribute (the schema allows scalars only).
+    pub const LIST_IN_EVENT_ATTRIBUTE: &str = "list_in_event_attribute";
+    /// An event field that does not apply to the row's event type (a product
+    /// action on a custom event, …).
+    pub const NOT_FOR_EVENT_TYPE: &str = "not_for_event_type";
     /// A device id the Events API requires to be a UUID that is not one.
     pub const INVALID_DEVICE_ID: &str = "invalid_device_id";
     /// One attribute alone larger than a batch may be.

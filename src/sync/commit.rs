@@ -121,6 +121,7 @@ pub(crate) async fn finish(
         record,
         stats,
         requests: tally.requests,
+        historical_requests: tally.historical_requests,
         request_bytes: tally.request_bytes,
         files: tally.files,
         plan,
