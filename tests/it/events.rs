@@ -63,7 +63,7 @@ fn custom_pipeline(p: &TestProject, table: &str, protection: &str, extra: &str) 
     p.model(
         "app_events",
         &format!(
-            "SELECT customer_id, email, event_name, custom_event_type, occurred_at AS event_timestamp, plan, seats, occurred_at FROM {table} ORDER BY customer_id, occurred_at"
+            "SELECT customer_id, email, event_name, custom_event_type, occurred_at AS event_timestamp, plan, seats, occurred_at FROM {table}"
         ),
     );
     p.pipeline(
@@ -118,7 +118,8 @@ async fn custom_events_go_into_each_users_batch() {
         json!({"customer_id": "u1", "email": "u1@x"})
     );
     let events = u1["events"].as_array().unwrap();
-    // Model order: u1's older Login first, then the Renewal.
+    // Event time order (incremental windows are read by the iterator): u1's
+    // older Login first, then the Renewal.
     let names: Vec<&str> = events
         .iter()
         .map(|e| e["data"]["event_name"].as_str().unwrap())
@@ -181,7 +182,7 @@ async fn commerce_events_send_the_purchase() {
             "SELECT customer_id, 'commerce_event' AS event_type, 'purchase' AS product_action,
                     order_id AS transaction_id, revenue, currency AS currency_code,
                     items AS products, ordered_at AS event_timestamp, ordered_at
-             FROM {table} ORDER BY customer_id, ordered_at"
+             FROM {table}"
         ),
     );
     p.pipeline(
@@ -244,7 +245,12 @@ async fn old_events_go_to_the_historical_endpoint() {
     let table = custom_events_table(&pool, [45, 40, 2, 1]).await;
     let fake = FakeMparticle::start(KEY, SECRET).await;
     let p = project(&fake.base_url());
-    custom_pipeline(&p, &table, "create_and_update", "");
+    custom_pipeline(
+        &p,
+        &table,
+        "create_and_update",
+        "[export]\npath = \"exports/{run_id}/{dataset}.parquet\"\ndatasets = [\"batches\"]\n",
+    );
     let ctx = p.context().await;
     let report = wsync::sync::run(&ctx, "app_events", wsync::sync::RunKind::Manual)
         .await
@@ -276,6 +282,42 @@ async fn old_events_go_to_the_historical_endpoint() {
             "historical": {"events": 2, "batches": 2, "requests": 1},
         })
     );
+
+    // The `batches` export has each batch's endpoint and events.
+    let path = p
+        .root()
+        .join(format!("exports/{}/batches.parquet", report.record.id));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&path).unwrap(),
+    )
+    .unwrap();
+    let parts: Vec<_> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+    let data = arrow::compute::concat_batches(&parts[0].schema(), &parts).unwrap();
+    let column = |name: &str| data.column_by_name(name).unwrap().clone();
+    let historical: Vec<Option<bool>> = column("historical")
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .unwrap()
+        .iter()
+        .collect();
+    // Incremental windows are read in iterator (event time) order: u1's old
+    // Renewal, u2's Login, then u1's recent Login.
+    assert_eq!(historical, [Some(true), Some(true), Some(false)]);
+    let counts: Vec<Option<u32>> = column("event_count")
+        .as_any()
+        .downcast_ref::<arrow::array::UInt32Array>()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(counts, [Some(1), Some(1), Some(1)]);
+    let events = column("events");
+    let events = events
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    let first: Value = serde_json::from_str(events.value(0)).unwrap();
+    assert_eq!(first[0]["data"]["event_name"], "Renewal");
+    assert!(data.column_by_name("user_identities.customer_id").is_some());
 }
 
 #[tokio::test]
