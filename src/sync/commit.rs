@@ -113,6 +113,9 @@ pub(crate) async fn finish(
                 sqlx::Error::RowNotFound,
             )))?,
     };
+    if pipeline.pipeline_type == crate::config::model::PipelineType::Events {
+        ctx.metrics.events_mapped(&pipeline.id, stats.events);
+    }
     ctx.metrics.run_finished(
         &record,
         protection.as_ref().map_or(0, |p| p.skipped_no_profile),

@@ -150,6 +150,20 @@ async fn custom_events_go_into_each_users_batch() {
     assert_eq!(r["events"]["bulkevents"]["events"], 3);
     assert_eq!(r["events"]["historical"]["events"], 0);
     assert!(fake.requests().iter().all(|q| q.endpoint == Endpoint::Bulk));
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains(r#"wsync_events_total{pipeline="app_events",endpoint="bulkevents"} 3"#),
+        "{metrics}"
+    );
+    let status = wsync::scheduler::status::pipeline_status(
+        &ctx.state,
+        &ctx.project.state.spool_dir,
+        ctx.pipeline("app_events").unwrap(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status.to_json()["pipeline_type"], "events");
 }
 
 #[tokio::test]
