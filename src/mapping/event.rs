@@ -234,6 +234,22 @@ impl Mapper {
             custom_type = None;
         }
 
+        // mParticle keeps 100 attributes per event; the rest are dropped here,
+        // counted, rather than by mParticle, silently.
+        let excess = parts
+            .event_attributes
+            .len()
+            .saturating_sub(limits::MAX_ATTRIBUTES_PER_EVENT);
+        parts
+            .event_attributes
+            .truncate(limits::MAX_ATTRIBUTES_PER_EVENT);
+        for _ in 0..excess {
+            parts
+                .adjustments
+                .push(Adjustment::Dropped(reason::TOO_MANY_EVENT_ATTRIBUTES));
+            parts.adjustment_columns.push(None);
+        }
+
         // The event's data members, but the source_message_id.
         let mut data = Vec::with_capacity(256);
         if let Some(n) = &name {
@@ -937,6 +953,26 @@ mod tests {
             json!({"source_message_id": batches[0].1["events"][0]["data"]["source_message_id"],
                    "screen_name": "Home"})
         );
+    }
+
+    #[test]
+    fn an_event_keeps_100_attributes() {
+        let mut columns = vec![
+            text("customer_id", vec![Some("a")]),
+            text("event_name", vec![Some("e")]),
+        ];
+        let names: Vec<String> = (0..102).map(|i| format!("a{i:03}")).collect();
+        for name in &names {
+            columns.push(text(name, vec![Some("v")]));
+        }
+        let (batches, _, stats) = map(columns);
+        let attributes = batches[0].1["events"][0]["data"]["custom_attributes"]
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(attributes.len(), 100);
+        assert!(attributes.contains_key("a099") && !attributes.contains_key("a100"));
+        assert_eq!(stats.values_dropped[reason::TOO_MANY_EVENT_ATTRIBUTES], 2);
     }
 
     #[test]
