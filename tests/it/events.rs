@@ -380,6 +380,53 @@ async fn source_message_ids_are_stable_across_resends() {
     assert_eq!(fake.duplicates(), sent.len());
 }
 
+#[tokio::test]
+async fn only_update_sends_events_of_existing_users_only() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = custom_events_table(&pool, [3, 2, 1, 1]).await;
+    let known = db::unique_table("events_known");
+    for statement in [
+        format!("CREATE TABLE {known} (customer_id text, email text)"),
+        format!("INSERT INTO {known} VALUES ('u1', NULL)"),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.seed_profile(7, &[("customer_id", "u1")], json!({}));
+    let p = project(&fake.base_url());
+    p.model(
+        "known_profiles",
+        &format!("SELECT customer_id, email FROM {known}"),
+    );
+    custom_pipeline(
+        &p,
+        &table,
+        "only_update",
+        "[resolver]\ntype = \"sql\"\ndata_model = \"known_profiles\"\n",
+    );
+    let ctx = p.context().await;
+    let report = wsync::sync::run(&ctx, "app_events", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.record.state,
+        RunState::Success,
+        "{:?}",
+        report.record.error
+    );
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 1, "{batches:#?}");
+    assert_eq!(batches[0]["user_identities"]["customer_id"], "u1");
+    assert_eq!(batches[0]["events"].as_array().unwrap().len(), 2);
+    assert_eq!(fake.profiles_created(), 0);
+    assert_eq!(fake.profile(7).unwrap().updates, 1);
+    // Input protection counts event batches (one per user here).
+    let r = report_json(&report);
+    assert_eq!(r["protection"]["skipped_no_profile"], 1, "{r:#}");
+}
+
 const PLAN_DOCUMENT: &str = r#"{
   "data_plan_id": "app_plan",
   "data_plan_name": "App plan",
