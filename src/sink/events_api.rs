@@ -1,5 +1,6 @@
-//! The mParticle Events API client: `POST /v2/bulkevents` with HTTP Basic auth
-//! (the feed's key and secret).
+//! The mParticle Events API client: `POST /v2/bulkevents` (and, for event
+//! batches older than 30 days, `/v2/bulkevents/historical`) with HTTP Basic
+//! auth (the feed's key and secret).
 //!
 //! The client makes one attempt and returns what the server said
 //! ([`EventsApiClient::post`] → [`RawResponse`]); the retry policy
