@@ -381,6 +381,53 @@ async fn source_message_ids_are_stable_across_resends() {
 }
 
 #[tokio::test]
+async fn a_failed_run_resumes_its_spool_with_the_same_event_batches() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = custom_events_table(&pool, [45, 40, 2, 1]).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(&fake.base_url());
+    custom_pipeline(&p, &table, "create_and_update", "");
+    let ctx = p.context().await;
+    // The first request is refused: the run fails with its spool complete.
+    fake.respond_with_status_once(401);
+    let failed = wsync::sync::run(&ctx, "app_events", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(failed.record.state, RunState::Failed);
+    assert!(failed.spool.as_ref().unwrap().kept);
+    let resumed = wsync::sync::run(&ctx, "app_events", wsync::sync::RunKind::Manual)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.record.state,
+        RunState::Success,
+        "{:?}",
+        resumed.record.error
+    );
+    assert_eq!(
+        resumed.spool.as_ref().unwrap().resumed_from,
+        Some(failed.record.id)
+    );
+    // Every batch arrived once, historical ones on the historical endpoint.
+    assert_eq!(fake.distinct_applied(), 3);
+    let accepted = |endpoint: Endpoint| -> usize {
+        fake.requests()
+            .iter()
+            .filter(|q| q.endpoint == endpoint && q.status == 202)
+            .map(|q| q.batch_count)
+            .sum()
+    };
+    let total = accepted(Endpoint::Historical) + accepted(Endpoint::Bulk);
+    assert_eq!(total - fake.duplicates(), 3);
+    assert!(accepted(Endpoint::Historical) >= 2);
+    let r = report_json(&resumed);
+    assert_eq!(r["events"]["historical"]["events"], 2);
+    assert_eq!(r["events"]["bulkevents"]["events"], 1);
+}
+
+#[tokio::test]
 async fn only_update_sends_events_of_existing_users_only() {
     let Some(pool) = db::postgres().await else {
         return;
