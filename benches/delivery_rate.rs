@@ -54,6 +54,7 @@ fn batch(row: u64) -> EncodedBatch {
         part: 0,
         source_request_id: id,
         json: json.into_bytes(),
+        historical: false,
     }
 }
 

@@ -186,6 +186,34 @@ pub(crate) fn print_summary(report: &RunReport) {
     for (reason, n) in &report.stats.rows_rejected {
         t.add_row(vec![format!("  rejected: {reason}"), n.to_string()]);
     }
+    let events = &report.stats.events;
+    if events.recent + events.historical > 0 {
+        t.add_row(vec![
+            "events to /v2/bulkevents".to_owned(),
+            format!(
+                "{} in {} batches, {} requests",
+                events.recent,
+                events.recent_batches,
+                report.requests - report.historical_requests
+            ),
+        ]);
+        t.add_row(vec![
+            "events to /v2/bulkevents/historical".to_owned(),
+            format!(
+                "{} in {} batches, {} requests",
+                events.historical, events.historical_batches, report.historical_requests
+            ),
+        ]);
+    }
+    if report.stats.plan_flagged_rows > 0 {
+        t.add_row(vec![
+            "events flagged by the data plan".to_owned(),
+            report.stats.plan_flagged_rows.to_string(),
+        ]);
+    }
+    for (rule, n) in &report.stats.plan_violations {
+        t.add_row(vec![format!("  data plan: {rule}"), n.to_string()]);
+    }
     for (reason, n) in &report.stats.values_dropped {
         t.add_row(vec![format!("  dropped: {reason}"), n.to_string()]);
     }
@@ -199,6 +227,11 @@ pub(crate) fn print_summary(report: &RunReport) {
     for (reason, rows) in &report.samples {
         for row in rows {
             println!("  sample {reason}: row {}: {}", row.row, row.detail);
+        }
+    }
+    for (rule, violations) in &report.stats.plan_samples {
+        for v in violations {
+            println!("  sample data plan {rule}: row {}: {}", v.row, v.detail);
         }
     }
     for (name, path) in &report.files {

@@ -42,6 +42,23 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             pipeline.input_protection.as_str(),
             pipeline.environment.as_str(),
         );
+        println!("  pipeline_type: {}", pipeline.pipeline_type.as_str());
+        if let Some(plan) = &pipeline.data_plan {
+            println!(
+                "  data_plan: {} version {}, {} violations{}",
+                plan.plan_id,
+                plan.plan_version
+                    .map_or("latest".to_owned(), |v| v.to_string()),
+                match plan.violations {
+                    crate::config::model::PlanViolations::Flag => "flag",
+                    crate::config::model::PlanViolations::Block => "block",
+                },
+                plan.document
+                    .as_ref()
+                    .map(|d| format!(", checked against {}", d.display()))
+                    .unwrap_or_default(),
+            );
+        }
         let resolver = project.resolvers.get(&id);
         println!(
             "  protection: {}",
@@ -78,6 +95,13 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 if let Some(line) = bigquery_estimate(&project, pipeline).await {
                     println!("{line}");
                 }
+                let has_document = pipeline
+                    .data_plan
+                    .as_ref()
+                    .is_some_and(|d| d.document.is_some());
+                if has_document && !check_data_plan(&project, pipeline).await {
+                    failed += 1;
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -90,6 +114,34 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(1))
     } else {
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Map every row of an event pipeline's model and check each event against
+/// its data plan document; prints the violations per rule with sample rows.
+/// `false` when an event breaks the plan or the check could not run.
+async fn check_data_plan(project: &Project, pipeline: &crate::config::model::Pipeline) -> bool {
+    match crate::sync::inspect::check_events(project, pipeline).await {
+        Err(e) => {
+            println!("  data plan check FAILED: {e}");
+            false
+        }
+        Ok(stats) => {
+            let events = stats.events.recent + stats.events.historical;
+            let broken: u64 = stats.plan_flagged_rows
+                + stats.rows_rejected.get("data_plan").copied().unwrap_or(0);
+            println!(
+                "  data plan: {} rows read, {events} events, {broken} break the plan",
+                stats.rows_read
+            );
+            for (rule, n) in &stats.plan_violations {
+                println!("    {rule}: {n}");
+                for v in stats.plan_samples.get(rule).into_iter().flatten() {
+                    println!("      row {}: {}", v.row, v.detail);
+                }
+            }
+            broken == 0
+        }
     }
 }
 

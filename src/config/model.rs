@@ -523,6 +523,109 @@ pub enum Destination {
     Mpid,
     /// `user_attributes.<name>`
     Attribute(String),
+    /// An event field (`events[].event_type`, `events[].data.event_name`, …);
+    /// event pipelines only.
+    Event(EventField),
+    /// `events[].data.custom_attributes.<name>`; event pipelines only.
+    EventAttribute(String),
+}
+
+/// The event fields a row can fill, named as in mParticle's batch schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventField {
+    /// `events[].event_type`: `custom_event`, `commerce_event` or `screen_view`.
+    EventType,
+    /// `events[].data.event_name`.
+    EventName,
+    /// `events[].data.custom_event_type`.
+    CustomEventType,
+    /// `events[].data.timestamp_unixtime_ms`, from a timestamp, date or
+    /// integer (milliseconds) column.
+    Timestamp,
+    /// `events[].data.source_message_id`: the column's value made a UUID.
+    SourceMessageId,
+    /// `events[].data.screen_name`.
+    ScreenName,
+    /// `events[].data.currency_code` (commerce).
+    CurrencyCode,
+    /// `events[].data.product_action.action` (commerce).
+    ProductAction,
+    /// `events[].data.product_action.transaction_id` (commerce).
+    TransactionId,
+    /// `events[].data.product_action.total_amount` (commerce: revenue).
+    TotalAmount,
+    /// `events[].data.product_action.tax_amount` (commerce).
+    TaxAmount,
+    /// `events[].data.product_action.shipping_amount` (commerce).
+    ShippingAmount,
+    /// `events[].data.product_action.products`: a JSON array of products.
+    Products,
+}
+
+impl EventField {
+    /// Every field, in the order they are written.
+    pub const ALL: [EventField; 13] = [
+        Self::EventType,
+        Self::EventName,
+        Self::CustomEventType,
+        Self::Timestamp,
+        Self::SourceMessageId,
+        Self::ScreenName,
+        Self::CurrencyCode,
+        Self::ProductAction,
+        Self::TransactionId,
+        Self::TotalAmount,
+        Self::TaxAmount,
+        Self::ShippingAmount,
+        Self::Products,
+    ];
+
+    /// The field's path in a batch (`events[].data.event_name`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::EventType => "events[].event_type",
+            Self::EventName => "events[].data.event_name",
+            Self::CustomEventType => "events[].data.custom_event_type",
+            Self::Timestamp => "events[].data.timestamp_unixtime_ms",
+            Self::SourceMessageId => "events[].data.source_message_id",
+            Self::ScreenName => "events[].data.screen_name",
+            Self::CurrencyCode => "events[].data.currency_code",
+            Self::ProductAction => "events[].data.product_action.action",
+            Self::TransactionId => "events[].data.product_action.transaction_id",
+            Self::TotalAmount => "events[].data.product_action.total_amount",
+            Self::TaxAmount => "events[].data.product_action.tax_amount",
+            Self::ShippingAmount => "events[].data.product_action.shipping_amount",
+            Self::Products => "events[].data.product_action.products",
+        }
+    }
+
+    /// The field a column of this name fills by convention (case-insensitive):
+    /// the field's own name, plus `revenue` for `total_amount` and
+    /// `event_timestamp` for `timestamp_unixtime_ms`.
+    pub fn from_column(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        Some(match lower.as_str() {
+            "event_type" => Self::EventType,
+            "event_name" => Self::EventName,
+            "custom_event_type" => Self::CustomEventType,
+            "timestamp_unixtime_ms" | "event_timestamp" => Self::Timestamp,
+            "source_message_id" => Self::SourceMessageId,
+            "screen_name" => Self::ScreenName,
+            "currency_code" => Self::CurrencyCode,
+            "product_action" => Self::ProductAction,
+            "transaction_id" => Self::TransactionId,
+            "total_amount" | "revenue" => Self::TotalAmount,
+            "tax_amount" => Self::TaxAmount,
+            "shipping_amount" => Self::ShippingAmount,
+            "products" => Self::Products,
+            _ => return None,
+        })
+    }
+
+    /// The field at a destination path, `None` if it is not one.
+    pub fn from_path(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.path() == path)
+    }
 }
 
 /// One explicit field transformation.
@@ -612,6 +715,54 @@ pub struct Pipeline {
     pub write_batches: bool,
     /// Parquet exports, if configured.
     pub export: Option<ExportSettings>,
+    /// What its rows are: user data (profiles) or events.
+    pub pipeline_type: PipelineType,
+    /// The data plan its batches name in `context.data_plan`, if any.
+    pub data_plan: Option<DataPlanRef>,
+}
+
+/// What a pipeline's rows are, with mParticle's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PipelineType {
+    /// `user_attributes` (the default): each row is a profile update.
+    #[default]
+    UserAttributes,
+    /// `events`: each row is one event of a user.
+    Events,
+}
+
+impl PipelineType {
+    /// The name in files and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserAttributes => "user_attributes",
+            Self::Events => "events",
+        }
+    }
+}
+
+/// `data_plan = { plan_id, plan_version, document, violations }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlanRef {
+    /// The plan's id (`context.data_plan.plan_id`).
+    pub plan_id: String,
+    /// Its version; `None` lets mParticle use the latest.
+    pub plan_version: Option<u32>,
+    /// A data plan document (JSON as mParticle's editor exports it), relative
+    /// to the project, against which events are checked before sending.
+    pub document: Option<PathBuf>,
+    /// What to do with an event that breaks the document's plan.
+    pub violations: PlanViolations,
+}
+
+/// What happens to an event that breaks the data plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlanViolations {
+    /// Sent anyway, counted and reported (the default).
+    #[default]
+    Flag,
+    /// Rejected: the row is not sent, with reason `data_plan`.
+    Block,
 }
 
 impl Pipeline {

@@ -235,6 +235,24 @@ pub(crate) struct RawPipeline {
     pub export: Option<RawExport>,
     /// `[resolver]`: how `only_update` finds existing profiles.
     pub resolver: Option<super::resolver::RawResolver>,
+    /// `user_attributes` (default) or `events`.
+    pub pipeline_type: Option<String>,
+    /// `data_plan = { plan_id, plan_version, document, violations }`.
+    pub data_plan: Option<RawDataPlan>,
+}
+
+/// `data_plan`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table")]
+pub(crate) struct RawDataPlan {
+    /// The plan id.
+    pub plan_id: Option<String>,
+    /// The plan version (an integer).
+    pub plan_version: Option<i64>,
+    /// A data plan document (JSON), relative to the project.
+    pub document: Option<String>,
+    /// `flag` (default) or `block`.
+    pub violations: Option<String>,
 }
 
 /// `[export]`.
@@ -562,6 +580,7 @@ impl ValidKeys for RawPipeline {
             [Segment::Key(k)] if k == "sync_mode" => fields_of::<RawSyncMode>(),
             [Segment::Key(k)] if k == "schedule" => fields_of::<RawSchedule>(),
             [Segment::Key(k)] if k == "resolver" => fields_of::<super::resolver::RawResolver>(),
+            [Segment::Key(k)] if k == "data_plan" => fields_of::<RawDataPlan>(),
             [Segment::Key(k), Segment::Index(_)] if k == "mappings" => fields_of::<RawMapping>(),
             _ => Vec::new(),
         }
@@ -649,7 +668,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver",
+                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, pipeline_type, data_plan",
                 "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]

@@ -269,6 +269,19 @@ struct BatchJson<'a> {
     user_attributes: HashMap<String, &'a RawValue>,
     #[serde(default)]
     deleted_user_attributes: Vec<String>,
+    #[serde(default, borrow)]
+    events: Option<&'a RawValue>,
+}
+
+/// Event pipelines: the event columns of the `batches` dataset.
+#[derive(Debug)]
+struct EventColumns {
+    /// Sent to `/v2/bulkevents/historical`.
+    historical: arrow::array::BooleanBuilder,
+    /// Events in the batch.
+    count: UInt32Builder,
+    /// The batch's `events` array, JSON exactly as sent.
+    events: StringBuilder,
 }
 
 /// Builds the `batches` dataset from encoded batches.
@@ -293,6 +306,8 @@ pub struct BatchesDataset {
     /// One builder per destination column, in schema order.
     values: Vec<SentBuilder>,
     deleted: ListBuilder<StringBuilder>,
+    /// Event pipelines only (user-data exports keep their schema).
+    events: Option<EventColumns>,
     /// Rows buffered in the builders.
     pending: usize,
     /// Scratch: this batch's value per destination column.
@@ -442,7 +457,13 @@ impl BatchesDataset {
                 Route::Iterator | Route::Ignored => None,
             })
             .chain(plan.statics.iter().map(|(d, v)| (d, SentFrom::Static(v))))
-            .filter(|(d, _)| !matches!(d, Destination::Mpid));
+            // Event fields are not columns of this dataset yet (see README).
+            .filter(|(d, _)| {
+                !matches!(
+                    d,
+                    Destination::Mpid | Destination::Event(_) | Destination::EventAttribute(_)
+                )
+            });
         let mut fields = vec![
             Field::new("source_request_id", DataType::Utf8, false),
             Field::new("row", DataType::UInt64, false),
@@ -472,7 +493,9 @@ impl BatchesDataset {
                     attributes.insert(cut.to_owned(), index);
                     attributes.insert(name.clone(), index);
                 }
-                Destination::Mpid => continue,
+                Destination::Mpid | Destination::Event(_) | Destination::EventAttribute(_) => {
+                    continue
+                }
             }
             let builder = SentBuilder::for_source(match destination {
                 Destination::Attribute(_) => from,
@@ -491,6 +514,19 @@ impl BatchesDataset {
             DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
             false,
         ));
+        let events =
+            (plan.pipeline_type == crate::config::model::PipelineType::Events).then(|| {
+                fields.extend([
+                    Field::new("historical", DataType::Boolean, false),
+                    Field::new("event_count", DataType::UInt32, false),
+                    Field::new("events", DataType::Utf8, false),
+                ]);
+                EventColumns {
+                    historical: arrow::array::BooleanBuilder::new(),
+                    count: UInt32Builder::new(),
+                    events: StringBuilder::new(),
+                }
+            });
         Self {
             schema: Arc::new(Schema::new(fields)),
             batch_rows: batch_rows.max(1),
@@ -505,6 +541,7 @@ impl BatchesDataset {
             mpid: Int64Builder::new(),
             values,
             deleted: ListBuilder::new(StringBuilder::new()),
+            events,
             pending: 0,
             scratch: vec![None; count],
         }
@@ -587,6 +624,17 @@ impl BatchesDataset {
             self.deleted.values().append_value(name);
         }
         self.deleted.append(true);
+        if let Some(columns) = self.events.as_mut() {
+            let events = parsed.events.map_or("[]", RawValue::get);
+            let count = serde_json::from_str::<Vec<&RawValue>>(events)
+                .map_err(|e| data_err(format!("batch of row {}: events: {e}", batch.row)))?
+                .len();
+            columns.historical.append_value(batch.historical);
+            columns
+                .count
+                .append_value(u32::try_from(count).unwrap_or(u32::MAX));
+            columns.events.append_value(events);
+        }
         self.pending += 1;
         if self.pending >= self.batch_rows {
             self.flush()
@@ -611,6 +659,11 @@ impl BatchesDataset {
         ];
         arrays.extend(self.values.iter_mut().map(SentBuilder::finish));
         arrays.push(Arc::new(self.deleted.finish()));
+        if let Some(columns) = self.events.as_mut() {
+            arrays.push(Arc::new(columns.historical.finish()));
+            arrays.push(Arc::new(columns.count.finish()));
+            arrays.push(Arc::new(columns.events.finish()));
+        }
         RecordBatch::try_new(self.schema.clone(), arrays)
             .map(Some)
             .map_err(|e| ExportError::Data {

@@ -41,6 +41,9 @@ pub struct EncodedBatch {
     pub source_request_id: String,
     /// The batch JSON (an object), exactly as it will be sent.
     pub json: Vec<u8>,
+    /// Event batches whose events are all older than 30 days go to
+    /// `/v2/bulkevents/historical`; every other batch to `/v2/bulkevents`.
+    pub historical: bool,
 }
 
 /// Why a whole row was not sent.
@@ -55,6 +58,11 @@ pub enum RejectReason {
     /// A value could not be read from the warehouse (invalid UTF-8 or JSON, an
     /// infinite or zero date, a value too large, …); the detail names the column.
     InvalidValue,
+    /// Event pipelines: the row does not make a valid event (unknown event
+    /// type, no event name, a value outside the schema's enum, …).
+    InvalidEvent,
+    /// Event pipelines: the event breaks the data plan, which blocks.
+    DataPlan,
 }
 
 impl RejectReason {
@@ -65,6 +73,8 @@ impl RejectReason {
             Self::InvalidMpid => "invalid_mpid",
             Self::BatchTooLarge => "batch_too_large",
             Self::InvalidValue => "invalid_value",
+            Self::InvalidEvent => "invalid_event",
+            Self::DataPlan => "data_plan",
         }
     }
 }
@@ -99,6 +109,27 @@ pub struct MapStats {
     pub values_truncated: BTreeMap<&'static str, u64>,
     /// Per column of the plan, in plan order.
     pub columns: Vec<ColumnStats>,
+    /// Event pipelines: events per endpoint.
+    pub events: EventCounts,
+    /// Event pipelines: data plan violations by rule (blocked or flagged).
+    pub plan_violations: BTreeMap<&'static str, u64>,
+    /// Events sent despite a violation (the plan only flags), counted once each.
+    pub plan_flagged_rows: u64,
+    /// The first few violations of each rule.
+    pub plan_samples: BTreeMap<&'static str, Vec<crate::mapping::data_plan::Violation>>,
+}
+
+/// How many events a run mapped, by the endpoint their batch goes to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Events for `/v2/bulkevents`.
+    pub recent: u64,
+    /// Events older than 30 days, for `/v2/bulkevents/historical`.
+    pub historical: u64,
+    /// Event batches for `/v2/bulkevents`.
+    pub recent_batches: u64,
+    /// Event batches for `/v2/bulkevents/historical`.
+    pub historical_batches: u64,
 }
 
 /// What one column held over a run, for reports.
@@ -148,6 +179,17 @@ impl MapStats {
         for (reason, n) in part.values_truncated {
             *self.values_truncated.entry(reason).or_default() += n;
         }
+        self.plan_flagged_rows += part.plan_flagged_rows;
+        self.events.recent += part.events.recent;
+        self.events.historical += part.events.historical;
+        for (rule, n) in part.plan_violations {
+            *self.plan_violations.entry(rule).or_default() += n;
+        }
+        for (rule, samples) in part.plan_samples {
+            let mine = self.plan_samples.entry(rule).or_default();
+            let room = crate::mapping::data_plan::SAMPLES_PER_RULE.saturating_sub(mine.len());
+            mine.extend(samples.into_iter().take(room));
+        }
         for (mine, theirs) in self.columns.iter_mut().zip(part.columns) {
             mine.values += theirs.values;
             mine.nulls += theirs.nulls;
@@ -173,36 +215,52 @@ pub struct MappedChunk {
     pub batches: Vec<EncodedBatch>,
     /// Rejected rows, in row order.
     pub rejected: Vec<RejectedRow>,
+    /// Event pipelines: each mapped row's event, before grouping per user.
+    pub(crate) events: Vec<crate::mapping::event::EventRow>,
 }
 
 /// Encodes rows of a model into batches for one pipeline.
 #[derive(Debug, Clone)]
 pub struct Mapper {
     plan: MappingPlan,
-    pipeline_id: String,
+    pub(crate) pipeline_id: String,
     environment: Environment,
     null_policy: NullPolicy,
     limit_policy: LimitPolicy,
+    /// `,"context":{"data_plan":{…}}` when the pipeline names a data plan,
+    /// else empty: every batch carries it.
+    pub(crate) context: Vec<u8>,
+    /// Event pipelines: events before this instant (ms since 1970) are
+    /// historical. Fixed per spool, so mapping it again gives the same batches.
+    pub(crate) historical_before_ms: i64,
+    /// Event pipelines: the data plan document events are checked against.
+    pub(crate) data_plan: Option<std::sync::Arc<crate::mapping::data_plan::DataPlan>>,
+    /// Whether a violation rejects the row (`block`) or is only counted.
+    pub(crate) plan_blocks: bool,
 }
 
 /// One row's pieces before encoding.
 #[derive(Default)]
-struct RowParts<'a> {
-    identities: Vec<(IdentityType, String)>,
-    mpid: Option<i64>,
-    devices: Vec<(DeviceIdType, String)>,
+pub(crate) struct RowParts<'a> {
+    pub(crate) identities: Vec<(IdentityType, String)>,
+    pub(crate) mpid: Option<i64>,
+    pub(crate) devices: Vec<(DeviceIdType, String)>,
     attributes: Vec<(Cow<'a, str>, Value<'a>)>,
     deleted: Vec<Cow<'a, str>>,
+    /// Event pipelines: event fields.
+    pub(crate) event_fields: Vec<(crate::config::model::EventField, Value<'a>)>,
+    /// Event pipelines: event custom attributes.
+    pub(crate) event_attributes: Vec<(Cow<'a, str>, Value<'a>)>,
     /// Values dropped or truncated in this row; counted only if the row is sent,
     /// so a rejected row's values do not inflate the counters.
-    adjustments: Vec<Adjustment>,
+    pub(crate) adjustments: Vec<Adjustment>,
     /// The plan column of each adjustment (`None` for static mappings).
-    adjustment_columns: Vec<Option<usize>>,
+    pub(crate) adjustment_columns: Vec<Option<usize>>,
 }
 
 /// One value dropped or truncated, by reason.
 #[derive(Clone, Copy)]
-enum Adjustment {
+pub(crate) enum Adjustment {
     Dropped(&'static str),
     Truncated(&'static str),
 }
@@ -210,13 +268,56 @@ enum Adjustment {
 impl Mapper {
     /// A mapper for `pipeline` over a planned model.
     pub fn new(plan: MappingPlan, pipeline: &Pipeline) -> Self {
+        let mut context = Vec::new();
+        if let Some(plan) = &pipeline.data_plan {
+            context.extend_from_slice(b",\"context\":{\"data_plan\":{\"plan_id\":");
+            write_str(&mut context, &plan.plan_id);
+            if let Some(version) = plan.plan_version {
+                // `write!` into a Vec cannot fail.
+                let _ = write!(context, ",\"plan_version\":{version}");
+            }
+            context.extend_from_slice(b"}}");
+        }
         Self {
             plan,
             pipeline_id: pipeline.id.clone(),
             environment: pipeline.environment,
             null_policy: pipeline.null_policy,
             limit_policy: pipeline.limit_policy,
+            context,
+            historical_before_ms: chrono::Utc::now().timestamp_millis()
+                - crate::mapping::event::HISTORICAL_AGE_MS,
+            data_plan: None,
+            plan_blocks: false,
         }
+    }
+
+    /// Event pipelines: events older than 30 days before `as_of` are
+    /// historical. A run passes the time its spool was made, so a resumed
+    /// spool maps to the same batches.
+    #[must_use]
+    pub fn as_of(mut self, as_of: chrono::DateTime<chrono::Utc>) -> Self {
+        self.historical_before_ms =
+            as_of.timestamp_millis() - crate::mapping::event::HISTORICAL_AGE_MS;
+        self
+    }
+
+    /// Event pipelines: check every event against this data plan; `blocks`
+    /// rejects the rows of events that break it, else they are only counted.
+    #[must_use]
+    pub fn with_data_plan(
+        mut self,
+        plan: std::sync::Arc<crate::mapping::data_plan::DataPlan>,
+        blocks: bool,
+    ) -> Self {
+        self.data_plan = Some(plan);
+        self.plan_blocks = blocks;
+        self
+    }
+
+    /// The environment batches are tagged with.
+    pub(crate) fn environment(&self) -> Environment {
+        self.environment
     }
 
     /// The plan in use.
@@ -246,7 +347,9 @@ impl Mapper {
         let rows = chunk.num_rows();
         let parts = parallel_parts(rows);
         if parts <= 1 {
-            return Ok(self.map_rows(&readers, reasons, 0..rows, first_row, stats));
+            let mut out = self.map_rows(&readers, reasons, 0..rows, first_row, stats);
+            self.group_chunk_events(&mut out, stats);
+            return Ok(out);
         }
         // Rows are independent, so the chunk is cut into contiguous ranges mapped
         // on scoped threads and joined in order: the output is exactly that of one
@@ -289,8 +392,10 @@ impl Mapper {
         for (part, part_stats) in mapped {
             out.batches.extend(part.batches);
             out.rejected.extend(part.rejected);
+            out.events.extend(part.events);
             stats.merge(part_stats);
         }
+        self.group_chunk_events(&mut out, stats);
         Ok(out)
     }
 
@@ -303,9 +408,11 @@ impl Mapper {
         first_row: u64,
         stats: &mut MapStats,
     ) -> MappedChunk {
+        let events = self.plan.pipeline_type == crate::config::model::PipelineType::Events;
         let mut out = MappedChunk {
-            batches: Vec::with_capacity(rows.len()),
+            batches: Vec::with_capacity(if events { 0 } else { rows.len() }),
             rejected: Vec::new(),
+            events: Vec::new(),
         };
         let mut scratch = Scratch::default();
         for row in rows {
@@ -323,7 +430,14 @@ impl Mapper {
                 continue;
             }
             match self.map_row(readers, row) {
-                Ok(parts) => match self.encode(&parts, row_number, stats, &mut scratch) {
+                Ok(mut parts) => match self.encode_row(
+                    events,
+                    &mut parts,
+                    row_number,
+                    stats,
+                    &mut scratch,
+                    &mut out.events,
+                ) {
                     Ok(batches) => {
                         for (adjustment, column) in
                             parts.adjustments.iter().zip(&parts.adjustment_columns)
@@ -362,7 +476,26 @@ impl Mapper {
         out
     }
 
-    fn reject(
+    /// A profile row's batches, or (event pipelines) its event, kept in
+    /// `events` for grouping; the row's batches are then none yet.
+    fn encode_row(
+        &self,
+        events: bool,
+        parts: &mut RowParts<'_>,
+        row: u64,
+        stats: &mut MapStats,
+        scratch: &mut Scratch,
+        event_rows: &mut Vec<crate::mapping::event::EventRow>,
+    ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
+        if events {
+            event_rows.push(self.encode_event(parts, row, stats)?);
+            Ok(Vec::new())
+        } else {
+            self.encode(parts, row, stats, scratch)
+        }
+    }
+
+    pub(crate) fn reject(
         &self,
         readers: &[ColumnReader<'_>],
         row: usize,
@@ -495,6 +628,27 @@ impl Mapper {
                     parts.attributes.push((name, value));
                 }
             }
+            Destination::Event(field) => {
+                if let Some(value) = self.limit_value(value, &mut parts.adjustments) {
+                    parts.event_fields.push((*field, value));
+                }
+            }
+            Destination::EventAttribute(name) => {
+                let Some(name) = self.attribute_name(name, &mut parts.adjustments) else {
+                    return Ok(());
+                };
+                match value {
+                    // The schema's event attribute values are scalars.
+                    Value::List(_) => parts
+                        .adjustments
+                        .push(Adjustment::Dropped(reason::LIST_IN_EVENT_ATTRIBUTE)),
+                    value => {
+                        if let Some(value) = self.limit_value(value, &mut parts.adjustments) {
+                            parts.event_attributes.push((name, value));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -601,6 +755,7 @@ impl Mapper {
             );
             head.push(b'}');
         }
+        head.extend_from_slice(&self.context);
         // Members only the first part carries: device ids and deletions.
         first.clear();
         if parts
@@ -720,6 +875,7 @@ impl Mapper {
                 part: u32::try_from(part).unwrap_or(u32::MAX),
                 source_request_id: id,
                 json,
+                historical: false,
             });
         }
         Ok(batches)
@@ -737,7 +893,10 @@ struct Scratch {
     members: Vec<u8>,
 }
 
-fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, &'a str)>) {
+pub(crate) fn write_members<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a str, &'a str)>,
+) {
     for (i, (key, value)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -758,7 +917,7 @@ pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
 }
 
 /// The hash of [`source_request_id`] with the pipeline id fed in.
-fn id_hasher(pipeline_id: &str) -> Sha256 {
+pub(crate) fn id_hasher(pipeline_id: &str) -> Sha256 {
     let mut hasher = Sha256::new();
     hasher.update(pipeline_id.as_bytes());
     hasher.update([0u8]);
@@ -766,7 +925,7 @@ fn id_hasher(pipeline_id: &str) -> Sha256 {
 }
 
 /// The first 128 bits of the hash, in hex.
-fn id_hex(hasher: Sha256) -> String {
+pub(crate) fn id_hex(hasher: Sha256) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = hasher.finalize();
     // By hand rather than `hex::encode`, which collects the text char by char;
@@ -817,7 +976,7 @@ fn column_stats(plan: &MappingPlan, chunk: &RecordBatch, stats: &mut MapStats) {
 }
 
 /// A row's values by column name as JSON, for the rejected-rows file.
-fn row_values(
+pub(crate) fn row_values(
     plan: &MappingPlan,
     readers: &[ColumnReader<'_>],
     row: usize,
@@ -879,6 +1038,8 @@ mod tests {
             write_batches: false,
             max_rejected_pct: None,
             export: None,
+            pipeline_type: Default::default(),
+            data_plan: None,
         }
     }
 

@@ -3,6 +3,9 @@
 
 /// User attributes per batch.
 pub const MAX_ATTRIBUTES_PER_BATCH: usize = 100;
+/// Unique attributes per event (event pipelines; the attributes after the
+/// 100th, in column order, are dropped).
+pub const MAX_ATTRIBUTES_PER_EVENT: usize = 100;
 /// Characters in a user attribute name.
 pub const MAX_ATTRIBUTE_NAME_CHARS: usize = 256;
 /// Characters in a user attribute string value.
@@ -33,6 +36,13 @@ pub mod reason {
     pub const LIST_ENTRY_TOO_LONG: &str = "list_entry_too_long";
     /// NULL element inside an array (lists cannot hold nulls).
     pub const LIST_NULL_ENTRY: &str = "list_null_entry";
+    /// A list value mapped to an event attribute (the schema allows scalars only).
+    pub const LIST_IN_EVENT_ATTRIBUTE: &str = "list_in_event_attribute";
+    /// An event field that does not apply to the row's event type (a product
+    /// action on a custom event, …).
+    pub const NOT_FOR_EVENT_TYPE: &str = "not_for_event_type";
+    /// An event attribute beyond the 100 an event may carry.
+    pub const TOO_MANY_EVENT_ATTRIBUTES: &str = "too_many_event_attributes";
     /// A device id the Events API requires to be a UUID that is not one.
     pub const INVALID_DEVICE_ID: &str = "invalid_device_id";
     /// One attribute alone larger than a batch may be.

@@ -1,4 +1,6 @@
-//! Rows → mParticle profile batches.
+//! Rows → mParticle batches: profile batches (user data), or, for event
+//! pipelines, each user's events grouped into that user's batches
+//! ([`event`]), checked against a data plan ([`data_plan`]).
 //!
 //! [`plan::MappingPlan`] decides once per run where each column goes;
 //! [`batch::Mapper`] walks each Arrow record batch row by row, converts the cells
@@ -11,12 +13,14 @@ use std::path::PathBuf;
 
 pub mod batch;
 pub mod convert;
+pub mod data_plan;
+pub mod event;
 pub mod identity;
 pub mod json;
 pub mod limits;
 pub mod plan;
 
-pub use batch::{EncodedBatch, MapStats, Mapper, RejectReason, RejectedRow};
+pub use batch::{EncodedBatch, EventCounts, MapStats, Mapper, RejectReason, RejectedRow};
 pub use plan::MappingPlan;
 
 /// A mapping failure that stops the run before any row is sent.

@@ -9,10 +9,20 @@
 //! 4. `mpid` goes to the batch's `mpid`;
 //! 5. reserved device-id names go to `device_info` (`mp_deviceid` to the top level);
 //! 6. every other column is a user attribute named exactly as the column alias.
+//!
+//! Event pipelines (`pipeline_type = "events"`) follow the same order, except
+//! that a column named after an event field (`event_type`, `event_name`,
+//! `custom_event_type`, `timestamp_unixtime_ms` or `event_timestamp`,
+//! `source_message_id`, `screen_name`, `currency_code`, `product_action`,
+//! `transaction_id`, `total_amount` or `revenue`, `tax_amount`,
+//! `shipping_amount`, `products`) fills that field, and every other column is
+//! an event attribute (`events[].data.custom_attributes.<alias>`).
 
 use std::collections::HashMap;
 
-use crate::config::model::{Destination, Mapping, Pipeline, StaticValue, SyncMode};
+use crate::config::model::{
+    Destination, EventField, Mapping, Pipeline, PipelineType, StaticValue, SyncMode,
+};
 use crate::mapping::identity::{DeviceIdType, IdentityType};
 use crate::mapping::MappingError;
 use crate::source::{ColumnInfo, ColumnKind};
@@ -52,6 +62,8 @@ pub struct MappingPlan {
     pub columns: Vec<ColumnPlan>,
     /// Constants written on every batch.
     pub statics: Vec<(Destination, StaticValue)>,
+    /// Profiles or events.
+    pub pipeline_type: PipelineType,
 }
 
 impl MappingPlan {
@@ -131,13 +143,23 @@ impl MappingPlan {
             } else if let Some(choice) = explicit.get(&lower) {
                 (choice.clone().map_or(Route::Ignored, Route::Send), true)
             } else {
-                (Route::Send(implicit_destination(&column.name)), false)
+                let destination = match pipeline.pipeline_type {
+                    PipelineType::UserAttributes => implicit_destination(&column.name),
+                    PipelineType::Events => implicit_event_destination(&column.name),
+                };
+                (Route::Send(destination), false)
             };
             if let Route::Send(destination) = &route {
                 check_kind_fits(column, destination).map_err(|m| {
                     plan_error(
                         m,
                         "cast the column in the model SQL, or map it to a user attribute",
+                    )
+                })?;
+                check_type_fits(pipeline.pipeline_type, destination).map_err(|m| {
+                    plan_error(
+                        m,
+                        "set pipeline_type to match, or change the mapping's destination",
                     )
                 })?;
             }
@@ -199,9 +221,40 @@ impl MappingPlan {
             ));
         }
 
+        if pipeline.pipeline_type == PipelineType::Events {
+            let names_event = planned
+                .iter()
+                .filter_map(|c| match &c.route {
+                    Route::Send(d) => Some(d),
+                    Route::Iterator | Route::Ignored => None,
+                })
+                .chain(statics.iter().map(|(d, _)| d))
+                .any(|d| {
+                    matches!(
+                        d,
+                        Destination::Event(
+                            EventField::EventName
+                                | EventField::ScreenName
+                                | EventField::ProductAction
+                        )
+                    )
+                });
+            if !names_event {
+                return Err(plan_error(
+                    format!(
+                        "event pipeline: data model `{}` has no `event_name`, `screen_name` or `product_action` column, so no row could make an event (columns: {})",
+                        pipeline.data_model,
+                        available()
+                    ),
+                    "return an `event_name` column (custom events), a `product_action` column (commerce events) or a `screen_name` column (screen views), or map one with a field mapping",
+                ));
+            }
+        }
+
         Ok(Self {
             columns: planned,
             statics,
+            pipeline_type: pipeline.pipeline_type,
         })
     }
 }
@@ -219,9 +272,24 @@ pub fn implicit_destination(name: &str) -> Destination {
     }
 }
 
+/// Where a column of this name goes in an event pipeline when no mapping says
+/// otherwise: identities as for user data, event fields by name, the rest to
+/// the event's custom attributes.
+pub fn implicit_event_destination(name: &str) -> Destination {
+    match implicit_destination(name) {
+        Destination::Attribute(name) => match EventField::from_column(&name) {
+            Some(field) => Destination::Event(field),
+            None => Destination::EventAttribute(name),
+        },
+        other => other,
+    }
+}
+
 /// The batch path of a destination (`user_identities.email`, `user_attributes.ltv`).
 pub fn destination_path(destination: &Destination) -> String {
     match destination {
+        Destination::Event(field) => field.path().to_owned(),
+        Destination::EventAttribute(name) => format!("events[].data.custom_attributes.{name}"),
         Destination::Identity(t) => format!("user_identities.{}", t.as_str()),
         Destination::Device(DeviceIdType::MpDeviceId) => "mp_deviceid".to_owned(),
         Destination::Device(t) => format!("device_info.{}", t.as_str()),
@@ -230,10 +298,74 @@ pub fn destination_path(destination: &Destination) -> String {
     }
 }
 
+/// Event destinations only in event pipelines, user attributes only in user ones.
+fn check_type_fits(pipeline_type: PipelineType, destination: &Destination) -> Result<(), String> {
+    let event = matches!(
+        destination,
+        Destination::Event(_) | Destination::EventAttribute(_)
+    );
+    match (pipeline_type, destination) {
+        (PipelineType::UserAttributes, _) if event => Err(format!(
+            "`{}` is an event field, and this is a user_attributes pipeline",
+            destination_path(destination)
+        )),
+        (PipelineType::Events, Destination::Attribute(name)) => Err(format!(
+            "`user_attributes.{name}`: an event pipeline sends events, not user attributes"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_kind_fits(column: &ColumnInfo, destination: &Destination) -> Result<(), String> {
     let scalar_id = !matches!(column.kind, ColumnKind::List(_) | ColumnKind::Bytes);
+    let number = matches!(
+        column.kind,
+        ColumnKind::Int
+            | ColumnKind::UInt
+            | ColumnKind::Float32
+            | ColumnKind::Float64
+            | ColumnKind::Decimal
+    );
+    let event_ok = match destination {
+        Destination::Event(EventField::Timestamp) => Some((
+            matches!(
+                column.kind,
+                ColumnKind::Timestamp
+                    | ColumnKind::TimestampTz
+                    | ColumnKind::Date
+                    | ColumnKind::Int
+                    | ColumnKind::Text
+            ),
+            "the event time must be a timestamp, a date, or integer milliseconds since 1970",
+        )),
+        Destination::Event(
+            EventField::TotalAmount | EventField::TaxAmount | EventField::ShippingAmount,
+        ) => Some((number, "amounts must be numbers")),
+        Destination::Event(EventField::Products) => Some((
+            matches!(column.kind, ColumnKind::Json | ColumnKind::Text),
+            "products must be a JSON array of product objects",
+        )),
+        Destination::Event(_) | Destination::EventAttribute(_) => Some((
+            scalar_id,
+            "event fields and attributes must be single text, number or boolean values",
+        )),
+        _ => None,
+    };
+    if let Some((ok, why)) = event_ok {
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "column `{}` ({}) cannot go to `{}`: {why}",
+                column.name,
+                column.sql_type,
+                destination_path(destination),
+            ))
+        };
+    }
     let ok = match destination {
         Destination::Attribute(_) => true,
+        Destination::Event(_) | Destination::EventAttribute(_) => true,
         Destination::Identity(_) | Destination::Device(_) => scalar_id,
         Destination::Mpid => matches!(
             column.kind,
@@ -286,6 +418,8 @@ pub(crate) mod tests {
             write_batches: false,
             max_rejected_pct: None,
             export: None,
+            pipeline_type: PipelineType::UserAttributes,
+            data_plan: None,
         }
     }
 

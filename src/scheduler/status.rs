@@ -19,6 +19,8 @@ pub struct PipelineStatus {
     pub name: String,
     /// `create_and_update`, `only_read` or `only_update`.
     pub input_protection: &'static str,
+    /// `user_attributes` or `events`.
+    pub pipeline_type: &'static str,
     /// `active`, `paused`, `on demand` or `running (run N, pid P)`.
     pub status: String,
     /// Whether a live process runs it now.
@@ -109,6 +111,7 @@ pub async fn pipeline_status(
         id: pipeline.id.clone(),
         name: pipeline.name.clone(),
         input_protection: pipeline.input_protection.as_str(),
+        pipeline_type: pipeline.pipeline_type.as_str(),
         status,
         running: running.is_some(),
         paused,
@@ -133,6 +136,7 @@ impl PipelineStatus {
             "pipeline_id": self.id,
             "name": self.name,
             "input_protection": self.input_protection,
+            "pipeline_type": self.pipeline_type,
             "status": self.status,
             "paused": self.paused,
             "running": self.running,

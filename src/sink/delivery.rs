@@ -420,7 +420,10 @@ impl Deliverer {
             DeliveryFigures::add(&figures.bytes_sent, body.len() as u64);
 
             let attempt_started = Instant::now();
-            let answer = inner.client.post(body.clone(), gzip).await;
+            let answer = inner
+                .client
+                .post_to(part.historical, body.clone(), gzip)
+                .await;
             if let Some(observer) = &inner.observer {
                 observer.observe(
                     inner.client.feed(),
@@ -615,6 +618,7 @@ mod tests {
                 part: 0,
                 source_request_id: format!("id{row}"),
                 json: format!(r#"{{"row":{row},"bad":{}}}"#, bad.contains(&row)).into_bytes(),
+                historical: false,
             })
             .collect();
         PackedRequest::from_batches(&batches)

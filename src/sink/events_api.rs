@@ -1,5 +1,6 @@
-//! The mParticle Events API client: `POST /v2/bulkevents` with HTTP Basic auth
-//! (the feed's key and secret).
+//! The mParticle Events API client: `POST /v2/bulkevents` (and, for event
+//! batches older than 30 days, `/v2/bulkevents/historical`) with HTTP Basic
+//! auth (the feed's key and secret).
 //!
 //! The client makes one attempt and returns what the server said
 //! ([`EventsApiClient::post`] → [`RawResponse`]); the retry policy
@@ -106,6 +107,7 @@ pub struct EventsApiClient {
     http: reqwest::Client,
     feed: String,
     url: String,
+    historical_url: String,
     api_key: Secret,
     api_secret: Secret,
 }
@@ -140,6 +142,7 @@ impl EventsApiClient {
         Ok(Self {
             http,
             feed: feed.name.clone(),
+            historical_url: format!("{url}/historical"),
             url,
             api_key: feed.api_key.clone(),
             api_secret: feed.api_secret.clone(),
@@ -160,9 +163,25 @@ impl EventsApiClient {
     /// whatever the server answered. `Err` is always [`DeliveryError::Transport`]:
     /// no answer at all (refused, reset, closed before the response, timeout).
     pub async fn post(&self, body: Vec<u8>, gzip: bool) -> Result<RawResponse, DeliveryError> {
+        self.post_to(false, body, gzip).await
+    }
+
+    /// [`Self::post`] to `/v2/bulkevents/historical` when `historical`
+    /// (events older than 30 days), else to `/v2/bulkevents`.
+    pub async fn post_to(
+        &self,
+        historical: bool,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<RawResponse, DeliveryError> {
+        let url = if historical {
+            &self.historical_url
+        } else {
+            &self.url
+        };
         let mut builder = self
             .http
-            .post(&self.url)
+            .post(url)
             .basic_auth(self.api_key.expose(), Some(self.api_secret.expose()))
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, WSYNC_USER_AGENT);

@@ -27,6 +27,8 @@ pub struct PackedRequest {
     pub spans: Vec<Range<usize>>,
     /// Run row number of each batch, in order.
     pub rows: Vec<u64>,
+    /// Goes to `/v2/bulkevents/historical` (its batches are all historical).
+    pub historical: bool,
 }
 
 impl PackedRequest {
@@ -34,6 +36,7 @@ impl PackedRequest {
     pub fn from_batches<'a>(batches: impl IntoIterator<Item = &'a EncodedBatch>) -> Self {
         let mut request = empty();
         for batch in batches {
+            request.historical = batch.historical;
             request.append(&batch.json, &batch.source_request_id, batch.row);
         }
         request
@@ -47,6 +50,7 @@ impl PackedRequest {
     /// A new request holding the batches at `indices` (a sub-range), with its own body.
     pub fn slice(&self, indices: Range<usize>) -> Self {
         let mut request = empty();
+        request.historical = self.historical;
         for i in indices {
             request.append(
                 self.batch_json(i),
@@ -116,9 +120,14 @@ impl RequestPacker {
     pub fn push(&mut self, batch: &EncodedBatch) -> Option<PackedRequest> {
         // Body = `[` + batches joined by `,` + `]`.
         let grown = self.current.body.len() + batch.json.len() + 1;
+        // A request goes to one endpoint: historical batches never share one
+        // with recent ones.
         let full = self.current.batch_count > 0
-            && (self.current.batch_count >= self.max_batches || grown > self.max_body_bytes);
+            && (self.current.batch_count >= self.max_batches
+                || grown > self.max_body_bytes
+                || self.current.historical != batch.historical);
         let done = if full { self.take() } else { None };
+        self.current.historical = batch.historical;
         self.current
             .append(&batch.json, &batch.source_request_id, batch.row);
         done
@@ -141,6 +150,7 @@ fn empty() -> PackedRequest {
         last_row: 0,
         spans: Vec::new(),
         rows: Vec::new(),
+        historical: false,
     }
 }
 
@@ -156,6 +166,7 @@ mod tests {
             part: 0,
             source_request_id: format!("id{row}"),
             json: format!(r#"{{"p":"{pad}"}}"#).into_bytes(),
+            historical: false,
         }
     }
 
@@ -209,6 +220,20 @@ mod tests {
         // The packer and from_batches agree.
         let mut packer = RequestPacker::default();
         assert_eq!(pack(&batches, &mut packer), vec![whole]);
+    }
+
+    #[test]
+    fn historical_batches_never_share_a_request_with_recent_ones() {
+        let mut batches: Vec<_> = (1..=4).map(|r| batch(r, 50)).collect();
+        batches[2].historical = true;
+        batches[3].historical = true;
+        let requests = pack(&batches, &mut RequestPacker::default());
+        let shape: Vec<_> = requests
+            .iter()
+            .map(|r| (r.batch_count, r.historical))
+            .collect();
+        assert_eq!(shape, [(2, false), (2, true)]);
+        assert!(requests[1].halves().unwrap().0.historical);
     }
 
     #[test]

@@ -917,23 +917,43 @@ async fn seed_sqlite(
             .await
             .map_err(|e| seed_err(format!("cannot create {}: {e}", parent.display())))?;
     }
+    // Seeded under a name of its own, then linked into place only if the file
+    // is still missing: two runs starting at once (a daemon's first pass) each
+    // build a copy, one wins, and neither sees a half-made database.
+    let temp = path.with_file_name(format!(
+        ".{}.seeding-{}-{}",
+        path.file_name()
+            .map_or_else(|| "db".into(), |n| n.to_string_lossy()),
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     let result = async {
-        let rw = options.clone().read_only(false).create_if_missing(true);
+        let rw = SqliteConnectOptions::new()
+            .filename(&temp)
+            .create_if_missing(true);
         let mut c = SqliteConnection::connect_with(&rw).await?;
         sqlx::raw_sql(&script).execute(&mut c).await?;
         c.close().await
     }
     .await;
     if let Err(e) = result {
-        // Best effort: a leftover partial database would stop the next seed.
-        let _ = tokio::fs::remove_file(&path).await;
+        let _ = tokio::fs::remove_file(&temp).await;
         let message = match e.as_database_error() {
             Some(db) => db.message().to_owned(),
             None => e.to_string(),
         };
         return Err(seed_err(message.to_lowercase_first()));
     }
-    Ok(())
+    let linked = tokio::fs::hard_link(&temp, &path).await;
+    let _ = tokio::fs::remove_file(&temp).await;
+    match linked {
+        Ok(()) => Ok(()),
+        // Another run seeded it first: theirs is as good as ours.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(seed_err(format!(
+            "cannot move the seeded database into place: {e}"
+        ))),
+    }
 }
 
 /// One probed column: name, reported type, kind (or why not) and the declared

@@ -113,6 +113,9 @@ pub(crate) async fn finish(
                 sqlx::Error::RowNotFound,
             )))?,
     };
+    if pipeline.pipeline_type == crate::config::model::PipelineType::Events {
+        ctx.metrics.events_mapped(&pipeline.id, stats.events);
+    }
     ctx.metrics.run_finished(
         &record,
         protection.as_ref().map_or(0, |p| p.skipped_no_profile),
@@ -121,6 +124,7 @@ pub(crate) async fn finish(
         record,
         stats,
         requests: tally.requests,
+        historical_requests: tally.historical_requests,
         request_bytes: tally.request_bytes,
         files: tally.files,
         plan,

@@ -47,6 +47,14 @@ pub enum SyncError {
     /// Input protection could not resolve profiles.
     #[error(transparent)]
     Resolve(#[from] crate::resolve::ResolveError),
+    /// The pipeline's data plan document could not be read or parsed.
+    #[error("pipeline `{pipeline}`: data_plan.document: {message}")]
+    DataPlan {
+        /// Pipeline id.
+        pipeline: String,
+        /// What is wrong with the document.
+        message: String,
+    },
     /// A wsync bug surfaced at run time (a task panicked).
     #[error("internal error: {0}")]
     Internal(String),

@@ -5,7 +5,7 @@ use arrow::array::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::config::model::{Pipeline, Project};
-use crate::mapping::{MapStats, Mapper, MappingPlan};
+use crate::mapping::{MapStats, MappingPlan};
 use crate::source::ColumnInfo;
 
 use super::extract::open;
@@ -41,7 +41,12 @@ pub async fn preview(
     let (mut warehouse, mut query) = open(project, pipeline, None).await?;
     query.limit = Some(limit);
     let columns = warehouse.probe(&query).await?;
-    let mapper = Mapper::new(MappingPlan::new(&columns, pipeline)?, pipeline);
+    let mapper = super::mapper_for(
+        project,
+        pipeline,
+        MappingPlan::new(&columns, pipeline)?,
+        chrono::Utc::now(),
+    )?;
     let chunk_rows = project.connections[&pipeline.connection].chunk_rows;
     let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
     let mut stats = MapStats::default();
@@ -65,6 +70,37 @@ pub async fn preview(
     extracted?;
     consumed?;
     Ok((batches, stats))
+}
+
+/// `wsync validate PIPELINE` for an event pipeline with a data plan document:
+/// map every row of the model (no window) and check each event against the
+/// plan. Sends nothing, records nothing; the counters say what a run would
+/// reject or flag.
+pub async fn check_events(project: &Project, pipeline: &Pipeline) -> Result<MapStats, SyncError> {
+    let (mut warehouse, query) = open(project, pipeline, None).await?;
+    let columns = warehouse.probe(&query).await?;
+    let mapper = super::mapper_for(
+        project,
+        pipeline,
+        MappingPlan::new(&columns, pipeline)?,
+        chrono::Utc::now(),
+    )?;
+    let chunk_rows = project.connections[&pipeline.connection].chunk_rows;
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_CHUNKS);
+    let mut stats = MapStats::default();
+    let consume = async {
+        let mut next_row = 1;
+        while let Some(chunk) = rx.recv().await {
+            mapper.map_chunk(&chunk, next_row, &mut stats)?;
+            next_row += chunk.num_rows() as u64;
+        }
+        Ok::<_, SyncError>(())
+    };
+    let (extracted, consumed) =
+        tokio::join!(warehouse.extract(&query, &columns, chunk_rows, tx), consume);
+    extracted?;
+    consumed?;
+    Ok(stats)
 }
 
 /// `wsync export`: the whole model (no window) as one Parquet file of the `rows`

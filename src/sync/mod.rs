@@ -63,6 +63,8 @@ pub struct RunReport {
     pub stats: MapStats,
     /// Requests that were (or, in a dry run, would have been) sent.
     pub requests: u64,
+    /// Of which to `/v2/bulkevents/historical` (event pipelines).
+    pub historical_requests: u64,
     /// Their body bytes.
     pub request_bytes: u64,
     /// Files written.
@@ -209,6 +211,36 @@ impl RunMode {
             moves_watermark: !dry_run && !matches!(kind, RunKind::Backfill { .. }),
         }
     }
+}
+
+/// The mapper of a run of `pipeline`: events older than 30 days before
+/// `as_of` are historical, and a data plan document, when the pipeline names
+/// one, is loaded (relative to the project) and checked against every event.
+pub fn mapper_for(
+    project: &Project,
+    pipeline: &Pipeline,
+    plan: MappingPlan,
+    as_of: chrono::DateTime<chrono::Utc>,
+) -> Result<Mapper, SyncError> {
+    let mapper = Mapper::new(plan, pipeline).as_of(as_of);
+    let Some(data_plan) = &pipeline.data_plan else {
+        return Ok(mapper);
+    };
+    let Some(document) = &data_plan.document else {
+        return Ok(mapper);
+    };
+    let loaded = crate::mapping::data_plan::DataPlan::load(
+        &project.root.join(document),
+        data_plan.plan_version,
+    )
+    .map_err(|message| SyncError::DataPlan {
+        pipeline: pipeline.id.clone(),
+        message,
+    })?;
+    Ok(mapper.with_data_plan(
+        Arc::new(loaded),
+        data_plan.violations == crate::config::model::PlanViolations::Block,
+    ))
 }
 
 /// The deliverer for a feed's settings.
@@ -400,6 +432,12 @@ impl Attempt<'_> {
         let ctx = self.ctx;
         let pipeline = self.pipeline;
         // 2. Extract → spool (or resume the spool).
+        // Event ages are measured from when the rows were read, so mapping a
+        // resumed spool again gives the same batches.
+        let as_of = match &spool {
+            Some((_, SpoolPlan::Resume(m))) => m.created_at,
+            _ => ctx.clock.now(),
+        };
         let (mut extract, dir) = self.open_extract(&window, spool).await?;
         events::RunStarted {
             window_start: extract.lower.as_ref().map(window::to_text).as_deref(),
@@ -417,6 +455,13 @@ impl Attempt<'_> {
             }
         };
         self.plan = Some(plan.clone());
+        let mapper = match mapper_for(&ctx.project, pipeline, plan.clone(), as_of) {
+            Ok(mapper) => mapper,
+            Err(e) => {
+                let _ = extract.wait(true).await;
+                return Err(e);
+            }
+        };
         let prepared = self.prepare(&extract, &plan, dir.as_ref()).await;
         let (mut outputs, protection) = match prepared {
             Ok(prepared) => prepared,
@@ -425,7 +470,7 @@ impl Attempt<'_> {
                 return Err(e);
             }
         };
-        let mut transform = transform::Transform::new(Mapper::new(plan, pipeline), protection);
+        let mut transform = transform::Transform::new(mapper, protection);
         let flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
 
         self.conclude(extract, transform, outputs, flowed, &window)

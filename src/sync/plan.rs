@@ -138,6 +138,15 @@ pub(crate) fn fingerprint(project: &crate::config::model::Project, pipeline: &Pi
         hash.update(part.len().to_le_bytes());
         hash.update(part.as_bytes());
     }
+    // Event pipelines and data plans change the batches a spool maps to; only
+    // hashed when set, so the spools of user-data pipelines stay resumable.
+    if pipeline.pipeline_type != crate::config::model::PipelineType::UserAttributes
+        || pipeline.data_plan.is_some()
+    {
+        let part = format!("{:?} {:?}", pipeline.pipeline_type, pipeline.data_plan);
+        hash.update(part.len().to_le_bytes());
+        hash.update(part.as_bytes());
+    }
     hex::encode(hash.finalize())
 }
 

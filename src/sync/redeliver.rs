@@ -56,6 +56,12 @@ pub async fn redeliver(
             part: 0,
             source_request_id: letter.source_request_id.clone().unwrap_or_default(),
             json: letter.payload.clone().into_bytes(),
+            // An event batch keeps its endpoint: one whose events are all
+            // older than 30 days goes to the historical one again.
+            historical: crate::mapping::event::is_historical_batch(
+                letter.payload.as_bytes(),
+                chrono::Utc::now().timestamp_millis(),
+            ),
         };
         if let Some(request) = packer.push(&batch) {
             match deliverer.submit(request).await {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::config::model::Pipeline;
+use crate::config::model::{Pipeline, PipelineType, PlanViolations};
 use crate::mapping::plan::{destination_path, Route};
 use crate::sync::RunReport;
 
@@ -59,7 +59,7 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut out = json!({
         "pipeline_id": r.pipeline_id,
         "pipeline_run_id": r.id,
         "pipeline_run_state": r.state.as_str(),
@@ -92,6 +92,70 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
             "warehouse_session_secs": s.warehouse_session.as_secs_f64(),
         })),
         "error": r.error,
+    });
+    // Event pipelines only, so user-data reports read as before.
+    if pipeline.pipeline_type == PipelineType::Events {
+        if let Value::Object(map) = &mut out {
+            map.insert("pipeline_type".to_owned(), json!("events"));
+            map.insert("events".to_owned(), events_json(report));
+            if let Some(plan) = &pipeline.data_plan {
+                map.insert("data_plan".to_owned(), data_plan_json(report, plan));
+            }
+        }
+    }
+    out
+}
+
+/// Where the events went: `/v2/bulkevents` or `/v2/bulkevents/historical`.
+fn events_json(report: &RunReport) -> Value {
+    let e = &report.stats.events;
+    json!({
+        "bulkevents": {
+            "events": e.recent,
+            "batches": e.recent_batches,
+            "requests": report.requests - report.historical_requests,
+        },
+        "historical": {
+            "events": e.historical,
+            "batches": e.historical_batches,
+            "requests": report.historical_requests,
+        },
+    })
+}
+
+/// Data plan violations by rule, with samples.
+fn data_plan_json(report: &RunReport, plan: &crate::config::model::DataPlanRef) -> Value {
+    let violations: serde_json::Map<String, Value> = report
+        .stats
+        .plan_violations
+        .iter()
+        .map(|(rule, count)| {
+            let samples: Vec<Value> = report
+                .stats
+                .plan_samples
+                .get(rule)
+                .map(|s| {
+                    s.iter()
+                        .map(|v| json!({"row": v.row, "detail": v.detail}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                (*rule).to_owned(),
+                json!({"count": count, "samples": samples}),
+            )
+        })
+        .collect();
+    json!({
+        "plan_id": plan.plan_id,
+        "plan_version": plan.plan_version,
+        "document": plan.document.as_ref().map(|d| d.display().to_string()),
+        "violations_policy": match plan.violations {
+            PlanViolations::Flag => "flag",
+            PlanViolations::Block => "block",
+        },
+        "events_flagged": report.stats.plan_flagged_rows,
+        "violations": violations,
     })
 }
 
@@ -106,9 +170,12 @@ pub fn write(report: &RunReport, pipeline: &Pipeline, path: &Path) -> std::io::R
 /// Percentage of rows read that were rejected (0 when nothing was read).
 pub fn rejected_pct(report: &RunReport) -> f64 {
     let c = &report.record.counts;
+    // Events a data plan only flags count too: the gate is how a dry run
+    // fails CI on plan violations.
+    let rejected = c.rows_rejected + report.stats.plan_flagged_rows;
     if c.records_extracted == 0 {
         0.0
     } else {
-        c.rows_rejected as f64 * 100.0 / c.records_extracted as f64
+        rejected as f64 * 100.0 / c.records_extracted as f64
     }
 }

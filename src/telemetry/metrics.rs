@@ -35,6 +35,7 @@ pub struct Metrics {
     rows_rejected: Family<Labels, Counter>,
     rows_skipped: Family<Labels, Counter>,
     batches_sent: Family<Labels, Counter>,
+    events: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     responses_429: Family<Labels, Counter>,
     rate_limit_wait: Family<Labels, SecondsCounter>,
@@ -72,6 +73,7 @@ impl Metrics {
         let rows_rejected = Family::default();
         let rows_skipped = Family::default();
         let batches_sent = Family::default();
+        let events = Family::default();
         let retries = Family::default();
         let responses_429 = Family::default();
         let rate_limit_wait = Family::default();
@@ -106,6 +108,11 @@ impl Metrics {
             "batches_sent",
             "Batches acknowledged by the Events API",
             batches_sent.clone(),
+        );
+        r.register(
+            "events",
+            "Events mapped by event pipelines, by the endpoint they go to (bulkevents or historical)",
+            events.clone(),
         );
         r.register(
             "retries",
@@ -150,6 +157,7 @@ impl Metrics {
             rows_rejected,
             rows_skipped,
             batches_sent,
+            events,
             retries,
             responses_429,
             rate_limit_wait,
@@ -157,6 +165,22 @@ impl Metrics {
             latency,
             watermark_lag,
             last_success,
+        }
+    }
+
+    /// Count an event pipeline run's events by endpoint (dry runs too: they
+    /// are what a run would send).
+    pub fn events_mapped(&self, pipeline: &str, events: crate::mapping::EventCounts) {
+        for (endpoint, n) in [
+            ("bulkevents", events.recent),
+            ("historical", events.historical),
+        ] {
+            self.events
+                .get_or_create(&vec![
+                    ("pipeline", pipeline.to_owned()),
+                    ("endpoint", endpoint.to_owned()),
+                ])
+                .inc_by(n);
         }
     }
 

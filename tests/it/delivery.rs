@@ -70,6 +70,7 @@ fn batch(row: u64, poison: bool) -> EncodedBatch {
         part: 0,
         source_request_id: id,
         json: json.into_bytes(),
+        historical: false,
     }
 }
 

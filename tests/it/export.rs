@@ -322,6 +322,8 @@ fn pipeline(null_policy: NullPolicy) -> Pipeline {
         write_batches: false,
         max_rejected_pct: None,
         export: None,
+        pipeline_type: Default::default(),
+        data_plan: None,
     }
 }
 

@@ -19,6 +19,7 @@ mod cli;
 mod config_errors;
 mod data_hardening;
 mod delivery;
+mod events;
 mod export;
 mod export_runs;
 mod fake_selftest;

@@ -42,6 +42,8 @@ fn pipeline(null_policy: NullPolicy, limit_policy: LimitPolicy) -> Pipeline {
         write_batches: false,
         max_rejected_pct: None,
         export: None,
+        pipeline_type: Default::default(),
+        data_plan: None,
     }
 }
 

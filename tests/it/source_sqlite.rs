@@ -305,3 +305,36 @@ async fn source_sqlite_seed_failure_removes_file() {
     assert!(err.to_string().contains("nope"), "{err}");
     assert!(!db.exists());
 }
+
+/// Two runs opening a not-yet-seeded SQLite warehouse at once (a daemon's
+/// first pass) both get the seeded database; neither sees it half made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_seed_the_database_once() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed.sql");
+        std::fs::write(
+            &seed,
+            "CREATE TABLE people (id INTEGER); INSERT INTO people VALUES (1), (2), (3);",
+        )
+        .unwrap();
+        let mut conn = connection(
+            ConnectionKind::Sqlite,
+            &format!("sqlite://{}", dir.path().join("wh.db").display()),
+        );
+        conn.seed_sql = Some(seed);
+        let (a, b) = tokio::join!(Warehouse::connect(&conn), Warehouse::connect(&conn));
+        for mut wh in [a.unwrap(), b.unwrap()] {
+            let (_, rows, _) = extract_all(&mut wh, &query("people", "SELECT id FROM people"), 10)
+                .await
+                .unwrap();
+            assert_eq!(rows, 3);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("seeding"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

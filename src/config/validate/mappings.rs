@@ -24,6 +24,7 @@ pub(super) fn validate_mappings(
     ctx: &mut Ctx<'_>,
     raw: &[RawMapping],
     iterator: Option<&str>,
+    pipeline_type: PipelineType,
 ) -> Vec<Mapping> {
     let mut out = Vec::new();
     // Lower-cased source column → index of the mapping that claimed it.
@@ -114,6 +115,7 @@ pub(super) fn validate_mappings(
         let destination = if wants_destination {
             m.destination.as_deref().and_then(|d| {
                 parse_destination(d)
+                    .and_then(|d| fits_pipeline_type(d, pipeline_type))
                     .map_err(|(message, hint)| {
                         ctx.push(&format!("{base}.destination"), message, hint);
                     })
@@ -148,12 +150,61 @@ pub(super) fn validate_mappings(
 }
 
 pub(super) const DESTINATION_HINT: &str =
-    "use user_attributes.<name>, user_identities.<identity>, device_info.<device id> or mpid";
+    "use user_attributes.<name>, user_identities.<identity>, device_info.<device id> or mpid (event pipelines: events[].event_type, events[].data.<field> or events[].data.custom_attributes.<name>)";
+
+/// Event fields belong to event pipelines, user attributes to user-data ones.
+fn fits_pipeline_type(
+    destination: Destination,
+    pipeline_type: PipelineType,
+) -> Result<Destination, (String, String)> {
+    let event = matches!(
+        destination,
+        Destination::Event(_) | Destination::EventAttribute(_)
+    );
+    match (pipeline_type, &destination) {
+        (PipelineType::UserAttributes, _) if event => Err((
+            "event fields can only be written by an event pipeline".to_owned(),
+            "set pipeline_type = \"events\", or map the column to user_attributes.<name>"
+                .to_owned(),
+        )),
+        (PipelineType::Events, Destination::Attribute(_)) => Err((
+            "an event pipeline sends events, not user attributes".to_owned(),
+            "map the column to events[].data.custom_attributes.<name>, or sync user attributes with a user_attributes pipeline".to_owned(),
+        )),
+        _ => Ok(destination),
+    }
+}
 
 /// A destination path; the error is `(message, hint)`.
 pub(crate) fn parse_destination(path: &str) -> Result<Destination, (String, String)> {
     if path == "mpid" {
         return Ok(Destination::Mpid);
+    }
+    if let Some(rest) = path.strip_prefix("events[].") {
+        if let Some(field) = EventField::from_path(path) {
+            return Ok(Destination::Event(field));
+        }
+        if let Some(name) = rest.strip_prefix("data.custom_attributes.") {
+            let count = name.chars().count();
+            return if name.is_empty() {
+                Err((
+                    "the event attribute name is empty".to_owned(),
+                    "write events[].data.custom_attributes.<name>".to_owned(),
+                ))
+            } else if count > MAX_ATTRIBUTE_NAME_CHARS {
+                Err((
+                    format!("the event attribute name is {count} characters long; mParticle allows at most {MAX_ATTRIBUTE_NAME_CHARS}"),
+                    "use a shorter name".to_owned(),
+                ))
+            } else {
+                Ok(Destination::EventAttribute(name.to_owned()))
+            };
+        }
+        let all: Vec<&str> = EventField::ALL.into_iter().map(EventField::path).collect();
+        return Err((
+            format!("`{path}` is not an event field wsync can fill"),
+            choices_hint(path, &all),
+        ));
     }
     let Some((section, name)) = path.split_once('.') else {
         return Err((

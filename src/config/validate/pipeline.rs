@@ -21,6 +21,15 @@ pub(super) const INPUT_PROTECTIONS: &[(&str, InputProtection)] = &[
     ("only_read", InputProtection::OnlyRead),
 ];
 
+pub(super) const PIPELINE_TYPES: &[(&str, PipelineType)] = &[
+    ("user_attributes", PipelineType::UserAttributes),
+    ("events", PipelineType::Events),
+];
+pub(super) const PLAN_VIOLATIONS: &[(&str, PlanViolations)] = &[
+    ("flag", PlanViolations::Flag),
+    ("block", PlanViolations::Block),
+];
+
 pub(super) fn validate_pipeline(
     ctx: &mut Ctx<'_>,
     root: &Path,
@@ -123,7 +132,25 @@ pub(super) fn validate_pipeline(
         SyncMode::Incremental { iterator_field, .. } => Some(iterator_field.as_str()),
         SyncMode::Full => None,
     };
-    let mappings = validate_mappings(ctx, &raw.mappings, iterator);
+    let pipeline_type = raw
+        .pipeline_type
+        .as_ref()
+        .and_then(|v| ctx.choice("pipeline_type", v, "pipeline type", PIPELINE_TYPES))
+        .unwrap_or_default();
+    let mappings = validate_mappings(ctx, &raw.mappings, iterator, pipeline_type);
+    let data_plan = raw
+        .data_plan
+        .as_ref()
+        .and_then(|d| validate_data_plan(ctx, d));
+    if data_plan.as_ref().is_some_and(|d| d.document.is_some())
+        && pipeline_type != PipelineType::Events
+    {
+        ctx.push(
+            "data_plan.document",
+            "only event pipelines are checked against a data plan document",
+            "set pipeline_type = \"events\", or remove `document`",
+        );
+    }
     Pipeline {
         id: id.to_owned(),
         name: raw.name.clone().unwrap_or_else(|| id.to_owned()),
@@ -163,7 +190,82 @@ pub(super) fn validate_pipeline(
             other => other,
         },
         export,
+        pipeline_type,
+        data_plan,
     }
+}
+
+/// `data_plan = { plan_id, plan_version, document, violations }`.
+pub(super) fn validate_data_plan(ctx: &mut Ctx<'_>, raw: &RawDataPlan) -> Option<DataPlanRef> {
+    let plan_id = match raw.plan_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => Some(id.to_owned()),
+        Some(_) => {
+            ctx.push(
+                "data_plan.plan_id",
+                "is empty",
+                "write the plan's id as shown in mParticle's data plan editor",
+            );
+            None
+        }
+        None => {
+            ctx.missing(
+                "data_plan.plan_id",
+                "add plan_id = \"ID\" (the plan's id in mParticle)",
+            );
+            None
+        }
+    };
+    let plan_version = match raw.plan_version {
+        None => None,
+        Some(v) => match u32::try_from(v) {
+            Ok(v) if v >= 1 => Some(v),
+            _ => {
+                ctx.push(
+                    "data_plan.plan_version",
+                    format!("must be a version number of 1 or more, not {v}"),
+                    "e.g. plan_version = 2, or leave it out for the latest version",
+                );
+                None
+            }
+        },
+    };
+    let document = match raw.document.as_deref() {
+        Some(d) if d.trim().is_empty() => {
+            ctx.push(
+                "data_plan.document",
+                "is empty",
+                "a path relative to the project, e.g. \"plans/purchases.json\"",
+            );
+            None
+        }
+        Some(d) => Some(PathBuf::from(d)),
+        None => None,
+    };
+    let violations = raw
+        .violations
+        .as_ref()
+        .and_then(|v| {
+            ctx.choice(
+                "data_plan.violations",
+                v,
+                "violation policy",
+                PLAN_VIOLATIONS,
+            )
+        })
+        .unwrap_or_default();
+    if violations == PlanViolations::Block && document.is_none() {
+        ctx.push(
+            "data_plan.violations",
+            "`block` needs a data plan document to check events against",
+            "add document = \"plans/NAME.json\" (the JSON mParticle's data plan editor exports)",
+        );
+    }
+    Some(DataPlanRef {
+        plan_id: plan_id?,
+        plan_version,
+        document,
+        violations,
+    })
 }
 
 /// `[export]`: path template, datasets, compression, row group size.

@@ -842,3 +842,59 @@ fn api_non_loopback_bind_needs_a_token() {
         );
     }
 }
+
+#[test]
+fn pipeline_type_and_data_plan() {
+    let (v, errors) = check(WSYNC, &[("p", HEAD)], false);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(v.pipelines["p"].pipeline_type, PipelineType::UserAttributes);
+    assert_eq!(v.pipelines["p"].data_plan, None);
+
+    let body = format!(
+        "{HEAD}pipeline_type = \"events\"\ndata_plan = {{ plan_id = \"shop\", plan_version = 2, document = \"plans/shop.json\", violations = \"block\" }}\n\n[[mappings]]\nmapping_type = \"column\"\nsource = \"order_total\"\ndestination = \"events[].data.product_action.total_amount\"\n\n[[mappings]]\nmapping_type = \"static\"\nvalue = \"commerce_event\"\ndestination = \"events[].event_type\"\n"
+    );
+    let (v, errors) = check(WSYNC, &[("p", &body)], false);
+    assert!(errors.is_empty(), "{errors:?}");
+    let p = &v.pipelines["p"];
+    assert_eq!(p.pipeline_type, PipelineType::Events);
+    assert_eq!(
+        p.data_plan,
+        Some(DataPlanRef {
+            plan_id: "shop".into(),
+            plan_version: Some(2),
+            document: Some(PathBuf::from("plans/shop.json")),
+            violations: PlanViolations::Block,
+        })
+    );
+    assert_eq!(
+        p.mappings[0],
+        Mapping::Column {
+            source: "order_total".into(),
+            destination: Destination::Event(EventField::TotalAmount)
+        }
+    );
+
+    let errors = pipeline_errors(&format!(
+        "{HEAD}pipeline_type = \"event\"\ndata_plan = {{ plan_version = 0, violations = \"block\" }}\n\n[[mappings]]\nmapping_type = \"column\"\nsource = \"x\"\ndestination = \"events[].data.event_name\"\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "schedules/p.toml:5: pipeline_type: `event` is not a valid pipeline type",
+            "schedules/p.toml:6: data_plan.plan_id: missing required key",
+            "schedules/p.toml:6: data_plan.plan_version: must be a version number of 1 or more, not 0",
+            "schedules/p.toml:6: data_plan.violations: `block` needs a data plan document to check events against",
+            "schedules/p.toml:11: mappings[0].destination: event fields can only be written by an event pipeline",
+        ]
+    );
+    let errors = pipeline_errors(&format!(
+        "{HEAD}pipeline_type = \"events\"\n\n[[mappings]]\nmapping_type = \"column\"\nsource = \"x\"\ndestination = \"user_attributes.x\"\n\n[[mappings]]\nmapping_type = \"column\"\nsource = \"y\"\ndestination = \"events[].data.nope\"\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            "schedules/p.toml:10: mappings[0].destination: an event pipeline sends events, not user attributes",
+            "schedules/p.toml:15: mappings[1].destination: `events[].data.nope` is not an event field wsync can fill",
+        ]
+    );
+}

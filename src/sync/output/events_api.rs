@@ -15,6 +15,11 @@
 //!
 //! In a dry run there is no deliverer: requests are packed and counted, which
 //! is the forecast of what a real run would send.
+//!
+//! Event pipelines have two endpoints: historical batches (events older than
+//! 30 days) are packed apart from the others and go to
+//! `/v2/bulkevents/historical`, through the same deliverer (one pace, one
+//! in-flight bound). The frontier counts both packers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -94,11 +99,12 @@ pub struct EventsApiSettings {
 /// The Events API as a run output.
 pub struct EventsApi {
     settings: EventsApiSettings,
-    packer: RequestPacker,
-    /// First and last batch in the packer.
-    pending: Option<(BatchKey, BatchKey)>,
-    /// Dead letters the packer's batches supersede.
-    pending_supersedes: Supersedes,
+    /// One packer per endpoint: `/v2/bulkevents`, then `/historical`.
+    packers: [RequestPacker; 2],
+    /// First and last batch in each packer.
+    pending: [Option<(BatchKey, BatchKey)>; 2],
+    /// Dead letters each packer's batches supersede.
+    pending_supersedes: [Supersedes; 2],
     in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
     /// How to stop each request still in flight, by number: a run that ends
     /// abandons them, and must not go on sending in the background.
@@ -114,6 +120,8 @@ pub struct EventsApi {
     /// The checkpoint committed last and the frontier row it stood for.
     committed: Option<(u64, String)>,
     requests: u64,
+    /// Of which to `/v2/bulkevents/historical`.
+    historical_requests: u64,
     request_bytes: u64,
     batches_acknowledged: u64,
     batches_skipped: u64,
@@ -136,9 +144,9 @@ impl EventsApi {
     pub fn new(settings: EventsApiSettings) -> Self {
         Self {
             settings,
-            packer: RequestPacker::default(),
-            pending: None,
-            pending_supersedes: Vec::new(),
+            packers: [RequestPacker::default(), RequestPacker::default()],
+            pending: [None, None],
+            pending_supersedes: [Vec::new(), Vec::new()],
             in_flight: FuturesUnordered::new(),
             aborts: HashMap::new(),
             submitted: 0,
@@ -147,6 +155,7 @@ impl EventsApi {
             marks: VecDeque::new(),
             committed: None,
             requests: 0,
+            historical_requests: 0,
             request_bytes: 0,
             batches_acknowledged: 0,
             batches_skipped: 0,
@@ -165,16 +174,22 @@ impl EventsApi {
             .superseded
             .letters_for(&batch.json)
             .map(|ids| (batch.source_request_id.clone(), ids.to_vec()));
-        let full = self.packer.push(batch);
-        let range = self.pending.take();
-        self.pending = Some(match (&full, range) {
+        let lane = usize::from(batch.historical);
+        let full = self.packers[lane].push(batch);
+        let range = self.pending[lane].take();
+        self.pending[lane] = Some(match (&full, range) {
             (None, Some((first, _))) => (first, key),
             _ => (key, key),
         });
         let done = full.zip(range).map(|(r, (first, last))| {
-            (r, first, last, std::mem::take(&mut self.pending_supersedes))
+            (
+                r,
+                first,
+                last,
+                std::mem::take(&mut self.pending_supersedes[lane]),
+            )
         });
-        self.pending_supersedes.extend(matched);
+        self.pending_supersedes[lane].extend(matched);
         done
     }
 
@@ -188,6 +203,7 @@ impl EventsApi {
         supersedes: Supersedes,
     ) -> Result<(), SyncError> {
         self.requests += 1;
+        self.historical_requests += u64::from(request.historical);
         self.request_bytes += request.body.len() as u64;
         let Some(deliverer) = self.settings.deliverer.clone() else {
             return Ok(());
@@ -326,7 +342,12 @@ impl EventsApi {
     /// Every row at or below this one is done (acknowledged or dead-lettered).
     fn frontier(&self) -> u64 {
         let oldest_in_flight = self.in_flight_rows.keys().next().copied();
-        let oldest_pending = self.pending.map(|(first, _)| first.0);
+        let oldest_pending = self
+            .pending
+            .iter()
+            .flatten()
+            .map(|(first, _)| first.0)
+            .min();
         match (oldest_in_flight, oldest_pending) {
             (None, None) => self.last_row,
             (a, b) => a.into_iter().chain(b).min().unwrap_or(1).saturating_sub(1),
@@ -448,10 +469,16 @@ impl RunOutput for EventsApi {
             // (from the spool); a complete one sends it.
             let mut result = Ok(());
             if end == RunEnd::Complete {
-                if let (Some(request), Some((first, last))) = (self.packer.take(), self.pending) {
-                    self.pending = None;
-                    let supersedes = std::mem::take(&mut self.pending_supersedes);
-                    result = self.send(request, first, last, supersedes).await;
+                for lane in 0..2 {
+                    if let (Some(request), Some((first, last))) =
+                        (self.packers[lane].take(), self.pending[lane])
+                    {
+                        self.pending[lane] = None;
+                        let supersedes = std::mem::take(&mut self.pending_supersedes[lane]);
+                        if result.is_ok() {
+                            result = self.send(request, first, last, supersedes).await;
+                        }
+                    }
                 }
             }
             let drained = self.drain().await;
@@ -479,6 +506,7 @@ impl RunOutput for EventsApi {
             tally.counts.batches_sent += self.batches_acknowledged;
             tally.counts.dead_letters += self.dead_letters;
             tally.requests += self.requests;
+            tally.historical_requests += self.historical_requests;
             tally.request_bytes += self.request_bytes;
             tally.batches_already_done += self.batches_skipped;
             if self.retired > 0 {

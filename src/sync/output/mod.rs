@@ -44,6 +44,8 @@ pub struct Tally {
     pub counts: RunCounts,
     /// Requests sent (or, in a dry run, that would be).
     pub requests: u64,
+    /// Of which to `/v2/bulkevents/historical` (event pipelines).
+    pub historical_requests: u64,
     /// Their body bytes.
     pub request_bytes: u64,
     /// Files written, by name (`rejected`, `batches`, `export_rows`, …).

@@ -1,4 +1,11 @@
-//! An in-process fake of the mParticle Events API (`/v2/bulkevents`, `/v2/events`).
+//! An in-process fake of the mParticle Events API (`/v2/bulkevents`,
+//! `/v2/bulkevents/historical`, `/v2/events`).
+//!
+//! Events in batches are checked by the batch schema's rules (event types,
+//! required fields, field types and enums: see [`validate_event`]); the
+//! historical route also applies §3.1's rules (every batch has events, every
+//! event a timestamp at least 72 hours old). mParticle drops such batches
+//! silently; the fake answers 400 so a client that sends them fails its test.
 //!
 //! It exists so integration tests catch what the real service would reject: it
 //! checks auth, request and batch sizes, batch counts and the batch JSON rules of
@@ -224,6 +231,9 @@ pub enum Endpoint {
     Bulk,
     /// `POST /v2/events`: one batch object.
     Single,
+    /// `POST /v2/bulkevents/historical`: a JSON array of batches of events
+    /// older than 72 hours (§3.1).
+    Historical,
 }
 
 /// What the fake saw and answered for one request, in arrival order.
@@ -426,6 +436,7 @@ impl FakeMparticle {
         });
         let app = Router::new()
             .route("/v2/bulkevents", post(bulk_events))
+            .route("/v2/bulkevents/historical", post(historical_events))
             .route("/v2/events", post(single_event))
             .route("/v1/search", post(idsync_search))
             .with_state(Arc::clone(&shared));
@@ -648,6 +659,15 @@ async fn bulk_events(
     body: Body,
 ) -> Response {
     handle(&shared, Endpoint::Bulk, &headers, body, &kill).await
+}
+
+async fn historical_events(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&shared, Endpoint::Historical, &headers, body, &kill).await
 }
 
 async fn single_event(
@@ -974,8 +994,8 @@ fn check_request(
     let batches = match (endpoint, parsed) {
         // §3.1: /bulkevents takes a JSON array of batches. An empty array is
         // accepted (202, nothing recorded): the spec names no minimum.
-        (Endpoint::Bulk, Value::Array(batches)) => batches,
-        (Endpoint::Bulk, _) => {
+        (Endpoint::Bulk | Endpoint::Historical, Value::Array(batches)) => batches,
+        (Endpoint::Bulk | Endpoint::Historical, _) => {
             return Err(Rejection::bad_request(
                 "/v2/bulkevents expects a JSON array of batches (spec §3.1)",
             ))
@@ -1002,6 +1022,10 @@ fn check_request(
     for (index, batch) in batches.iter().enumerate() {
         validate_batch(batch)
             .map_err(|rule| Rejection::bad_request(format!("batch[{index}]: {rule}")))?;
+        if endpoint == Endpoint::Historical {
+            validate_historical(batch)
+                .map_err(|rule| Rejection::bad_request(format!("batch[{index}]: {rule}")))?;
+        }
         if poison_rule && batch["user_attributes"]["poison"] == Value::Bool(true) {
             let id = batch["source_request_id"].as_str().unwrap_or("(none)");
             return Err(Rejection::bad_request(format!(
@@ -1334,15 +1358,40 @@ pub fn validate_batch(batch: &Value) -> Result<(), String> {
         }
     }
 
-    // Schema: events is an array (or null) of event objects; event contents are not checked yet.
+    // Schema: events is an array (or null) of event objects, each checked by
+    // its event type's definition.
     match obj.get("events") {
         None | Some(Value::Null) => {}
         Some(Value::Array(events)) => {
-            if let Some(bad) = events.iter().position(|e| !e.is_object()) {
-                return Err(format!("events[{bad}] must be an object (spec §3.2)"));
+            for (i, event) in events.iter().enumerate() {
+                validate_event(event).map_err(|e| format!("events[{i}]: {e}"))?;
             }
         }
         Some(_) => return Err("events must be an array (spec §3.2)".into()),
+    }
+
+    // Schema BatchContext / DataPlanContext: plan_id (string) is required,
+    // plan_version an integer.
+    match obj.get("context") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(context)) => match context.get("data_plan") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(plan)) => {
+                if !matches!(plan.get("plan_id"), Some(Value::String(_))) {
+                    return Err(
+                        "context.data_plan.plan_id is required, a string (schema DataPlanContext)"
+                            .into(),
+                    );
+                }
+                if !matches!(plan.get("plan_version"), None | Some(Value::Null))
+                    && !plan.get("plan_version").is_some_and(Value::is_i64)
+                {
+                    return Err("context.data_plan.plan_version must be an integer (schema DataPlanContext)".into());
+                }
+            }
+            Some(other) => return Err(format!("context.data_plan must be an object, got {other}")),
+        },
+        Some(other) => return Err(format!("context must be an object, got {other}")),
     }
 
     // §1.6: a row needs at least one identity so mParticle can resolve a profile.
@@ -1364,6 +1413,331 @@ pub fn validate_batch(batch: &Value) -> Result<(), String> {
         return Err(format!(
             "batch is {size} bytes serialized; at most {MAX_BATCH_BYTES} allowed (spec §3.3/§4)"
         ));
+    }
+    Ok(())
+}
+
+/// Schema `EventType`: every event type the batch schema knows.
+const EVENT_TYPES: &[&str] = &[
+    "session_start",
+    "session_end",
+    "screen_view",
+    "custom_event",
+    "crash_report",
+    "opt_out",
+    "first_run",
+    "pre_attribution",
+    "push_registration",
+    "application_state_transition",
+    "push_message",
+    "network_performance",
+    "breadcrumb",
+    "profile",
+    "push_reaction",
+    "commerce_event",
+    "user_attribute_change",
+    "user_identity_change",
+    "uninstall",
+];
+
+/// Schema `CustomEvent.data.custom_event_type`.
+const CUSTOM_EVENT_TYPES: &[&str] = &[
+    "navigation",
+    "location",
+    "search",
+    "transaction",
+    "user_content",
+    "user_preference",
+    "social",
+    "other",
+    "media",
+];
+
+/// Schema `CommerceEvent.data.custom_event_type`: the custom types plus these.
+const COMMERCE_ONLY_EVENT_TYPES: &[&str] = &[
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "checkout_option",
+    "click",
+    "view_detail",
+    "purchase",
+    "refund",
+    "promotion_view",
+    "promotion_click",
+    "add_to_wishlist",
+    "remove_from_wishlist",
+    "impression",
+    "attribution",
+    "consent_granted",
+    "consent_denied",
+];
+
+/// Schema `ProductAction.action`.
+const PRODUCT_ACTIONS: &[&str] = &[
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "checkout_option",
+    "click",
+    "view_detail",
+    "purchase",
+    "refund",
+    "add_to_wishlist",
+    "remove_from_wish_list",
+];
+
+/// Schema `Integer` (integer or null).
+fn is_integer(v: &Value) -> bool {
+    v.is_null() || v.is_i64() || v.is_u64()
+}
+
+/// Schema `Number` (number or null).
+fn is_number(v: &Value) -> bool {
+    v.is_null() || v.is_number()
+}
+
+/// One event, by the schema's definition for its `event_type` (the ones
+/// `CustomEvent`, `CommerceEvent` and `ScreenViewEvent` constrain are checked
+/// field by field; the others only by `EventType` and `EventData`).
+pub fn validate_event(event: &Value) -> Result<(), String> {
+    let Value::Object(event) = event else {
+        return Err("an event must be an object (spec §3.2)".into());
+    };
+    let event_type = match event.get("event_type") {
+        Some(Value::String(t)) if EVENT_TYPES.contains(&t.as_str()) => t.as_str(),
+        Some(other) => {
+            return Err(format!(
+                "event_type {other} is not one of the schema's EventType values"
+            ))
+        }
+        None => {
+            return Err("event_type is required (schema oneOf: every event names its type)".into())
+        }
+    };
+    // CustomEvent and CommerceEvent: additionalProperties false.
+    if matches!(event_type, "custom_event" | "commerce_event") {
+        if let Some(key) = event
+            .keys()
+            .find(|k| !matches!(k.as_str(), "data" | "event_type"))
+        {
+            return Err(format!(
+                "unknown event key {key:?} (schema: additionalProperties false)"
+            ));
+        }
+    }
+    let empty = Map::new();
+    let data = match event.get("data") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(d)) => d,
+        Some(other) => return Err(format!("data must be an object, got {other}")),
+    };
+    // EventData.
+    for key in [
+        "timestamp_unixtime_ms",
+        "event_id",
+        "session_id",
+        "session_start_unixtime_ms",
+        "event_start_unixtime_ms",
+        "event_num",
+    ] {
+        if let Some(v) = data.get(key) {
+            if !is_integer(v) {
+                return Err(format!(
+                    "data.{key} must be an integer (schema Integer), got {v}"
+                ));
+            }
+        }
+    }
+    for key in ["source_message_id", "session_uuid"] {
+        if let Some(v) = data.get(key) {
+            check_uuid(v).map_err(|e| format!("data.{key} {e} (schema Uuid)"))?;
+        }
+    }
+    if let Some(v) = data.get("lifetime_value_change") {
+        if !is_number(v) {
+            return Err(format!(
+                "data.lifetime_value_change must be a number, got {v}"
+            ));
+        }
+    }
+    match data.get("custom_attributes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(attributes)) => {
+            if let Some((k, v)) = attributes.iter().find(|(_, v)| !is_scalar(v)) {
+                return Err(format!(
+                    "data.custom_attributes.{k} must be a scalar (schema String), got {v}"
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "data.custom_attributes must be an object, got {other}"
+            ))
+        }
+    }
+    let string = |key: &str| -> Result<Option<&str>, String> {
+        match data.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("data.{key} must be a string, got {other}")),
+        }
+    };
+    match event_type {
+        "custom_event" => {
+            if string("event_name")?.is_none() {
+                return Err(
+                    "data.event_name is required for a custom_event (schema CustomEvent)".into(),
+                );
+            }
+            match string("custom_event_type")? {
+                Some(t) if CUSTOM_EVENT_TYPES.contains(&t) => {}
+                Some(t) => {
+                    return Err(format!(
+                        "data.custom_event_type {t:?} is not in the CustomEvent enum"
+                    ))
+                }
+                None => return Err(
+                    "data.custom_event_type is required for a custom_event (schema CustomEvent)"
+                        .into(),
+                ),
+            }
+        }
+        "screen_view" => {
+            string("screen_name")?
+                .ok_or("data.screen_name is required for a screen_view (schema ScreenViewEvent)")?;
+        }
+        "commerce_event" => {
+            if let Some(t) = data.get("custom_event_type") {
+                let ok = t.as_str().is_some_and(|t| {
+                    CUSTOM_EVENT_TYPES.contains(&t) || COMMERCE_ONLY_EVENT_TYPES.contains(&t)
+                });
+                if !ok {
+                    return Err(format!(
+                        "data.custom_event_type {t} is not in the CommerceEvent enum"
+                    ));
+                }
+            }
+            for key in ["currency_code", "screen_name", "event_name"] {
+                if let Some(v) = data.get(key) {
+                    if !is_scalar(v) {
+                        return Err(format!(
+                            "data.{key} must be a scalar (schema String), got {v}"
+                        ));
+                    }
+                }
+            }
+            // §3.2: exactly one of product_action, promotion_action, product_impressions.
+            let kinds = ["product_action", "promotion_action", "product_impressions"]
+                .iter()
+                .filter(|k| !matches!(data.get(**k), None | Some(Value::Null)))
+                .count();
+            if kinds != 1 {
+                return Err(format!(
+                    "a commerce_event takes exactly one of product_action, promotion_action, product_impressions; it has {kinds} (spec §3.2)"
+                ));
+            }
+            if let Some(action) = data.get("product_action") {
+                validate_product_action(action)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Schema `ProductAction` (additionalProperties false) and its `Product`s.
+fn validate_product_action(action: &Value) -> Result<(), String> {
+    let Value::Object(action) = action else {
+        return Err(format!(
+            "data.product_action must be an object, got {action}"
+        ));
+    };
+    for (key, v) in action {
+        let ok = match key.as_str() {
+            "action" => v.as_str().is_some_and(|a| PRODUCT_ACTIONS.contains(&a)),
+            "transaction_id" => v.is_string(),
+            "checkout_step" => is_integer(v),
+            "total_amount" | "tax_amount" | "shipping_amount" => is_number(v),
+            "checkout_options"
+            | "product_action_list"
+            | "product_list_source"
+            | "affiliation"
+            | "coupon_code" => is_scalar(v),
+            "products" => v.is_null() || v.is_array(),
+            _ => {
+                return Err(format!(
+                    "unknown product_action key {key:?} (schema: additionalProperties false)"
+                ))
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "data.product_action.{key} = {v} breaks the schema's ProductAction"
+            ));
+        }
+    }
+    if !action.contains_key("action") {
+        return Err("data.product_action.action is required (schema ProductAction)".into());
+    }
+    for (i, product) in action
+        .get("products")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Value::Object(product) = product else {
+            return Err(format!(
+                "data.product_action.products[{i}] must be an object"
+            ));
+        };
+        for (key, v) in product {
+            let ok = match key.as_str() {
+                "id" | "name" => v.is_string(),
+                "brand" | "category" | "variant" | "coupon_code" => is_scalar(v),
+                "position" | "added_to_cart_time_ms" => is_integer(v),
+                "price" | "quantity" | "total_product_amount" => is_number(v),
+                "custom_attributes" => {
+                    v.is_null()
+                        || v.as_object()
+                            .is_some_and(|m| m.values().all(Value::is_string))
+                }
+                _ => true,
+            };
+            if !ok {
+                return Err(format!(
+                    "data.product_action.products[{i}].{key} = {v} breaks the schema's Product"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// §3.1: the historical endpoint drops a batch with no events, an event
+/// without `data.timestamp_unixtime_ms`, or an event less than 72 hours old.
+pub fn validate_historical(batch: &Value) -> Result<(), String> {
+    let events = batch
+        .get("events")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty())
+        .ok_or("a historical batch must have events (spec §3.1)")?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (i, event) in events.iter().enumerate() {
+        let ms = event
+            .pointer("/data/timestamp_unixtime_ms")
+            .and_then(Value::as_i64)
+            .ok_or(format!(
+                "events[{i}] has no data.timestamp_unixtime_ms; the historical endpoint drops it (spec §3.1)"
+            ))?;
+        if ms > now_ms - 72 * 3600 * 1000 {
+            return Err(format!(
+                "events[{i}] is less than 72 hours old; the historical endpoint drops it (spec §3.1)"
+            ));
+        }
     }
     Ok(())
 }
