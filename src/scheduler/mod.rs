@@ -151,6 +151,11 @@ impl Daemon {
     /// paused).
     pub async fn trigger(&self, pipeline: &str) -> Result<(), SchedulerError> {
         self.ctx.pipeline(pipeline)?;
+        // Paused first: that is the answer whatever else is going on (a run
+        // of the pipeline may still be closing out on its thread).
+        if self.is_paused(pipeline).await? {
+            return Err(SchedulerError::Paused(pipeline.to_owned()));
+        }
         self.reap_finished();
         if self.lock_running().contains_key(pipeline) {
             return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
@@ -159,9 +164,6 @@ impl Daemon {
             Some(holder) if holder.own => self.release_stuck_lock(pipeline).await?,
             Some(_) => return Err(SchedulerError::AlreadyRunning(pipeline.to_owned())),
             None => {}
-        }
-        if self.is_paused(pipeline).await? {
-            return Err(SchedulerError::Paused(pipeline.to_owned()));
         }
         self.spawn(pipeline.to_owned(), vec![RunKind::Manual]);
         Ok(())

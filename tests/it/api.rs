@@ -243,7 +243,7 @@ type = "on_demand"
     let (code, body) = api.post("/pipelines/od/pause").await;
     assert_eq!((code, body["status"].as_str()), (200, Some("paused")));
     let (code, body) = api.post("/pipelines/od/trigger").await;
-    assert_eq!(code, 409);
+    assert_eq!(code, 409, "{body}");
     assert_eq!(
         body["message"],
         "pipeline `od` is paused; resume it first (`wsync resume od`)"
