@@ -232,6 +232,20 @@ pub(crate) struct RawPipeline {
     pub export: Option<RawExport>,
     /// `[resolver]`: how `only_update` finds existing profiles.
     pub resolver: Option<super::resolver::RawResolver>,
+    /// `[diff]`: send only new and changed rows.
+    pub diff: Option<RawDiff>,
+}
+
+/// `[diff]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table")]
+pub(crate) struct RawDiff {
+    /// Result columns that identify a row.
+    pub primary_key: Option<Vec<String>>,
+    /// `ignore` or `unset_attributes`.
+    pub on_delete: Option<String>,
+    /// Send every row again after this long (`"7d"`, `"12h"`, `"30m"` or seconds).
+    pub full_resync_every: Option<toml::Value>,
 }
 
 /// `[export]`.
@@ -559,6 +573,7 @@ impl ValidKeys for RawPipeline {
             [Segment::Key(k)] if k == "sync_mode" => fields_of::<RawSyncMode>(),
             [Segment::Key(k)] if k == "schedule" => fields_of::<RawSchedule>(),
             [Segment::Key(k)] if k == "resolver" => fields_of::<super::resolver::RawResolver>(),
+            [Segment::Key(k)] if k == "diff" => fields_of::<RawDiff>(),
             [Segment::Key(k), Segment::Index(_)] if k == "mappings" => fields_of::<RawMapping>(),
             _ => Vec::new(),
         }
@@ -646,7 +661,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver",
+                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, diff",
                 "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]

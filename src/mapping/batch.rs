@@ -55,6 +55,10 @@ pub enum RejectReason {
     /// A value could not be read from the warehouse (invalid UTF-8 or JSON, an
     /// infinite or zero date, a value too large, …); the detail names the column.
     InvalidValue,
+    /// Diff: a `diff.primary_key` column is NULL or empty.
+    MissingKey,
+    /// Diff: the key appears in more than one row of the model's result.
+    DuplicateKey,
 }
 
 impl RejectReason {
@@ -65,6 +69,8 @@ impl RejectReason {
             Self::InvalidMpid => "invalid_mpid",
             Self::BatchTooLarge => "batch_too_large",
             Self::InvalidValue => "invalid_value",
+            Self::MissingKey => "missing_key",
+            Self::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -183,6 +189,9 @@ pub struct Mapper {
     environment: Environment,
     null_policy: NullPolicy,
     limit_policy: LimitPolicy,
+    /// Position in the plan's columns of the iterator whose value goes into
+    /// the ids (incremental pipelines without `[diff]`).
+    id_iterator: Option<usize>,
 }
 
 /// One row's pieces before encoding.
@@ -210,7 +219,19 @@ enum Adjustment {
 impl Mapper {
     /// A mapper for `pipeline` over a planned model.
     pub fn new(plan: MappingPlan, pipeline: &Pipeline) -> Self {
+        // A row re-read at a new iterator value is a new version: its id must
+        // differ from the earlier send's even if the content is back to an
+        // earlier value. Diff pipelines derive ids from the key's version
+        // instead (and must hash the content alone).
+        let id_iterator = if pipeline.diff.is_none() {
+            plan.columns
+                .iter()
+                .position(|c| matches!(c.route, Route::Iterator))
+        } else {
+            None
+        };
         Self {
+            id_iterator,
             plan,
             pipeline_id: pipeline.id.clone(),
             environment: pipeline.environment,
@@ -294,6 +315,22 @@ impl Mapper {
         Ok(out)
     }
 
+    /// A row's values by column name as JSON, as the rejected-rows file
+    /// shows them (for rows rejected after mapping, by the diff).
+    pub fn row_values_of(
+        &self,
+        chunk: &RecordBatch,
+        row: usize,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, MappingError> {
+        let readers = self
+            .plan
+            .columns
+            .iter()
+            .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(row_values(&self.plan, &readers, row))
+    }
+
     /// Map `rows` of a chunk (the single-threaded pass of [`Self::map_chunk`]).
     fn map_rows(
         &self,
@@ -323,7 +360,13 @@ impl Mapper {
                 continue;
             }
             match self.map_row(readers, row) {
-                Ok(parts) => match self.encode(&parts, row_number, stats, &mut scratch) {
+                Ok(parts) => match self.encode(
+                    &parts,
+                    row_number,
+                    self.id_salt(readers, row).as_deref(),
+                    stats,
+                    &mut scratch,
+                ) {
                     Ok(batches) => {
                         for (adjustment, column) in
                             parts.adjustments.iter().zip(&parts.adjustment_columns)
@@ -360,6 +403,15 @@ impl Mapper {
             }
         }
         out
+    }
+
+    /// The iterator value of `row` as the ids include it, if they do.
+    fn id_salt(&self, readers: &[ColumnReader<'_>], row: usize) -> Option<String> {
+        let reader = readers.get(self.id_iterator?)?;
+        match reader.cell(row) {
+            Cell::Value(v) => Some(v.to_text()),
+            Cell::Null | Cell::Unrepresentable(_) => None,
+        }
     }
 
     fn reject(
@@ -574,6 +626,7 @@ impl Mapper {
         &self,
         parts: &RowParts<'_>,
         row: u64,
+        salt: Option<&str>,
         stats: &mut MapStats,
         scratch: &mut Scratch,
     ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
@@ -691,6 +744,13 @@ impl Mapper {
             // The id hashes the batch as it would read without it:
             // `{` head first [attributes] `}`, fed to the hash piece by piece.
             let mut hasher = id_hasher(&self.pipeline_id);
+            if let Some(salt) = salt {
+                // After a 0xff byte, which no JSON text starts with: an id
+                // with an iterator value never equals one without.
+                hasher.update([0xffu8]);
+                hasher.update((salt.len() as u64).to_le_bytes());
+                hasher.update(salt.as_bytes());
+            }
             hasher.update(b"{");
             hasher.update(&head[..]);
             hasher.update(first);
@@ -750,7 +810,9 @@ fn write_members<'a>(out: &mut Vec<u8>, members: impl Iterator<Item = (&'a str, 
 
 /// The deterministic id of a batch: the first 128 bits of
 /// `sha256(pipeline_id ‖ 0x00 ‖ batch JSON without the id)`, in hex. The same
-/// pipeline and the same row content always give the same id.
+/// pipeline and the same row content always give the same id. (Incremental
+/// pipelines also hash the row's iterator value, and `[diff]` pipelines
+/// replace the id: see the README's `source_request_id` rule.)
 pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
     let mut hasher = id_hasher(pipeline_id);
     hasher.update(body);
@@ -877,6 +939,7 @@ mod tests {
             retry_dead_letters: true,
             write_batches: false,
             max_rejected_pct: None,
+            diff: None,
             export: None,
         }
     }

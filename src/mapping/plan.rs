@@ -285,6 +285,7 @@ pub(crate) mod tests {
             retry_dead_letters: true,
             write_batches: false,
             max_rejected_pct: None,
+            diff: None,
             export: None,
         }
     }

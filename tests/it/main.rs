@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod data_hardening;
 mod delivery;
+mod diff;
 mod export;
 mod export_runs;
 mod fake_selftest;

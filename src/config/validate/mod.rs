@@ -26,13 +26,14 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use super::error::ConfigError;
 use super::locate::SourceFile;
 use super::model::{
-    ConnectionKind, DaemonSettings, DataModel, DeliverySettings, Destination, Environment,
-    ExportCompression, ExportDataset, ExportSettings, Frequency, InputProtection, IteratorDataType,
-    LimitPolicy, Mapping, NullPolicy, Pipeline, Pod, Schedule, StateConfig, StaticValue, SyncMode,
+    ConnectionKind, DaemonSettings, DataModel, DeliverySettings, Destination, DiffSettings,
+    Environment, ExportCompression, ExportDataset, ExportSettings, Frequency, InputProtection,
+    IteratorDataType, LimitPolicy, Mapping, NullPolicy, OnDelete, Pipeline, Pod, Schedule,
+    StateConfig, StaticValue, SyncMode,
 };
 use super::raw::{
-    RawConnection, RawDaemon, RawDefaults, RawExport, RawFeed, RawMapping, RawPipeline, RawProject,
-    RawSchedule, RawState, RawSyncMode,
+    RawConnection, RawDaemon, RawDefaults, RawDiff, RawExport, RawFeed, RawMapping, RawPipeline,
+    RawProject, RawSchedule, RawState, RawSyncMode,
 };
 use super::suggest;
 use crate::mapping::identity::{DeviceIdType, IdentityType};

@@ -100,6 +100,7 @@ pub struct EventsApi {
     batches_acknowledged: u64,
     batches_skipped: u64,
     dead_letters: u64,
+    dead_rows: Vec<u64>,
 }
 
 impl std::fmt::Debug for EventsApi {
@@ -128,6 +129,7 @@ impl EventsApi {
             batches_acknowledged: 0,
             batches_skipped: 0,
             dead_letters: 0,
+            dead_rows: Vec::new(),
         }
     }
 
@@ -204,6 +206,8 @@ impl EventsApi {
         let acknowledged = outcome.acknowledged.len() as u64;
         self.batches_acknowledged += acknowledged;
         self.settings.progress.add_batches(acknowledged);
+        self.dead_rows
+            .extend(outcome.dead_letters.iter().map(|d| d.row));
         if !outcome.dead_letters.is_empty() {
             let letters: Vec<NewDeadLetter> = outcome
                 .dead_letters
@@ -383,6 +387,7 @@ impl RunOutput for EventsApi {
             tally.requests += self.requests;
             tally.request_bytes += self.request_bytes;
             tally.batches_already_done += self.batches_skipped;
+            tally.dead_lettered_rows.append(&mut self.dead_rows);
             if self.batches_skipped > 0 {
                 tracing::info!(
                     batches = self.batches_skipped,
