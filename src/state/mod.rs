@@ -282,6 +282,11 @@ impl StateStore {
         Ok(Self { pool })
     }
 
+    /// The database file.
+    pub fn file(&self) -> std::path::PathBuf {
+        self.pool.connect_options().get_filename().to_owned()
+    }
+
     /// Close every connection (tests that replace the file underneath).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -13,9 +13,6 @@ use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{parse_time, StateError, StateStore};
 
-/// Snapshot rows copied a statement (5 values each).
-const COPY_ROWS: usize = 500;
-
 /// What a pipeline's snapshot was built under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiffMeta {
@@ -56,60 +53,6 @@ impl StateStore {
             })
         })
         .transpose()
-    }
-
-    /// Copy the snapshot of `pipeline_id` into the staging table `snap
-    /// (key_hash, payload, version, address, attrs)` of `stage`, streaming (memory stays flat
-    /// whatever its size). Returns the keys copied.
-    pub async fn copy_snapshot(
-        &self,
-        pipeline_id: &str,
-        stage: &mut SqliteConnection,
-    ) -> Result<u64, StateError> {
-        let mut conn = self.pool.acquire().await?;
-        let mut rows = sqlx::query(
-            "SELECT s.key_hash, s.payload_hash, s.version, s.address, a.names \
-             FROM diff_snapshot s LEFT JOIN diff_attribute_sets a ON a.id = s.attribute_set \
-             WHERE s.pipeline_id = ?",
-        )
-        .bind(pipeline_id)
-        .fetch(&mut *conn);
-        let mut tx = sqlx::Connection::begin(&mut *stage).await?;
-        let mut copied = 0;
-        let mut group = Vec::with_capacity(COPY_ROWS);
-        loop {
-            let next = rows.try_next().await?;
-            if let Some(row) = &next {
-                group.push((
-                    row.try_get::<Vec<u8>, _>(0)?,
-                    row.try_get::<Vec<u8>, _>(1)?,
-                    row.try_get::<i64, _>(2)?,
-                    row.try_get::<Option<String>, _>(3)?,
-                    row.try_get::<Option<String>, _>(4)?,
-                ));
-            }
-            if !group.is_empty() && (next.is_none() || group.len() == COPY_ROWS) {
-                let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO snap (key_hash, payload, version, address, attrs) ",
-                );
-                insert.push_values(
-                    group.drain(..),
-                    |mut b, (key, payload, version, address, attrs)| {
-                        b.push_bind(key)
-                            .push_bind(payload)
-                            .push_bind(version)
-                            .push_bind(address)
-                            .push_bind(attrs);
-                    },
-                );
-                copied += insert.build().execute(&mut *tx).await?.rows_affected();
-            }
-            if next.is_none() {
-                break;
-            }
-        }
-        tx.commit().await?;
-        Ok(copied)
     }
 
     /// The number of keys in a pipeline's snapshot.

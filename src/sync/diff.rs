@@ -4,10 +4,11 @@
 //! Runs of a diff pipeline read the complete spool twice. The **pre-pass**
 //! ([`Diff::stage`]) maps every row (mapping is deterministic) and writes, per
 //! run row, the hash of its key and of its mapped payload into a staging
-//! SQLite database beside the run's files; the pipeline's snapshot is copied
-//! in beside them. [`Diff::classify`] then decides every row in SQL: a key
-//! that is NULL or empty (`missing_key`), or that repeats (`duplicate_key`),
-//! rejects its rows; the others are new, changed or unchanged. Memory stays
+//! SQLite database beside the run's files, to which the state file is
+//! attached so the snapshot is read in place. [`Diff::classify`] then decides
+//! every row in SQL: a key that is NULL or empty (`missing_key`), or that
+//! repeats (`duplicate_key`), rejects its rows; the others are new, changed or
+//! unchanged. Memory stays
 //! flat whatever the number of keys: the staging database is on disk.
 //!
 //! The **delivery pass** ([`Diff::select`], called by the transform) keeps the
@@ -196,8 +197,6 @@ impl Diff {
                state INTEGER NOT NULL, decision INTEGER NOT NULL DEFAULT 0, \
                version INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, \
                address TEXT, attrs TEXT); \
-             CREATE TABLE snap (key_hash BLOB PRIMARY KEY, payload BLOB NOT NULL, \
-               version INTEGER NOT NULL, address TEXT, attrs TEXT) WITHOUT ROWID; \
              CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
                version INTEGER NOT NULL, address TEXT NOT NULL, attrs TEXT NOT NULL, \
                sent INTEGER NOT NULL DEFAULT 0);",
@@ -205,7 +204,23 @@ impl Diff {
         .execute(&mut stage)
         .await
         .map_err(crate::state::StateError::from)?;
-        state.copy_snapshot(&pipeline.id, &mut stage).await?;
+        // The snapshot is read in place, from the state file attached
+        // read-only in spirit (nothing here writes to it): no copy.
+        sqlx::query("ATTACH DATABASE ? AS st")
+            .bind(state.file().display().to_string())
+            .execute(&mut stage)
+            .await
+            .map_err(crate::state::StateError::from)?;
+        sqlx::raw_sql(&format!(
+            "CREATE TEMP VIEW snap AS SELECT s.key_hash AS key_hash, s.payload_hash AS payload, \
+               s.version AS version, s.address AS address, a.names AS attrs \
+             FROM st.diff_snapshot s LEFT JOIN st.diff_attribute_sets a ON a.id = s.attribute_set \
+             WHERE s.pipeline_id = '{}'",
+            pipeline.id.replace('\'', "''")
+        ))
+        .execute(&mut stage)
+        .await
+        .map_err(crate::state::StateError::from)?;
         Ok(Self {
             pipeline_id: pipeline.id.clone(),
             key_columns,
@@ -414,13 +429,18 @@ impl Diff {
         }
         let last_row = first_row + rows - 1;
         let mut decided: HashMap<u64, RowDecision> = HashMap::new();
+        // Only the rows that are sent or rejected here: an unchanged row has
+        // no entry, so its batches are dropped without being read back.
         let mut found = sqlx::query(
             "SELECT row, state, decision, version, key_hash, payload FROM rows \
-             WHERE row BETWEEN ? AND ? AND state != ?",
+             WHERE row BETWEEN ? AND ? AND (state IN (?, ?) OR decision IN (?, ?))",
         )
         .bind(i64::try_from(first_row).unwrap_or(i64::MAX))
         .bind(i64::try_from(last_row).unwrap_or(i64::MAX))
-        .bind(row_state::REJECTED)
+        .bind(row_state::MISSING_KEY)
+        .bind(row_state::DUPLICATE_KEY)
+        .bind(decision::NEW)
+        .bind(decision::CHANGED)
         .fetch(&mut self.stage);
         while let Some(r) = found.try_next().await.map_err(state_error)? {
             decided.insert(
