@@ -16,6 +16,11 @@
 //!    from it; its outcome adds how long the warehouse session lasted (connect
 //!    to close) and the spool's size.
 //!
+//! 5. a snapshot diff (`[diff] primary_key = ["customer_id"]`) of the same
+//!    push pipeline: a first run sends every row and builds the snapshot (not
+//!    measured), then a run over the unchanged table is measured: it must send
+//!    no request.
+//!
 //! Each is printed with its seconds, its ratio to the yardstick of the same run,
 //! and its peak RSS. Steps 2–4 run the library's `sync::run` / `sync::export_once`
 //! exactly as the `wsync` binary does (a multi-threaded tokio runtime).
@@ -89,6 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let export = measure_child("export", project.path(), &url)?;
         let push = measure_child("push", project.path(), &url)?;
         let sunk = sink.take();
+        measure_child("diff", project.path(), &url)?;
+        let _ = sink.take();
+        let diff = measure_child("diff", project.path(), &url)?;
+        let unchanged = sink.take();
         println!();
         println!("rows: {rows} (table {table}, 15 columns)");
         println!(
@@ -100,6 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("wsync dry run (only_read)", &dry),
             ("wsync export (parquet, zstd)", &export),
             ("wsync push to local sink (202)", &push),
+            ("wsync diff run, nothing changed", &diff),
         ] {
             println!(
                 "{:<34} {:>8.2} {:>6.2}x {:>7.1} MiB  {}",
@@ -113,6 +123,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "sink: {} requests, {} batches, {} body bytes",
             sunk.requests, sunk.batches, sunk.bytes
+        );
+        println!(
+            "sink during the unchanged diff run: {} requests, {} batches",
+            unchanged.requests, unchanged.batches
         );
     }
     Ok(())
@@ -229,6 +243,10 @@ fn write_project(root: &Path, table: &str, sink_port: u16) -> std::io::Result<()
         root.join("schedules").join("bench_push.toml"),
         "connection = \"wh\"\ndata_model = \"bench\"\nfeed = \"sink\"\ninput_protection = \"create_and_update\"\nretry_dead_letters = false\n",
     )?;
+    std::fs::write(
+        root.join("schedules").join("bench_diff.toml"),
+        "connection = \"wh\"\ndata_model = \"bench\"\nfeed = \"sink\"\nretry_dead_letters = false\n\n[diff]\nprimary_key = [\"customer_id\"]\n",
+    )?;
     Ok(())
 }
 
@@ -261,11 +279,11 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{} rows, {} file bytes", file.rows, file.bytes);
                 std::fs::remove_file(&out)?;
             }
-            "dry" | "push" => {
-                let id = if mode == "dry" {
-                    "bench_dry"
-                } else {
-                    "bench_push"
+            "dry" | "push" | "diff" => {
+                let id = match mode {
+                    "dry" => "bench_dry",
+                    "push" => "bench_push",
+                    _ => "bench_diff",
                 };
                 let report = wsync::sync::run(&ctx, id, wsync::sync::RunKind::Manual).await?;
                 let c = &report.record.counts;
@@ -279,6 +297,12 @@ fn child(mode: &str) -> Result<(), Box<dyn std::error::Error>> {
                     report.requests,
                     report.request_bytes
                 );
+                if report.diff.is_some() {
+                    println!(
+                        "; diff: {} new, {} changed, {} unchanged",
+                        c.rows_new, c.rows_changed, c.rows_unchanged
+                    );
+                }
                 if let Some(spool) = &report.spool {
                     // Read by the parent: how long the warehouse was held, and
                     // what the spool cost on disk.

@@ -21,12 +21,17 @@ pub struct Args {
     /// (as the pipeline's `write_batches = true` does).
     #[arg(long)]
     pub write_batches: bool,
+    /// For a pipeline with [diff]: send every row this run, as if the
+    /// snapshot were empty (profiles changed outside the warehouse).
+    #[arg(long)]
+    pub full_resync: bool,
 }
 
 /// Run and print the summary; exit 1 when the run failed.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut ctx = super::context(root).await?;
     ctx.write_batches = args.write_batches;
+    ctx.full_resync = args.full_resync;
     let pipeline = ctx.pipeline(&args.pipeline)?;
     if crate::scheduler::is_paused(&ctx.state, pipeline).await? {
         return Err(super::UsageError(format!(
@@ -105,6 +110,9 @@ pub(crate) fn print_summary(report: &RunReport) {
         (_, Some(from)) => println!("Resumed run {from} from its checkpoint."),
         _ => {}
     }
+    if let Some(reason) = report.diff.as_ref().and_then(|d| d.invalidated.as_deref()) {
+        println!("Snapshot invalidated: {reason}; every row was sent.");
+    }
     if let Some(checkpoint) = &r.checkpoint {
         if r.state != RunState::Success {
             println!("Checkpoint: {checkpoint} (the next run starts here)");
@@ -139,6 +147,19 @@ pub(crate) fn print_summary(report: &RunReport) {
         ("values_dropped".into(), c.values_dropped.to_string()),
         ("values_truncated".into(), c.values_truncated.to_string()),
     ];
+    let mut rows = rows;
+    if report.diff.is_some() {
+        let would = if r.dry_run { " (would be sent)" } else { "" };
+        rows.extend([
+            (format!("rows_new{would}"), c.rows_new.to_string()),
+            (format!("rows_changed{would}"), c.rows_changed.to_string()),
+            (
+                "rows_unchanged (not sent)".to_owned(),
+                c.rows_unchanged.to_string(),
+            ),
+            ("rows_unset".to_owned(), c.rows_unset.to_string()),
+        ]);
+    }
     let rows = if r.dry_run {
         rows
     } else {

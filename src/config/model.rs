@@ -719,6 +719,8 @@ pub struct Pipeline {
     pub pipeline_type: PipelineType,
     /// The data plan its batches name in `context.data_plan`, if any.
     pub data_plan: Option<DataPlanRef>,
+    /// Snapshot diff: send only new and changed rows (`[diff]`).
+    pub diff: Option<DiffSettings>,
 }
 
 /// What a pipeline's rows are, with mParticle's names.
@@ -763,6 +765,28 @@ pub enum PlanViolations {
     Flag,
     /// Rejected: the row is not sent, with reason `data_plan`.
     Block,
+}
+
+/// `[diff]`: what identifies a row, and what to do when one disappears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffSettings {
+    /// Result columns whose values identify a row (at least one).
+    pub primary_key: Vec<String>,
+    /// What a row gone from the model does.
+    pub on_delete: OnDelete,
+    /// Send every row again once this long has passed since the last full
+    /// send (profiles changed outside the warehouse).
+    pub full_resync_every: Option<std::time::Duration>,
+}
+
+/// What a key that left the model does (full sync mode only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Nothing: the profile keeps what was last sent.
+    Ignore,
+    /// Send a batch with `deleted_user_attributes` listing the attributes
+    /// last sent for the key, addressed by the identities last sent.
+    UnsetAttributes,
 }
 
 impl Pipeline {

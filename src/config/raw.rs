@@ -239,6 +239,8 @@ pub(crate) struct RawPipeline {
     pub pipeline_type: Option<String>,
     /// `data_plan = { plan_id, plan_version, document, violations }`.
     pub data_plan: Option<RawDataPlan>,
+    /// `[diff]`: send only new and changed rows.
+    pub diff: Option<RawDiff>,
 }
 
 /// `data_plan`.
@@ -253,6 +255,18 @@ pub(crate) struct RawDataPlan {
     pub document: Option<String>,
     /// `flag` (default) or `block`.
     pub violations: Option<String>,
+}
+
+/// `[diff]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a table")]
+pub(crate) struct RawDiff {
+    /// Result columns that identify a row.
+    pub primary_key: Option<Vec<String>>,
+    /// `ignore` or `unset_attributes`.
+    pub on_delete: Option<String>,
+    /// Send every row again after this long (`"7d"`, `"12h"`, `"30m"` or seconds).
+    pub full_resync_every: Option<toml::Value>,
 }
 
 /// `[export]`.
@@ -581,6 +595,7 @@ impl ValidKeys for RawPipeline {
             [Segment::Key(k)] if k == "schedule" => fields_of::<RawSchedule>(),
             [Segment::Key(k)] if k == "resolver" => fields_of::<super::resolver::RawResolver>(),
             [Segment::Key(k)] if k == "data_plan" => fields_of::<RawDataPlan>(),
+            [Segment::Key(k)] if k == "diff" => fields_of::<RawDiff>(),
             [Segment::Key(k), Segment::Index(_)] if k == "mappings" => fields_of::<RawMapping>(),
             _ => Vec::new(),
         }
@@ -668,7 +683,7 @@ mod tests {
         assert_eq!(
             errors,
             vec![
-                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, pipeline_type, data_plan",
+                "f.toml:2: conection: unknown key `conection`\n  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, pipeline_type, data_plan, diff",
                 "f.toml:6: sync_mode.iterator_feild: unknown key `iterator_feild`\n  hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone",
                 "f.toml:9: mappings[0].sorce: unknown key `sorce`\n  hint: did you mean `source`? valid keys in `mappings[0]`: mapping_type, source, destination, value",
             ]

@@ -63,6 +63,10 @@ pub enum RejectReason {
     InvalidEvent,
     /// Event pipelines: the event breaks the data plan, which blocks.
     DataPlan,
+    /// Diff: a `diff.primary_key` column is NULL or empty.
+    MissingKey,
+    /// Diff: the key appears in more than one row of the model's result.
+    DuplicateKey,
 }
 
 impl RejectReason {
@@ -75,6 +79,8 @@ impl RejectReason {
             Self::InvalidValue => "invalid_value",
             Self::InvalidEvent => "invalid_event",
             Self::DataPlan => "data_plan",
+            Self::MissingKey => "missing_key",
+            Self::DuplicateKey => "duplicate_key",
         }
     }
 }
@@ -237,6 +243,9 @@ pub struct Mapper {
     pub(crate) data_plan: Option<std::sync::Arc<crate::mapping::data_plan::DataPlan>>,
     /// Whether a violation rejects the row (`block`) or is only counted.
     pub(crate) plan_blocks: bool,
+    /// Position in the plan's columns of the iterator whose value goes into
+    /// the ids (incremental pipelines without `[diff]`).
+    id_iterator: Option<usize>,
 }
 
 /// One row's pieces before encoding.
@@ -278,7 +287,19 @@ impl Mapper {
             }
             context.extend_from_slice(b"}}");
         }
+        // A row re-read at a new iterator value is a new version: its id must
+        // differ from the earlier send's even if the content is back to an
+        // earlier value. Diff pipelines derive ids from the key's version
+        // instead (and must hash the content alone).
+        let id_iterator = if pipeline.diff.is_none() {
+            plan.columns
+                .iter()
+                .position(|c| matches!(c.route, Route::Iterator))
+        } else {
+            None
+        };
         Self {
+            id_iterator,
             plan,
             pipeline_id: pipeline.id.clone(),
             environment: pipeline.environment,
@@ -399,6 +420,22 @@ impl Mapper {
         Ok(out)
     }
 
+    /// A row's values by column name as JSON, as the rejected-rows file
+    /// shows them (for rows rejected after mapping, by the diff).
+    pub fn row_values_of(
+        &self,
+        chunk: &RecordBatch,
+        row: usize,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, MappingError> {
+        let readers = self
+            .plan
+            .columns
+            .iter()
+            .map(|c| ColumnReader::new(&c.name, &c.kind, chunk.column(c.index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(row_values(&self.plan, &readers, row))
+    }
+
     /// Map `rows` of a chunk (the single-threaded pass of [`Self::map_chunk`]).
     fn map_rows(
         &self,
@@ -434,6 +471,7 @@ impl Mapper {
                     events,
                     &mut parts,
                     row_number,
+                    self.id_salt(readers, row).as_deref(),
                     stats,
                     &mut scratch,
                     &mut out.events,
@@ -478,11 +516,13 @@ impl Mapper {
 
     /// A profile row's batches, or (event pipelines) its event, kept in
     /// `events` for grouping; the row's batches are then none yet.
+    #[allow(clippy::too_many_arguments)] // the encoder's state, passed down as encode takes it
     fn encode_row(
         &self,
         events: bool,
         parts: &mut RowParts<'_>,
         row: u64,
+        salt: Option<&str>,
         stats: &mut MapStats,
         scratch: &mut Scratch,
         event_rows: &mut Vec<crate::mapping::event::EventRow>,
@@ -491,7 +531,16 @@ impl Mapper {
             event_rows.push(self.encode_event(parts, row, stats)?);
             Ok(Vec::new())
         } else {
-            self.encode(parts, row, stats, scratch)
+            self.encode(parts, row, salt, stats, scratch)
+        }
+    }
+
+    /// The iterator value of `row` as the ids include it, if they do.
+    fn id_salt(&self, readers: &[ColumnReader<'_>], row: usize) -> Option<String> {
+        let reader = readers.get(self.id_iterator?)?;
+        match reader.cell(row) {
+            Cell::Value(v) => Some(v.to_text()),
+            Cell::Null | Cell::Unrepresentable(_) => None,
         }
     }
 
@@ -728,6 +777,7 @@ impl Mapper {
         &self,
         parts: &RowParts<'_>,
         row: u64,
+        salt: Option<&str>,
         stats: &mut MapStats,
         scratch: &mut Scratch,
     ) -> Result<Vec<EncodedBatch>, (RejectReason, String)> {
@@ -846,6 +896,13 @@ impl Mapper {
             // The id hashes the batch as it would read without it:
             // `{` head first [attributes] `}`, fed to the hash piece by piece.
             let mut hasher = id_hasher(&self.pipeline_id);
+            if let Some(salt) = salt {
+                // After a 0xff byte, which no JSON text starts with: an id
+                // with an iterator value never equals one without.
+                hasher.update([0xffu8]);
+                hasher.update((salt.len() as u64).to_le_bytes());
+                hasher.update(salt.as_bytes());
+            }
             hasher.update(b"{");
             hasher.update(&head[..]);
             hasher.update(first);
@@ -909,7 +966,9 @@ pub(crate) fn write_members<'a>(
 
 /// The deterministic id of a batch: the first 128 bits of
 /// `sha256(pipeline_id ‖ 0x00 ‖ batch JSON without the id)`, in hex. The same
-/// pipeline and the same row content always give the same id.
+/// pipeline and the same row content always give the same id. (Incremental
+/// pipelines also hash the row's iterator value, and `[diff]` pipelines
+/// replace the id: see the README's `source_request_id` rule.)
 pub fn source_request_id(pipeline_id: &str, body: &[u8]) -> String {
     let mut hasher = id_hasher(pipeline_id);
     hasher.update(body);
@@ -1037,6 +1096,7 @@ mod tests {
             retry_dead_letters: true,
             write_batches: false,
             max_rejected_pct: None,
+            diff: None,
             export: None,
             pipeline_type: Default::default(),
             data_plan: None,

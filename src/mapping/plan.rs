@@ -417,6 +417,7 @@ pub(crate) mod tests {
             retry_dead_letters: true,
             write_batches: false,
             max_rejected_pct: None,
+            diff: None,
             export: None,
             pipeline_type: PipelineType::UserAttributes,
             data_plan: None,

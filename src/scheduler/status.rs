@@ -187,6 +187,10 @@ pub fn run_json(r: &RunRecord) -> Value {
         "timeouts": r.counts.timeouts,
         "rate_limit_wait_ms": r.counts.rate_limit_wait_ms,
         "dead_letters": r.counts.dead_letters,
+        "rows_new": r.counts.rows_new,
+        "rows_changed": r.counts.rows_changed,
+        "rows_unchanged": r.counts.rows_unchanged,
+        "rows_unset": r.counts.rows_unset,
         "files": r.files,
         "error": r.error,
     })

@@ -15,8 +15,10 @@ use sqlx::{Row, SqlitePool};
 use crate::redact::redact_url;
 
 pub mod dead_letters;
+pub mod snapshot;
 
 pub use dead_letters::{DeadLetter, DeadLetterKind, NewDeadLetter};
+pub use snapshot::{DiffMeta, SnapshotCommit};
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,15 @@ pub struct RunCounts {
     pub rate_limit_wait_ms: u64,
     /// Dead letters stored by the run (refused batches and rejected rows).
     pub dead_letters: u64,
+    /// Diff: rows whose key was not in the snapshot (sent).
+    pub rows_new: u64,
+    /// Diff: rows whose payload differs from the snapshot's, or every known
+    /// row after the snapshot was invalidated (sent).
+    pub rows_changed: u64,
+    /// Diff: rows identical to the snapshot (not sent).
+    pub rows_unchanged: u64,
+    /// Diff: keys gone from the model whose attributes were unset.
+    pub rows_unset: u64,
 }
 
 /// A stored run.
@@ -282,6 +293,16 @@ impl StateStore {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// The database file.
+    pub fn file(&self) -> std::path::PathBuf {
+        self.pool.connect_options().get_filename().to_owned()
+    }
+
+    /// Close every connection (tests that replace the file underneath).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Record a new run as `running` and take the pipeline's lock.
@@ -526,14 +547,34 @@ impl StateStore {
         now: DateTime<Utc>,
         outcome: &RunOutcome,
     ) -> Result<(), StateError> {
+        self.finish_run_with_snapshot(run_id, pipeline_id, now, outcome, None)
+            .await
+    }
+
+    /// [`Self::finish_run`], with the diff snapshot of the rows this run had
+    /// acknowledged written in the same transaction: a crash before the commit
+    /// leaves the snapshot as it was (the rows are sent once more, with the
+    /// same ids), never marks an unsent change as synced.
+    pub async fn finish_run_with_snapshot(
+        &self,
+        run_id: i64,
+        pipeline_id: &str,
+        now: DateTime<Utc>,
+        outcome: &RunOutcome,
+        snapshot: Option<SnapshotCommit<'_>>,
+    ) -> Result<(), StateError> {
         let c = &outcome.counts;
         let mut tx = self.write_tx().await?;
+        if let Some(snapshot) = snapshot {
+            snapshot::write(&mut tx, pipeline_id, now, snapshot).await?;
+        }
         sqlx::query(
             "UPDATE pipeline_runs SET state = ?, end_date = ?, records_extracted = ?, \
              records_mapped = ?, event_batches_generated = ?, batches_sent = ?, requests_sent = ?, \
              bytes_sent = ?, rows_rejected = ?, values_dropped = ?, values_truncated = ?, files = ?, \
              error = ?, retries = ?, responses_429 = ?, responses_5xx = ?, timeouts = ?, \
-             rate_limit_wait_ms = ?, dead_letters = ? WHERE id = ?",
+             rate_limit_wait_ms = ?, dead_letters = ?, rows_new = ?, rows_changed = ?, \
+             rows_unchanged = ?, rows_unset = ? WHERE id = ?",
         )
         .bind(outcome.state.as_str())
         .bind(now.to_rfc3339())
@@ -554,6 +595,10 @@ impl StateStore {
         .bind(to_i64(c.timeouts))
         .bind(to_i64(c.rate_limit_wait_ms))
         .bind(to_i64(c.dead_letters))
+        .bind(to_i64(c.rows_new))
+        .bind(to_i64(c.rows_changed))
+        .bind(to_i64(c.rows_unchanged))
+        .bind(to_i64(c.rows_unset))
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
@@ -700,7 +745,7 @@ fn process_alive(pid: i64, instance: &str) -> bool {
     }
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -742,6 +787,10 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StateError> {
             timeouts: to_u64(row.try_get("timeouts")?),
             rate_limit_wait_ms: to_u64(row.try_get("rate_limit_wait_ms")?),
             dead_letters: to_u64(row.try_get("dead_letters")?),
+            rows_new: to_u64(row.try_get("rows_new")?),
+            rows_changed: to_u64(row.try_get("rows_changed")?),
+            rows_unchanged: to_u64(row.try_get("rows_unchanged")?),
+            rows_unset: to_u64(row.try_get("rows_unset")?),
         },
         files: serde_json::from_str(row.try_get::<&str, _>("files")?)
             .unwrap_or(serde_json::Value::Null),

@@ -31,6 +31,7 @@ pub(crate) async fn finish(
         mut spool,
         watermark,
         redelivered,
+        mut diff,
         ..
     } = attempt;
     if redelivered > 0 {
@@ -44,6 +45,20 @@ pub(crate) async fn finish(
         }
     }
     let mut counts = std::mem::take(&mut tally.counts);
+    let diff_summary = diff.as_ref().map(|d| super::DiffSummary {
+        primary_key: pipeline
+            .diff
+            .as_ref()
+            .map(|s| s.primary_key.clone())
+            .unwrap_or_default(),
+        invalidated: d.reset.clone().filter(|r| !r.is_empty()),
+    });
+    if let Some(d) = &diff {
+        counts.rows_new = d.counts.new;
+        counts.rows_changed = d.counts.changed;
+        counts.rows_unchanged = d.counts.unchanged;
+        counts.rows_unset = d.counts.unset;
+    }
     counts.records_mapped = stats.rows_mapped;
     counts.event_batches_generated = stats.batches;
     counts.rows_rejected = stats.rejected_total();
@@ -73,14 +88,27 @@ pub(crate) async fn finish(
     };
     let now = ctx.clock.now();
     if dry_record.is_none() {
+        // The snapshot moves only with a success: every batch was then
+        // acknowledged or dead-lettered (dead-lettered rows are left out).
+        let snapshot = match diff.as_mut() {
+            Some(d) if state == RunState::Success => {
+                d.unmark(&tally.dead_lettered_rows).await?;
+                Some(d.commit())
+            }
+            _ => None,
+        };
         ctx.state
-            .finish_run(ids.id, &pipeline.id, now, &outcome)
+            .finish_run_with_snapshot(ids.id, &pipeline.id, now, &outcome, snapshot)
             .await?;
+    }
+    if let Some(d) = diff {
+        d.close().await;
     }
     // Committed: the spool has done its work.
     if let Some(s) = spool.as_mut() {
-        if state == RunState::Success {
-            match SpoolDir::new(&ctx.project.state.spool_dir, &pipeline.id).remove() {
+        // A dry run's spool (diff pipelines) served this run only.
+        if state == RunState::Success || dry_record.is_some() {
+            match SpoolDir::at(s.dir.clone()).remove() {
                 Ok(()) => s.kept = false,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot delete the delivered spool; the next run will.");
@@ -131,6 +159,7 @@ pub(crate) async fn finish(
         samples: tally.samples,
         protection,
         spool,
+        diff: diff_summary,
     };
     // The report file is part of the audit trail; failing to write it does
     // not undo a run that already happened, so it is logged, not fatal.

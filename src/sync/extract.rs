@@ -174,6 +174,31 @@ impl Extract {
         })
     }
 
+    /// Wait until the spool is complete, then read it from its first chunk
+    /// (the snapshot diff needs every row before the first is sent). Returns
+    /// the complete manifest.
+    pub async fn complete_spool(&mut self, dir: &SpoolDir) -> Result<Manifest, SyncError> {
+        if self.resumed.is_none() {
+            let extracted = self.wait(false).await?;
+            if extracted.interrupted {
+                return Err(SyncError::Interrupted { checkpoint: None });
+            }
+            self.resumed = Some(extracted);
+        }
+        let manifest = dir.manifest()?.filter(|m| m.complete).ok_or_else(|| {
+            SyncError::Internal(format!(
+                "the spool in {} is not complete after its extract ended",
+                dir.path().display()
+            ))
+        })?;
+        self.source = ChunkSource::Spool(Box::new(SpoolReader::complete(
+            dir,
+            manifest.chunks,
+            manifest.rows,
+        )));
+        Ok(manifest)
+    }
+
     /// Whether chunks go through the spool (else straight to the transform).
     pub fn is_spooled(&self) -> bool {
         matches!(self.source, ChunkSource::Spool(_))

@@ -28,6 +28,9 @@ pub async fn probe(project: &Project, pipeline: &Pipeline) -> Result<Probe, Sync
     let (mut warehouse, query) = open(project, pipeline, None).await?;
     let columns = warehouse.probe(&query).await?;
     let plan = MappingPlan::new(&columns, pipeline)?;
+    if let Some(settings) = &pipeline.diff {
+        super::diff::key_columns(pipeline, settings, &columns)?;
+    }
     Ok(Probe { columns, plan })
 }
 

@@ -33,6 +33,7 @@ use crate::state::{RunRecord, StateStore};
 use crate::telemetry::events;
 
 pub mod commit;
+pub mod diff;
 mod error;
 mod extract;
 pub mod inspect;
@@ -77,6 +78,17 @@ pub struct RunReport {
     pub protection: Option<crate::resolve::ProtectionSummary>,
     /// The run's spool, when it delivered from one.
     pub spool: Option<SpoolSummary>,
+    /// The snapshot diff, for diff pipelines.
+    pub diff: Option<DiffSummary>,
+}
+
+/// What the snapshot diff did, for the run summary and `report.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffSummary {
+    /// The key columns.
+    pub primary_key: Vec<String>,
+    /// Why every row was sent this run (the snapshot was invalidated).
+    pub invalidated: Option<String>,
 }
 
 /// What a run's spool held, for the run summary and `report.json`.
@@ -118,6 +130,8 @@ pub struct SyncContext {
     /// Dry runs write their would-be batches even if the pipeline does not
     /// ask (`wsync run --write-batches`).
     pub write_batches: bool,
+    /// Diff pipelines send every row this run (`wsync run --full-resync`).
+    pub full_resync: bool,
 }
 
 /// What starts a run and which window it covers.
@@ -164,6 +178,7 @@ impl SyncContext {
             metrics: Arc::default(),
             progress: Arc::default(),
             write_batches: false,
+            full_resync: false,
         }
     }
 
@@ -333,6 +348,11 @@ pub async fn run(
         span,
     } = started_run;
     record::announce(&span, pending.as_ref(), &window);
+    // A dry run of a diff pipeline spools too (into its run folder): the diff
+    // needs the whole snapshot before it decides the first row.
+    let spool = spool.or_else(|| {
+        (mode.dry_run && pipeline.diff.is_some()).then(|| SpoolDir::at(ids.dir.join("spool")))
+    });
     let spool = spool.map(|dir| {
         let plan = match pending {
             Some(mut m) => {
@@ -361,6 +381,7 @@ pub async fn run(
         spool: None,
         watermark: None,
         redelivered: 0,
+        diff: None,
     };
     let result = attempt
         .execute(window, spool)
@@ -421,6 +442,8 @@ pub(crate) struct Attempt<'a> {
     pub watermark: Option<String>,
     /// Dead-lettered batches of earlier runs delivered by this one.
     pub redelivered: u64,
+    /// The snapshot diff, for diff pipelines once the spool is complete.
+    pub diff: Option<diff::Diff>,
 }
 
 impl Attempt<'_> {
@@ -462,6 +485,18 @@ impl Attempt<'_> {
                 return Err(e);
             }
         };
+        if let Some(settings) = &pipeline.diff {
+            match self
+                .diff_prepass(&mut extract, dir.as_ref(), &plan, settings)
+                .await
+            {
+                Ok(diff) => self.diff = Some(diff),
+                Err(e) => {
+                    let _ = extract.wait(true).await;
+                    return Err(e);
+                }
+            }
+        }
         let prepared = self.prepare(&extract, &plan, dir.as_ref()).await;
         let (mut outputs, protection) = match prepared {
             Ok(prepared) => prepared,
@@ -471,7 +506,14 @@ impl Attempt<'_> {
             }
         };
         let mut transform = transform::Transform::new(mapper, protection);
-        let flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
+        transform.diff = self.diff.take();
+        let mut flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
+        if flowed.is_ok() {
+            if let Some(diff) = transform.diff.as_mut() {
+                flowed = unset_gone_keys(diff, &mut outputs).await;
+            }
+        }
+        self.diff = transform.diff.take();
 
         self.conclude(extract, transform, outputs, flowed, &window)
             .await
@@ -572,6 +614,12 @@ impl Attempt<'_> {
                 checkpoint: self.tally.checkpoint.clone(),
             });
         }
+        if let Some(blocked) = self.diff.as_ref().and_then(|d| d.blocked.clone()) {
+            return Err(SyncError::Unsupported {
+                pipeline: pipeline.id.clone(),
+                message: blocked,
+            });
+        }
         self.tally.counts.records_extracted = extracted.rows;
         if pipeline_is_incremental(pipeline) && self.mode.moves_watermark {
             // Never store a watermark below the one a previous run earned.
@@ -582,6 +630,63 @@ impl Attempt<'_> {
                 .map(window::to_text);
         }
         Ok(())
+    }
+
+    /// The diff pre-pass: wait for the complete spool, stage every row's key
+    /// and payload hashes and classify them against the snapshot.
+    async fn diff_prepass(
+        &mut self,
+        extract: &mut Extract,
+        dir: Option<&SpoolDir>,
+        plan: &MappingPlan,
+        settings: &crate::config::model::DiffSettings,
+    ) -> Result<diff::Diff, SyncError> {
+        let ctx = self.ctx;
+        let pipeline = self.pipeline;
+        let Some(dir) = dir else {
+            return Err(SyncError::Unsupported {
+                pipeline: pipeline.id.clone(),
+                message: "[diff] needs a feed (or input_protection = \"only_read\"); \
+                          export-only pipelines send nothing to diff"
+                    .to_owned(),
+            });
+        };
+        let manifest = extract.complete_spool(dir).await?;
+        let mut diff = diff::Diff::open(
+            &ctx.state,
+            pipeline,
+            settings,
+            &extract.columns,
+            &diff::snapshot_fingerprint(&ctx.project, pipeline),
+            &self.ids.dir,
+            ctx.full_resync,
+            ctx.clock.now(),
+        )
+        .await?;
+        let mapper = Mapper::new(plan.clone(), pipeline);
+        let staged = async {
+            diff.stage(&mapper, dir, &manifest).await?;
+            diff.classify(pipeline.max_rejected_pct).await
+        }
+        .await;
+        if let Err(e) = staged {
+            diff.close().await;
+            return Err(e);
+        }
+        if let Some(reason) = diff.reset.as_deref().filter(|r| !r.is_empty()) {
+            events::SnapshotInvalidated { reason }.emit();
+        }
+        let c = diff.counts;
+        events::DiffComputed {
+            new: c.new,
+            changed: c.changed,
+            unchanged: c.unchanged,
+            unset: c.unset,
+            duplicate_keys: c.duplicate_keys,
+            missing_keys: c.missing_keys,
+        }
+        .emit();
+        Ok(diff)
     }
 
     /// The outputs of this run and its input protection; dead letters of
@@ -661,7 +766,8 @@ impl Attempt<'_> {
             ),
             _ => None,
         };
-        if let (Some(d), true) = (&deliverer, pipeline.retry_dead_letters) {
+        let blocked = self.diff.as_ref().is_some_and(|d| d.blocked.is_some());
+        if let (Some(d), true, false) = (&deliverer, pipeline.retry_dead_letters, blocked) {
             let done = redeliver::redeliver(&ctx.state, &pipeline.id, d).await?;
             self.redelivered = done.delivered;
             self.tally.counts.batches_sent += done.delivered;
@@ -714,6 +820,20 @@ impl Attempt<'_> {
 
 fn pipeline_is_incremental(pipeline: &Pipeline) -> bool {
     matches!(pipeline.sync_mode, SyncMode::Incremental { .. })
+}
+
+/// `on_delete = "unset_attributes"`: after the last row, the batches that
+/// unset the attributes of keys gone from the model go to every output.
+async fn unset_gone_keys(
+    diff: &mut diff::Diff,
+    outputs: &mut [Box<dyn RunOutput>],
+) -> Result<(), SyncError> {
+    if let Some(chunk) = diff.unset_chunk().await? {
+        for output in outputs.iter_mut() {
+            output.write(&chunk).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Move every chunk from the source through the transform to every output.

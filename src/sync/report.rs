@@ -70,7 +70,16 @@ pub fn to_json(report: &RunReport, pipeline: &Pipeline) -> Value {
         "rows_read": c.records_extracted,
         // Rows `only_update` skipped were mapped but never sent.
         "rows_sent_or_would_be_sent": c.records_mapped
-            - report.protection.as_ref().map_or(0, |p| p.skipped_no_profile),
+            .saturating_sub(c.rows_unchanged)
+            .saturating_sub(report.protection.as_ref().map_or(0, |p| p.skipped_no_profile)),
+        "rows_new": c.rows_new,
+        "rows_changed": c.rows_changed,
+        "rows_unchanged": c.rows_unchanged,
+        "rows_unset": c.rows_unset,
+        "diff": report.diff.as_ref().map(|d| json!({
+            "snapshot_invalidated": d.invalidated,
+            "primary_key": d.primary_key,
+        })),
         "rows_rejected": c.rows_rejected,
         "rejected_by_reason": rejected,
         "batches": c.event_batches_generated,

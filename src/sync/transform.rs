@@ -45,6 +45,8 @@ pub type ProtectionEnd = (
 pub struct Transform {
     mapper: Mapper,
     protection: Option<Protection>,
+    /// Snapshot diff: which rows go out, under which ids.
+    pub diff: Option<super::diff::Diff>,
     next_row: u64,
     /// Mapping counters by reason.
     pub stats: MapStats,
@@ -56,6 +58,7 @@ impl Transform {
         Self {
             mapper,
             protection,
+            diff: None,
             next_row: 1,
             stats: MapStats::default(),
         }
@@ -67,8 +70,23 @@ impl Transform {
         let first_row = self.next_row;
         let mut mapped = self.mapper.map_chunk(&chunk, first_row, &mut self.stats)?;
         self.next_row += chunk.num_rows() as u64;
+        // Unchanged rows leave before input protection looks profiles up.
+        if let Some(diff) = self.diff.as_mut() {
+            diff.select(
+                &self.mapper,
+                &chunk,
+                first_row,
+                &mut mapped.batches,
+                &mut mapped.rejected,
+                &mut self.stats,
+            )
+            .await?;
+        }
         if let Some(protection) = self.protection.as_mut() {
             protection.apply(&mut mapped.batches).await?;
+        }
+        if let Some(diff) = self.diff.as_mut() {
+            diff.mark_sent(&mapped.batches).await?;
         }
         Ok(Transformed {
             first_row,

@@ -305,3 +305,50 @@ impl SpoolResumed<'_> {
         );
     }
 }
+
+/// The snapshot diff of a `[diff]` pipeline decided every row of the run.
+pub struct DiffComputed {
+    /// Rows whose key was not in the snapshot.
+    pub new: u64,
+    /// Rows whose payload changed.
+    pub changed: u64,
+    /// Rows not sent: identical to the snapshot.
+    pub unchanged: u64,
+    /// Keys gone from the model whose attributes are unset.
+    pub unset: u64,
+    /// Rows rejected as `duplicate_key`.
+    pub duplicate_keys: u64,
+    /// Rows rejected as `missing_key`.
+    pub missing_keys: u64,
+}
+
+impl DiffComputed {
+    /// Write the line.
+    pub fn emit(&self) {
+        info!(
+            new = self.new,
+            changed = self.changed,
+            unchanged = self.unchanged,
+            unset = self.unset,
+            duplicate_keys = self.duplicate_keys,
+            missing_keys = self.missing_keys,
+            "Snapshot diff computed."
+        );
+    }
+}
+
+/// A `[diff]` pipeline's snapshot does not apply to this run: every row is sent.
+pub struct SnapshotInvalidated<'a> {
+    /// Why (a mapping change, `--full-resync`, `full_resync_every`).
+    pub reason: &'a str,
+}
+
+impl SnapshotInvalidated<'_> {
+    /// Write the line.
+    pub fn emit(&self) {
+        warn!(
+            reason = self.reason,
+            "Snapshot invalidated; every row is sent this run."
+        );
+    }
+}

@@ -34,6 +34,7 @@ pub struct Metrics {
     rows_sent: Family<Labels, Counter>,
     rows_rejected: Family<Labels, Counter>,
     rows_skipped: Family<Labels, Counter>,
+    diff_rows: Family<Labels, Counter>,
     batches_sent: Family<Labels, Counter>,
     events: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
@@ -72,6 +73,7 @@ impl Metrics {
         let rows_sent = Family::default();
         let rows_rejected = Family::default();
         let rows_skipped = Family::default();
+        let diff_rows = Family::default();
         let batches_sent = Family::default();
         let events = Family::default();
         let retries = Family::default();
@@ -103,6 +105,11 @@ impl Metrics {
             "rows_skipped",
             "Rows skipped by input protection (only_update: no existing profile)",
             rows_skipped.clone(),
+        );
+        r.register(
+            "diff_rows",
+            "Rows of diff pipelines by outcome (new, changed, unchanged: not sent, unset)",
+            diff_rows.clone(),
         );
         r.register(
             "batches_sent",
@@ -156,6 +163,7 @@ impl Metrics {
             rows_sent,
             rows_rejected,
             rows_skipped,
+            diff_rows,
             batches_sent,
             events,
             retries,
@@ -197,7 +205,19 @@ impl Metrics {
         if !record.dry_run {
             self.rows_sent
                 .get_or_create(&pipeline())
-                .inc_by(c.records_mapped);
+                .inc_by(c.records_mapped.saturating_sub(c.rows_unchanged));
+            for (outcome, n) in [
+                ("new", c.rows_new),
+                ("changed", c.rows_changed),
+                ("unchanged", c.rows_unchanged),
+                ("unset", c.rows_unset),
+            ] {
+                if n > 0 {
+                    let mut labels = pipeline();
+                    labels.push(("outcome", outcome.to_owned()));
+                    self.diff_rows.get_or_create(&labels).inc_by(n);
+                }
+            }
         }
         self.rows_rejected
             .get_or_create(&pipeline())

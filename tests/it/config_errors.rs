@@ -215,7 +215,7 @@ fn unknown_keys_are_all_reported_with_suggestions() {
 - wsync.toml:8: connections.pg.chunk_row: unknown key `chunk_row`
   hint: did you mean `chunk_rows`? valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows, base_url, account, user, role, warehouse, database, schema, private_key, private_key_env, private_key_file, private_key_passphrase, private_key_passphrase_env, private_key_passphrase_file, password, password_env, password_file, project, dataset, location, auth, credentials, credentials_env, credentials_file, maximum_bytes_billed
 - schedules/a.toml:1: conection: unknown key `conection`
-  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, pipeline_type, data_plan
+  hint: did you mean `connection`? valid keys at the top level: name, connection, data_model, feed, environment, input_protection, null_policy, limit_policy, paused, sync_mode, schedule, mappings, retry_dead_letters, max_rejected_pct, write_batches, export, resolver, pipeline_type, data_plan, diff
 - schedules/a.toml:7: sync_mode.iterator_feild: unknown key `iterator_feild`
   hint: did you mean `iterator_field`? valid keys in `sync_mode`: type, iterator_field, iterator_data_type, from, lag, iterator_time_zone
 - schedules/a.toml:13: mappings[0].colour: unknown key `colour`

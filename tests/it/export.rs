@@ -321,6 +321,7 @@ fn pipeline(null_policy: NullPolicy) -> Pipeline {
         retry_dead_letters: true,
         write_batches: false,
         max_rejected_pct: None,
+        diff: None,
         export: None,
         pipeline_type: Default::default(),
         data_plan: None,

@@ -19,6 +19,7 @@ mod cli;
 mod config_errors;
 mod data_hardening;
 mod delivery;
+mod diff;
 mod events;
 mod export;
 mod export_runs;

@@ -44,6 +44,7 @@ fn pipeline(null_policy: NullPolicy, limit_policy: LimitPolicy) -> Pipeline {
         export: None,
         pipeline_type: Default::default(),
         data_plan: None,
+        diff: None,
     }
 }
 

@@ -27,12 +27,12 @@ use super::error::ConfigError;
 use super::locate::SourceFile;
 use super::model::{
     ConnectionKind, DaemonSettings, DataModel, DataPlanRef, DeliverySettings, Destination,
-    Environment, EventField, ExportCompression, ExportDataset, ExportSettings, Frequency,
-    InputProtection, IteratorDataType, LimitPolicy, Mapping, NullPolicy, Pipeline, PipelineType,
-    PlanViolations, Pod, Schedule, StateConfig, StaticValue, SyncMode,
+    DiffSettings, Environment, EventField, ExportCompression, ExportDataset, ExportSettings,
+    Frequency, InputProtection, IteratorDataType, LimitPolicy, Mapping, NullPolicy, OnDelete,
+    Pipeline, PipelineType, PlanViolations, Pod, Schedule, StateConfig, StaticValue, SyncMode,
 };
 use super::raw::{
-    RawConnection, RawDaemon, RawDataPlan, RawDefaults, RawExport, RawFeed, RawMapping,
+    RawConnection, RawDaemon, RawDataPlan, RawDefaults, RawDiff, RawExport, RawFeed, RawMapping,
     RawPipeline, RawProject, RawSchedule, RawState, RawSyncMode,
 };
 use super::suggest;

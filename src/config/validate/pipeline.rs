@@ -151,6 +151,10 @@ pub(super) fn validate_pipeline(
             "set pipeline_type = \"events\", or remove `document`",
         );
     }
+    let diff = raw
+        .diff
+        .as_ref()
+        .and_then(|d| validate_diff(ctx, d, iterator));
     Pipeline {
         id: id.to_owned(),
         name: raw.name.clone().unwrap_or_else(|| id.to_owned()),
@@ -192,6 +196,141 @@ pub(super) fn validate_pipeline(
         export,
         pipeline_type,
         data_plan,
+        diff,
+    }
+}
+
+pub(super) const ON_DELETE: &[(&str, OnDelete)] = &[
+    ("ignore", OnDelete::Ignore),
+    ("unset_attributes", OnDelete::UnsetAttributes),
+];
+
+/// The longest `diff.full_resync_every`: a year.
+const MAX_RESYNC: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The shortest: an hour (more often is no diff at all).
+const MIN_RESYNC: Duration = Duration::from_secs(3600);
+
+/// `[diff]`: key columns, `on_delete`, `full_resync_every`.
+pub(super) fn validate_diff(
+    ctx: &mut Ctx<'_>,
+    raw: &RawDiff,
+    iterator: Option<&str>,
+) -> Option<DiffSettings> {
+    let primary_key = match &raw.primary_key {
+        None => {
+            ctx.missing(
+                "diff.primary_key",
+                "add primary_key = [\"COLUMN\"]: the result columns that identify a row",
+            );
+            None
+        }
+        Some(k) if k.is_empty() => {
+            ctx.push(
+                "diff.primary_key",
+                "names no column",
+                "list the result columns that identify a row, e.g. primary_key = [\"customer_id\"]",
+            );
+            None
+        }
+        Some(k) => Some(k.clone()),
+    };
+    let mut ok = true;
+    let keys = primary_key.as_deref().unwrap_or_default();
+    for (i, column) in keys.iter().enumerate() {
+        if column.trim().is_empty() {
+            ctx.push(
+                "diff.primary_key",
+                format!("entry {} is empty", i + 1),
+                "name a result column of the model",
+            );
+            ok = false;
+        } else if keys[..i].iter().any(|c| c.eq_ignore_ascii_case(column)) {
+            ctx.push(
+                "diff.primary_key",
+                format!("`{column}` is listed twice"),
+                "list each key column once",
+            );
+            ok = false;
+        } else if iterator.is_some_and(|it| it.eq_ignore_ascii_case(column)) {
+            ctx.push(
+                "diff.primary_key",
+                format!("`{column}` is the iterator field, which changes with every update"),
+                "use the columns that identify the row, e.g. the customer id",
+            );
+            ok = false;
+        }
+    }
+    let on_delete = match raw.on_delete.as_deref() {
+        None => Some(OnDelete::Ignore),
+        Some(v) => ctx.choice("diff.on_delete", v, "on_delete policy", ON_DELETE),
+    };
+    if on_delete == Some(OnDelete::UnsetAttributes) && iterator.is_some() {
+        ctx.push(
+            "diff.on_delete",
+            "`unset_attributes` needs sync_mode.type = \"full\": an incremental window does not show which rows are gone",
+            "use on_delete = \"ignore\", or a full sync",
+        );
+        ok = false;
+    }
+    let full_resync_every = match &raw.full_resync_every {
+        None => None,
+        Some(v) => match parse_duration(v) {
+            Ok(d) if (MIN_RESYNC..=MAX_RESYNC).contains(&d) => Some(d),
+            Ok(d) => {
+                ctx.push(
+                    "diff.full_resync_every",
+                    format!("{} seconds is out of range", d.as_secs()),
+                    "use a duration between 1h and 366d, e.g. full_resync_every = \"7d\"",
+                );
+                ok = false;
+                None
+            }
+            Err(message) => {
+                ctx.push(
+                    "diff.full_resync_every",
+                    message,
+                    "write a number of seconds or a duration such as \"7d\", \"12h\" or \"90m\"",
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    Some(DiffSettings {
+        primary_key: primary_key?,
+        on_delete: on_delete?,
+        full_resync_every,
+    })
+    .filter(|_| ok)
+}
+
+/// A duration written as seconds (an integer) or as text: `"7d"`, `"12h"`,
+/// `"90m"`, `"30s"`, or a bare number of seconds.
+pub(super) fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
+    match value {
+        toml::Value::Integer(n) => u64::try_from(*n)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{n} is negative")),
+        toml::Value::String(text) => {
+            let t = text.trim();
+            let (digits, unit) =
+                t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("`{text}` is not a duration"))?;
+            let scale = match unit.trim() {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                "w" => 7 * 86_400,
+                other => return Err(format!("`{text}`: unknown unit `{other}`")),
+            };
+            n.checked_mul(scale)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{text}` is too long"))
+        }
+        other => Err(format!("expected a duration, found {}", other.type_str())),
     }
 }
 

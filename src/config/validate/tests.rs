@@ -898,3 +898,85 @@ fn pipeline_type_and_data_plan() {
         ]
     );
 }
+
+#[test]
+fn diff_section() {
+    let body = format!(
+        "{HEAD}[diff]\nprimary_key = [\"customer_id\", \"region\"]\non_delete = \"unset_attributes\"\nfull_resync_every = \"7d\"\n"
+    );
+    let (v, errors) = check(WSYNC, &[("p", &body)], false);
+    assert_eq!(errors, Vec::<String>::new());
+    let diff = v.pipelines["p"].diff.clone().unwrap();
+    assert_eq!(diff.primary_key, vec!["customer_id", "region"]);
+    assert_eq!(diff.on_delete, OnDelete::UnsetAttributes);
+    assert_eq!(
+        diff.full_resync_every,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+
+    for (every, expected) in [("43200", 43_200), ("\"12h\"", 43_200), ("\"90m\"", 5_400)] {
+        let body = format!("{HEAD}[diff]\nprimary_key = [\"id\"]\nfull_resync_every = {every}\n");
+        let (v, errors) = check(WSYNC, &[("p", &body)], false);
+        assert_eq!(errors, Vec::<String>::new(), "{every}");
+        let diff = v.pipelines["p"].diff.clone().unwrap();
+        assert_eq!(diff.full_resync_every, Some(Duration::from_secs(expected)));
+        assert_eq!(diff.on_delete, OnDelete::Ignore);
+    }
+
+    let errors = pipeline_errors(&format!(
+        "{HEAD}[diff]\nprimary_key = [\"id\", \"ID\"]\non_delete = \"remove\"\nfull_resync_every = \"7 fortnights\"\nprimay = 1\n"
+    ));
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("schedules/p.toml:6: diff.primary_key: `ID` is listed twice")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("diff.on_delete: `remove` is not a valid on_delete policy")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(
+            |e| e.contains("diff.full_resync_every: `7 fortnights`: unknown unit `fortnights`")
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("diff.primay: unknown key `primay`")),
+        "{errors:?}"
+    );
+
+    let errors = pipeline_errors(&format!("{HEAD}[diff]\nfull_resync_every = 60\n"));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("diff.primary_key: missing required key")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("diff.full_resync_every: 60 seconds is out of range")),
+        "{errors:?}"
+    );
+
+    let errors = pipeline_errors(&format!(
+        "{HEAD}[sync_mode]\ntype = \"incremental\"\niterator_field = \"updated_at\"\niterator_data_type = \"timestamp_tz\"\n[diff]\nprimary_key = [\"updated_at\"]\non_delete = \"unset_attributes\"\n"
+    ));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("`updated_at` is the iterator field"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("`unset_attributes` needs sync_mode.type = \"full\""),
+        "{errors:?}"
+    );
+}

@@ -128,6 +128,7 @@ pub struct EventsApi {
     dead_letters: u64,
     /// Dead letters retired by newer sends.
     retired: u64,
+    dead_rows: Vec<u64>,
 }
 
 impl std::fmt::Debug for EventsApi {
@@ -161,6 +162,7 @@ impl EventsApi {
             batches_skipped: 0,
             dead_letters: 0,
             retired: 0,
+            dead_rows: Vec::new(),
         }
     }
 
@@ -288,6 +290,8 @@ impl EventsApi {
         let acknowledged = outcome.acknowledged.len() as u64;
         self.batches_acknowledged += acknowledged;
         self.settings.progress.add_batches(acknowledged);
+        self.dead_rows
+            .extend(outcome.dead_letters.iter().map(|d| d.row));
         if !outcome.dead_letters.is_empty() {
             let letters: Vec<NewDeadLetter> = outcome
                 .dead_letters
@@ -515,6 +519,7 @@ impl RunOutput for EventsApi {
                     "Dead letters superseded by a newer acknowledged send of the same profile were deleted."
                 );
             }
+            tally.dead_lettered_rows.append(&mut self.dead_rows);
             if self.batches_skipped > 0 {
                 tracing::info!(
                     batches = self.batches_skipped,

@@ -61,6 +61,9 @@ pub struct Tally {
     pub batches_already_done: u64,
     /// Incremental checkpoint: iterator value below which every row is done.
     pub checkpoint: Option<String>,
+    /// Run rows with a dead-lettered batch (the diff does not record them as
+    /// synced).
+    pub dead_lettered_rows: Vec<u64>,
 }
 
 /// How a run ended, as its outputs need to know when finishing.

@@ -187,6 +187,11 @@ impl SpoolDir {
         }
     }
 
+    /// The spool in the folder `dir` (a dry run's, under its run folder).
+    pub fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     /// The folder.
     pub fn path(&self) -> &Path {
         &self.dir
