@@ -540,6 +540,16 @@ fn wsync_fault(delay: Duration) -> crate::support::fake_mparticle::Fault {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wsync_run_under_sigterm_stops_and_the_next_run_finishes_from_the_spool() {
+    stop_wsync_run_and_finish(libc::SIGTERM).await;
+}
+
+/// Ctrl-C at a terminal: the same clean stop as SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsync_run_under_sigint_stops_and_the_next_run_finishes_from_the_spool() {
+    stop_wsync_run_and_finish(libc::SIGINT).await;
+}
+
+async fn stop_wsync_run_and_finish(signal: libc::c_int) {
     let Some(pool) = db::postgres().await else {
         return;
     };
@@ -566,9 +576,9 @@ async fn wsync_run_under_sigterm_stops_and_the_next_run_finishes_from_the_spool(
         assert!(Instant::now() < deadline, "2000 rows did not land");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // SAFETY: sending SIGTERM to our own child process.
+    // SAFETY: sending a signal to our own child process.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(child.id() as libc::pid_t, signal);
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
