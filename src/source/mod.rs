@@ -24,6 +24,7 @@ pub mod guard;
 pub(crate) mod jwt;
 mod pg_copy;
 mod reader;
+mod rows;
 pub(crate) mod snowflake;
 mod sql;
 pub mod types;
