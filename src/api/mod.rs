@@ -87,6 +87,7 @@ pub fn router(ctx: SyncContext, daemon: Daemon, token: Option<Secret>) -> Router
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
+        .route("/daemons", get(daemons))
         .route("/pipelines/{id}/status", get(status))
         .route("/pipelines/{id}/runs", get(runs))
         .route("/pipelines/{id}/trigger", post(trigger))
@@ -192,6 +193,12 @@ async fn pipelines(State(state): State<AppState>) -> Result<Json<serde_json::Val
         );
     }
     Ok(Json(json!({ "pipelines": out })))
+}
+
+/// The daemons sharing the state store: id, host, heartbeat, runs held.
+async fn daemons(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let daemons = state.ctx.state.daemons().await?;
+    Ok(Json(serde_json::json!({ "daemons": daemons })))
 }
 
 fn known(state: &AppState, id: &str) -> Result<(), ApiError> {

@@ -29,6 +29,13 @@ pub async fn execute(root: &Path, _args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let daemon = Daemon::new(ctx.clone());
+    // Seen by the other daemons, `wsync status` and `GET /daemons` from now
+    // on; the lease heartbeat keeps it fresh.
+    let me = ctx
+        .state
+        .register_daemon(settings.max_concurrent_runs)
+        .await?;
+    tracing::info!(daemon = %me.id, backend = ?ctx.state.backend(), "Daemon registered in the state store.");
     let api_stop = tokio_util::sync::CancellationToken::new();
     let api = match settings.http_bind {
         None => None,
@@ -64,6 +71,9 @@ pub async fn execute(root: &Path, _args: Args) -> anyhow::Result<ExitCode> {
         if let Ok(Err(e)) = api.await {
             tracing::error!(error = %e, "HTTP API stopped with an error.");
         }
+    }
+    if let Err(e) = ctx.state.daemon_stopped().await {
+        tracing::warn!(error = %e, "Cannot record the daemon's stop; others will see its heartbeat age.");
     }
     result?;
     Ok(ExitCode::SUCCESS)

@@ -52,7 +52,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     crate::sync::find_pipeline(&project, &pipeline)?;
-    let state = StateStore::open(project.state.url.expose()).await?;
+    let state = StateStore::for_project(&project.state).await?;
     match args.action {
         Action::List { limit, json, .. } => {
             let letters = state.dead_letters(&pipeline, None, limit, 0).await?;

@@ -138,7 +138,7 @@ pub(crate) fn load(root: &std::path::Path) -> anyhow::Result<crate::config::mode
 /// process at once (exit 130), for an operator who does not want to wait.
 pub(crate) async fn context(root: &std::path::Path) -> anyhow::Result<crate::sync::SyncContext> {
     let project = load(root)?;
-    let state = crate::state::StateStore::open(project.state.url.expose()).await?;
+    let state = crate::state::StateStore::for_project(&project.state).await?;
     let ctx = crate::sync::SyncContext::new(
         std::sync::Arc::new(project),
         state,

@@ -18,7 +18,7 @@ pub struct Args {
 pub async fn execute(root: &Path, args: Args, pause: bool) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
     let pipeline = crate::sync::find_pipeline(&project, &args.pipeline)?;
-    let state = crate::state::StateStore::open(project.state.url.expose()).await?;
+    let state = crate::state::StateStore::for_project(&project.state).await?;
     if !pause && pipeline.paused {
         return Err(super::UsageError(format!(
             "pipeline `{}` is paused in its file; remove `paused = true` from {}",

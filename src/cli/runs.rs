@@ -29,7 +29,7 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(id) = &args.pipeline {
         crate::sync::find_pipeline(&project, id)?;
     }
-    let state = StateStore::open(project.state.url.expose()).await?;
+    let state = StateStore::for_project(&project.state).await?;
     let offset = args.page.saturating_sub(1).saturating_mul(args.limit);
     let runs = state
         .runs(args.pipeline.as_deref(), args.limit, offset)

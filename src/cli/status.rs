@@ -22,15 +22,19 @@ pub struct Args {
 /// Print the status of every pipeline.
 pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let project = super::load(root)?;
-    let state = StateStore::open(project.state.url.expose()).await?;
+    let state = StateStore::for_project(&project.state).await?;
     let now = crate::clock::SystemClock.now();
     let mut rows = Vec::new();
     for pipeline in project.pipelines.values() {
         rows.push(pipeline_status(&state, &project.state.spool_dir, pipeline, now).await?);
     }
+    let daemons = state.daemons().await?;
     if args.json {
         for s in &rows {
             println!("{}", s.to_json());
+        }
+        for d in &daemons {
+            println!("{}", serde_json::json!({ "daemon": d }));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -95,7 +99,33 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         ]);
     }
     println!("{t}");
+    if !daemons.is_empty() {
+        print_daemons(&daemons, now);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemons heard from in the last day.
+fn print_daemons(daemons: &[crate::state::DaemonInfo], now: chrono::DateTime<chrono::Utc>) {
+    let mut t = table(&[
+        "daemon",
+        "host",
+        "state",
+        "heartbeat",
+        "runs held",
+        "started",
+    ]);
+    for d in daemons {
+        t.add_row(vec![
+            d.id.clone(),
+            d.host.clone(),
+            if d.alive { "alive" } else { "gone" }.to_owned(),
+            format!("{}s ago", (now - d.heartbeat_at).num_seconds().max(0)),
+            format!("{} of {}", d.runs_held, d.max_concurrent_runs),
+            d.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ]);
+    }
+    println!("\nDaemons on this state store:\n{t}");
 }
 
 /// `93784` → `1d 2h 3m`.

@@ -69,7 +69,8 @@ impl Default for DaemonSettings {
 /// The state store: run history and watermarks.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
-    /// SQLite database URL, e.g. `sqlite:///abs/path/.wsync/state.db`.
+    /// SQLite database URL, e.g. `sqlite:///abs/path/.wsync/state.db`, or a
+    /// PostgreSQL URL shared by several daemons.
     pub url: Secret,
     /// Folder for per-run files (rejected rows, would-be batches).
     pub runs_dir: PathBuf,
@@ -81,6 +82,9 @@ pub struct StateConfig {
     /// Free disk (MB) under `spool_dir` below which a run does not start and an
     /// extract stops. 0 turns the check off. Default 256.
     pub min_free_disk_mb: u64,
+    /// How long a pipeline lease lasts without a heartbeat (default 30 s): a
+    /// daemon that dies holding a pipeline frees it after this long.
+    pub lease_ttl: std::time::Duration,
 }
 
 /// Which SQL dialect and wire protocol a connection speaks.

@@ -52,8 +52,12 @@ pub(crate) struct RawDaemon {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, expecting = "a table")]
 pub(crate) struct RawState {
-    /// State store URL; only `sqlite:` for now. Relative paths resolve against the root.
+    /// State store URL: `sqlite:` (relative paths resolve against the root)
+    /// or `postgres://`.
     pub url: Option<String>,
+    /// Name of an environment variable holding the state store URL (keeps a
+    /// PostgreSQL password out of the file).
+    pub url_env: Option<String>,
     /// Folder for per-run files; relative paths resolve against the root.
     pub runs_dir: Option<String>,
     /// Folder for pipelines' spools; relative paths resolve against the root.
@@ -63,6 +67,8 @@ pub(crate) struct RawState {
     /// A run refuses to start (and an extract stops) below this much free disk
     /// under the spool folder, in MB; 0 turns the check off.
     pub min_free_disk_mb: Option<i64>,
+    /// How long a pipeline lease lasts without a heartbeat, in seconds.
+    pub lease_ttl_secs: Option<i64>,
 }
 
 /// `[defaults]`.
@@ -655,10 +661,12 @@ mod tests {
             fields_of::<RawState>(),
             vec![
                 "url",
+                "url_env",
                 "runs_dir",
                 "spool_dir",
                 "spool_max_age_secs",
-                "min_free_disk_mb"
+                "min_free_disk_mb",
+                "lease_ttl_secs"
             ]
         );
         assert_eq!(

@@ -112,11 +112,15 @@ impl Daemon {
             if self.held(id).is_some_and(|until| now < until) {
                 continue;
             }
-            // Another process (`wsync run`) holds it: not ours to plan now. A
-            // lock of this process with no task running the pipeline is stuck
-            // (its run panicked, or recording its outcome failed): release it.
-            if let Some(holder) = self.ctx.state.lock_holder(id).await? {
+            // Another process (`wsync run`, another daemon) holds it: not
+            // ours to plan now, but look again when its lease would expire
+            // (its holder may be dead). A lease of this process with no task
+            // running the pipeline is stuck (its run panicked, or recording
+            // its outcome failed): release it.
+            if let Some(holder) = self.ctx.state.lease_holder(id).await? {
                 if !holder.own {
+                    let expiry = holder.expires_at + chrono::Duration::milliseconds(100);
+                    earliest = Some(earliest.map_or(expiry, |e| e.min(expiry)));
                     continue;
                 }
                 self.release_stuck_lock(id).await?;
@@ -139,7 +143,10 @@ impl Daemon {
                 let runs = plan
                     .due
                     .into_iter()
-                    .map(|interval| RunKind::Scheduled { interval })
+                    .map(|interval| RunKind::Scheduled {
+                        interval,
+                        after: Some(history.last_scheduled_id),
+                    })
                     .collect();
                 self.spawn(id.clone(), runs);
             }
@@ -160,7 +167,7 @@ impl Daemon {
         if self.lock_running().contains_key(pipeline) {
             return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
         }
-        match self.ctx.state.lock_holder(pipeline).await? {
+        match self.ctx.state.lease_holder(pipeline).await? {
             Some(holder) if holder.own => self.release_stuck_lock(pipeline).await?,
             Some(_) => return Err(SchedulerError::AlreadyRunning(pipeline.to_owned())),
             None => {}
@@ -262,12 +269,17 @@ impl Daemon {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                for kind in runs {
+                // Each run of a catch-up follows the one before it.
+                let mut after = None;
+                for mut kind in runs {
+                    if let (RunKind::Scheduled { after: claim, .. }, Some(prev)) = (&mut kind, after) {
+                        *claim = Some(prev);
+                    }
                     if ctx.shutdown.is_cancelled() {
                         break;
                     }
                     let interval = match &kind {
-                        RunKind::Scheduled { interval } => *interval,
+                        RunKind::Scheduled { interval, .. } => *interval,
                         _ => None,
                     };
                     let scheduled = matches!(kind, RunKind::Scheduled { .. });
@@ -297,12 +309,20 @@ impl Daemon {
                     // An error after the run started (recording its outcome
                     // failed) may leave this process's lock behind.
                     if let Err(e) = &result {
-                        if !matches!(e, SyncError::State(StateError::InProgress { .. })) {
+                        if !matches!(
+                            e,
+                            SyncError::State(
+                                StateError::InProgress { .. } | StateError::AlreadyClaimed { .. }
+                            )
+                        ) {
                             let reason = format!("the run ended without recording an outcome: {e}");
                             if let Err(e) = release_stuck_lock(&ctx, &id, &reason).await {
                                 tracing::error!(pipeline = %id, error = %e, "Cannot release the pipeline lock.");
                             }
                         }
+                    }
+                    if let Ok(report) = &result {
+                        after = Some(report.record.id);
                     }
                     if let (Ok(report), true) = (&result, scheduled) {
                         if report.record.dry_run {
@@ -326,6 +346,14 @@ impl Daemon {
                             events::RunNotStarted {
                                 pipeline: &id,
                                 reason: "already in progress in another process",
+                            }
+                            .emit();
+                            break;
+                        }
+                        Err(SyncError::State(StateError::AlreadyClaimed { .. })) => {
+                            events::RunNotStarted {
+                                pipeline: &id,
+                                reason: "another daemon took this scheduled run",
                             }
                             .emit();
                             break;
@@ -389,7 +417,7 @@ async fn release_stuck_lock(
 ) -> Result<(), StateError> {
     if let Some(run_id) = ctx
         .state
-        .release_own_lock(pipeline, ctx.clock.now(), reason)
+        .release_own_lease(pipeline, ctx.clock.now(), reason)
         .await?
     {
         tracing::warn!(

@@ -337,6 +337,7 @@ mod tests {
             last_scheduled_state: Some(RunState::Success),
             last_interval_end: Some(t(interval_end)),
             scheduled_outcome: true,
+            last_scheduled_id: 0,
         }
     }
 
@@ -464,6 +465,7 @@ mod tests {
             last_scheduled_state: Some(RunState::Failed),
             last_interval_end: Some(t("2026-03-01T06:00:00Z")),
             scheduled_outcome: true,
+            last_scheduled_id: 0,
         };
         let at = t("2026-03-01T07:30:00Z");
         let plan = plan(&p, &failed, at, at);
@@ -495,6 +497,7 @@ mod tests {
             last_scheduled_state: Some(RunState::Interrupted),
             last_interval_end: None,
             scheduled_outcome: false,
+            last_scheduled_id: 0,
         };
         assert_eq!(plan(&p, &cut_off, now, now).due, vec![None]);
         let done = ScheduleHistory {
@@ -573,6 +576,7 @@ mod tests {
             last_scheduled_state: Some(RunState::Success),
             last_interval_end: None,
             scheduled_outcome: true,
+            last_scheduled_id: 0,
         };
         let later = t("2026-03-01T10:30:00Z");
         let plan1 = plan(&p, &ran, started, later);

@@ -21,7 +21,7 @@ pub struct PipelineStatus {
     pub input_protection: &'static str,
     /// `user_attributes` or `events`.
     pub pipeline_type: &'static str,
-    /// `active`, `paused`, `on demand` or `running (run N, pid P)`.
+    /// `active`, `paused`, `on demand` or `running (run N on host:pid:instance)`.
     pub status: String,
     /// Whether a live process runs it now.
     pub running: bool,
@@ -77,7 +77,7 @@ pub async fn pipeline_status(
         complete: p.manifest.complete,
         acknowledged_requests: p.acknowledged_requests,
     });
-    let running = state.lock_holder(&pipeline.id).await?;
+    let running = state.lease_holder(&pipeline.id).await?;
     let paused = super::is_paused(state, pipeline).await?;
     let history = state.schedule_history(&pipeline.id).await?;
     let plan = plan::plan(pipeline, &history, now, now);
@@ -102,7 +102,7 @@ pub async fn pipeline_status(
         _ => None,
     };
     let status = match (&running, paused) {
-        (Some(h), _) => format!("running (run {}, pid {})", h.run_id, h.pid),
+        (Some(h), _) => format!("running (run {} on {})", h.run_id, h.holder),
         (None, true) => "paused".to_owned(),
         (None, false) if matches!(pipeline.schedule, Schedule::OnDemand) => "on demand".to_owned(),
         (None, false) => "active".to_owned(),

@@ -85,7 +85,7 @@ impl StateStore {
             };
             sqlx::query(
                 "INSERT INTO dead_letters (pipeline_id, run_id, created_at, kind, reason, message, \
-                 source_request_id, payload, content_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 source_request_id, payload, content_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (pipeline_id, kind, content_key) DO UPDATE SET \
                  run_id = excluded.run_id, reason = excluded.reason, message = excluded.message, \
                  attempts = dead_letters.attempts + 1",
@@ -115,13 +115,13 @@ impl StateStore {
         offset: u32,
     ) -> Result<Vec<DeadLetter>, StateError> {
         let rows = sqlx::query(
-            "SELECT * FROM dead_letters WHERE pipeline_id = ?1 AND (?2 IS NULL OR kind = ?2) \
-             ORDER BY id LIMIT ?3 OFFSET ?4",
+            "SELECT * FROM dead_letters WHERE pipeline_id = $1 AND ($2 IS NULL OR kind = $2) \
+             ORDER BY id LIMIT $3 OFFSET $4",
         )
         .bind(pipeline_id)
         .bind(kind.map(DeadLetterKind::as_str))
-        .bind(limit)
-        .bind(offset)
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -149,8 +149,8 @@ impl StateStore {
     /// Count dead letters of a pipeline by kind: (batches, rows).
     pub async fn count_dead_letters(&self, pipeline_id: &str) -> Result<(u64, u64), StateError> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(kind = 'batch'), 0), COALESCE(SUM(kind = 'row'), 0) \
-             FROM dead_letters WHERE pipeline_id = ?",
+            "SELECT COUNT(CASE WHEN kind = 'batch' THEN 1 END), \
+             COUNT(CASE WHEN kind = 'row' THEN 1 END) FROM dead_letters WHERE pipeline_id = $1",
         )
         .bind(pipeline_id)
         .fetch_one(&self.pool)
@@ -167,7 +167,7 @@ impl StateStore {
     pub async fn remove_dead_letters(&self, ids: &[i64]) -> Result<(), StateError> {
         let mut tx = self.write_tx().await?;
         for id in ids {
-            sqlx::query("DELETE FROM dead_letters WHERE id = ?")
+            sqlx::query("DELETE FROM dead_letters WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -181,7 +181,7 @@ impl StateStore {
         let mut tx = self.write_tx().await?;
         for (id, message) in refused {
             sqlx::query(
-                "UPDATE dead_letters SET attempts = attempts + 1, message = ? WHERE id = ?",
+                "UPDATE dead_letters SET attempts = attempts + 1, message = $1 WHERE id = $2",
             )
             .bind(message)
             .bind(id)
@@ -195,7 +195,7 @@ impl StateStore {
     /// Delete every dead letter of a pipeline; returns how many.
     pub async fn purge_dead_letters(&self, pipeline_id: &str) -> Result<u64, StateError> {
         Ok(
-            sqlx::query("DELETE FROM dead_letters WHERE pipeline_id = ?")
+            sqlx::query("DELETE FROM dead_letters WHERE pipeline_id = $1")
                 .bind(pipeline_id)
                 .execute(&self.pool)
                 .await?
@@ -210,10 +210,12 @@ mod tests {
 
     #[tokio::test]
     async fn store_list_count_bump_remove_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
-            .await
-            .unwrap();
+        for t in crate::state::testing::stores().await {
+            check(&t.store).await;
+        }
+    }
+
+    async fn check(store: &StateStore) {
         let now = Utc::now();
         let letters = vec![
             NewDeadLetter {

@@ -1,23 +1,47 @@
-//! The state store: run records and incremental watermarks, in SQLite.
+//! The state store: run records, watermarks, checkpoints, dead letters, the
+//! diff snapshot, and what several daemons share (pipeline leases, the
+//! daemons' heartbeats, schedule claims, the feeds' send budget).
 //!
-//! The schema lives in `migrations/` and is embedded in the binary; opening a
-//! store applies any migration it has not seen. A run's outcome and its
-//! watermark are written in one transaction, so the watermark can never move
-//! without the run that earned it being recorded as a success.
+//! Two backends behind one code path (sqlx's `Any` driver): SQLite, the
+//! embedded default for one host, and PostgreSQL (`state.url =
+//! "postgres://…"`), which several daemons on several hosts share. Every query
+//! is written once in the SQL both speak (`$1` placeholders, `ON CONFLICT`,
+//! `RETURNING`); the schema lives in `migrations/sqlite/` and
+//! `migrations/postgres/`, the same versions in each backend's types, embedded
+//! in the binary and applied when a store is opened.
+//!
+//! A run's outcome and its watermark are written in one transaction, so the
+//! watermark can never move without the run that earned it being recorded as a
+//! success; and every write of a run is conditioned on the fencing token of
+//! the pipeline lease it holds (see [`leases`]), so a daemon that stalled past
+//! its lease cannot commit stale work.
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor as _, Row};
 
+use crate::clock::{Clock, SystemClock};
 use crate::redact::redact_url;
 
+pub mod budget;
+pub mod daemons;
 pub mod dead_letters;
+pub mod leases;
+mod runs;
 pub mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
+pub use budget::LearnedRate;
+pub use daemons::{DaemonInfo, DaemonRegistration};
 pub use dead_letters::{DeadLetter, DeadLetterKind, NewDeadLetter};
+pub use leases::{LeaseHolder, DEFAULT_LEASE_TTL};
 pub use snapshot::{DiffMeta, SnapshotCommit};
 
 /// A state store failure.
@@ -36,7 +60,7 @@ pub enum StateError {
     Query(#[from] sqlx::Error),
     /// The pipeline is running already (in this process or another one).
     #[error(
-        "pipeline `{pipeline}` is already in progress (run {run_id}, started {since} by process {pid}); \
+        "pipeline `{pipeline}` is already in progress (run {run_id}, started {since} by {holder}); \
          wait for it to finish"
     )]
     InProgress {
@@ -46,8 +70,29 @@ pub enum StateError {
         run_id: i64,
         /// When it took the pipeline.
         since: String,
-        /// The process running it.
-        pid: i64,
+        /// The daemon or process running it (`host:pid:instance`).
+        holder: String,
+    },
+    /// The scheduled run was claimed by another daemon (it ran, or runs, there).
+    #[error("pipeline `{pipeline}`: this scheduled run was already claimed by another daemon")]
+    AlreadyClaimed {
+        /// Pipeline id.
+        pipeline: String,
+    },
+    /// The run's lease on its pipeline was taken over (this process stalled
+    /// past the lease's expiry): nothing more of this run may be committed.
+    #[error(
+        "pipeline `{pipeline}`: run {run_id} lost its lease (fencing token {token}) to another \
+         daemon, which resumes the pipeline from its last checkpoint; this run's work is not \
+         committed"
+    )]
+    LeaseLost {
+        /// Pipeline id.
+        pipeline: String,
+        /// The fenced run.
+        run_id: i64,
+        /// Its fencing token.
+        token: i64,
     },
 }
 
@@ -185,6 +230,10 @@ pub struct NewRun<'a> {
     pub interval: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// The run being resumed.
     pub resumed_from: Option<i64>,
+    /// Scheduled runs: what the daemons' plan called this run (the latest
+    /// scheduled run it follows and the interval or fire time), claimed once
+    /// in the state store, so two daemons that both found it due run it once.
+    pub claim: Option<&'a str>,
 }
 
 /// Where the next run of a pipeline should start reading after an unfinished
@@ -208,19 +257,9 @@ pub struct ScheduleHistory {
     pub last_interval_end: Option<DateTime<Utc>>,
     /// A scheduled run reached success or failed (a `once` pipeline is done).
     pub scheduled_outcome: bool,
-}
-
-/// The run holding a pipeline's lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockHolder {
-    /// Run id.
-    pub run_id: i64,
-    /// Process id.
-    pub pid: i64,
-    /// When taken.
-    pub since: String,
-    /// Taken by this very process (same pid and instance token).
-    pub own: bool,
+    /// Id of the latest scheduled run (0 when none): part of the claim of the
+    /// next one.
+    pub last_scheduled_id: i64,
 }
 
 /// How a run ended, to be recorded.
@@ -238,31 +277,100 @@ pub struct RunOutcome {
     pub watermark: Option<String>,
 }
 
-/// The SQLite state store.
+/// Which database a [`StateStore`] lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file: one host.
+    Sqlite,
+    /// A PostgreSQL database: any number of daemons on any hosts.
+    Postgres,
+}
+
+/// How a store is opened beyond its URL.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// How long a pipeline lease lasts without a heartbeat (`state.lease_ttl_secs`).
+    pub lease_ttl: Duration,
+    /// The clock leases and heartbeats are judged by: wall time shared by
+    /// every host (tests inject their own).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        Self {
+            lease_ttl: DEFAULT_LEASE_TTL,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The state store (cheap to clone: clones share the pool and the leases
+/// this process holds).
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+    sqlite_file: Option<PathBuf>,
+    pub(crate) leases: Arc<leases::Held>,
+    pub(crate) options: StateOptions,
 }
 
 impl StateStore {
-    /// Open (creating the file and its folder if needed) and migrate.
+    /// Open (creating a SQLite file and its folder if needed) and migrate,
+    /// with the default lease settings.
     pub async fn open(url: &str) -> Result<Self, StateError> {
+        Self::open_with(url, StateOptions::default()).await
+    }
+
+    /// Open the project's store (`[state]`: its URL and lease life).
+    pub async fn for_project(
+        config: &crate::config::model::StateConfig,
+    ) -> Result<Self, StateError> {
+        Self::open_with(
+            config.url.expose(),
+            StateOptions {
+                lease_ttl: config.lease_ttl,
+                ..StateOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Open and migrate the store at `url`: `sqlite://…` or `postgres://…`.
+    pub async fn open_with(url: &str, options: StateOptions) -> Result<Self, StateError> {
         let open_error = |message: String| StateError::Open {
             url: redact_url(url),
-            message,
+            message: scrub_url_password(&message, url),
         };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| open_error(e.to_string()))?
-            .create_if_missing(true)
-            // WAL lets `wsync runs` read while a run writes.
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        if let Some(parent) = Path::new(options.get_filename()).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        sqlx::any::install_default_drivers();
+        let lower = url.to_ascii_lowercase();
+        let (backend, connect_url, sqlite_file) =
+            if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+                (Backend::Postgres, url.to_owned(), None)
+            } else {
+                let file = sqlite_path(url)
+                    .ok_or_else(|| open_error("not a sqlite:// or postgres:// URL".to_owned()))?;
+                if let Some(parent) = file.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+                }
+                (Backend::Sqlite, sqlite_connect_url(url), Some(file))
+            };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets `wsync runs` read while a run writes; the
+                        // busy timeout waits out another process's commit.
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
             .await
             .map_err(|e| open_error(e.to_string()))?;
         // Two processes opening a new store at once (a daemon starting while
@@ -271,477 +379,98 @@ impl StateStore {
         // so trying again settles it.
         let mut attempt = 0;
         loop {
-            match sqlx::migrate!("./migrations").run(&pool).await {
+            let result = match backend {
+                Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+                Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+            };
+            match result {
                 Ok(()) => break,
                 Err(e) if attempt < 5 => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "State store migration raced; retrying.");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(e) => return Err(open_error(e.to_string())),
             }
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_file,
+            leases: Arc::default(),
+            options,
+        })
     }
 
-    /// A write transaction that takes SQLite's write lock at `BEGIN` (waiting up
-    /// to the busy timeout for it). A deferred transaction that reads first and
-    /// writes later fails at once with "database is locked" when another writer
-    /// committed in between (the busy timeout does not apply to that upgrade):
-    /// two pipelines starting together under `max_concurrent_runs` hit it.
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at `BEGIN`
+    /// (waiting up to the busy timeout for it): a deferred transaction that
+    /// reads first and writes later fails at once with "database is locked"
+    /// when another writer committed in between (the busy timeout does not
+    /// apply to that upgrade), which two pipelines starting together hit.
+    /// PostgreSQL's row locks need no such care.
     pub(crate) async fn write_tx(
         &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
-    /// The database file.
-    pub fn file(&self) -> std::path::PathBuf {
-        self.pool.connect_options().get_filename().to_owned()
+    /// The SQLite database file (`None` for PostgreSQL).
+    pub fn file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// Close every connection (tests that replace the file underneath).
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    /// Record a new run as `running` and take the pipeline's lock.
-    ///
-    /// Refused with [`StateError::InProgress`] while a live process holds the
-    /// lock. A lock left by a process that is gone (a crash, SIGKILL) is taken
-    /// over, and that process's run, still marked `running`, becomes
-    /// `interrupted`.
-    pub async fn start_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
-        let mut tx = self.write_tx().await?;
-        let holder = sqlx::query(
-            "SELECT run_id, pid, instance, acquired_at FROM pipeline_locks WHERE pipeline_id = ?",
-        )
-        .bind(run.pipeline_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = holder {
-            let pid: i64 = row.try_get("pid")?;
-            let instance: String = row.try_get("instance")?;
-            if process_alive(pid, &instance) {
-                return Err(StateError::InProgress {
-                    pipeline: run.pipeline_id.to_owned(),
-                    run_id: row.try_get("run_id")?,
-                    since: row.try_get("acquired_at")?,
-                    pid,
-                });
-            }
-        }
-        sqlx::query(
-            "UPDATE pipeline_runs SET state = 'interrupted', end_date = ?, \
-             error = 'the process running it stopped before recording an outcome' \
-             WHERE pipeline_id = ? AND state = 'running'",
-        )
-        .bind(run.now.to_rfc3339())
-        .bind(run.pipeline_id)
-        .execute(&mut *tx)
-        .await?;
-        let id = sqlx::query(
-            "INSERT INTO pipeline_runs (pipeline_id, state, run_type, dry_run, start_date, \
-             data_interval_start, data_interval_end, interval_start, interval_end, resumed_from) \
-             VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(run.pipeline_id)
-        .bind(run.run_type)
-        .bind(run.dry_run)
-        .bind(run.now.to_rfc3339())
-        .bind(&run.window.0)
-        .bind(&run.window.1)
-        .bind(run.interval.map(|i| i.0.to_rfc3339()))
-        .bind(run.interval.map(|i| i.1.to_rfc3339()))
-        .bind(run.resumed_from)
-        .fetch_one(&mut *tx)
-        .await?
-        .get::<i64, _>(0);
-        let me = this_process();
-        sqlx::query(
-            "INSERT INTO pipeline_locks (pipeline_id, run_id, pid, instance, acquired_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline_id) DO UPDATE SET run_id = excluded.run_id, \
-             pid = excluded.pid, instance = excluded.instance, acquired_at = excluded.acquired_at",
-        )
-        .bind(run.pipeline_id)
-        .bind(id)
-        .bind(me.pid)
-        .bind(&me.instance)
-        .bind(run.now.to_rfc3339())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    /// Commit a run's checkpoint: every row of its window whose iterator is
-    /// below `value` was acknowledged (or dead-lettered).
-    pub async fn checkpoint(&self, run_id: i64, value: &str) -> Result<(), StateError> {
-        sqlx::query("UPDATE pipeline_runs SET checkpoint = ? WHERE id = ?")
-            .bind(value)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The checkpoint the next run of a pipeline resumes from: that of its latest
-    /// non-dry, non-backfill run, when that run did not succeed.
-    pub async fn resume_point(&self, pipeline_id: &str) -> Result<Option<ResumePoint>, StateError> {
-        let row = sqlx::query(
-            "SELECT id, state, checkpoint FROM pipeline_runs WHERE pipeline_id = ? AND dry_run = 0 \
-             AND run_type != 'backfill' ORDER BY id DESC LIMIT 1",
-        )
-        .bind(pipeline_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state = RunState::parse(row.try_get("state")?);
-        let checkpoint: Option<String> = row.try_get("checkpoint")?;
-        Ok(match (state, checkpoint) {
-            (RunState::Success, _) | (_, None) => None,
-            (_, Some(checkpoint)) => Some(ResumePoint {
-                run_id: row.try_get("id")?,
-                checkpoint,
-            }),
-        })
-    }
-
-    /// The past scheduled runs of a pipeline, as the scheduler needs them.
-    pub async fn schedule_history(&self, pipeline_id: &str) -> Result<ScheduleHistory, StateError> {
-        let row = sqlx::query(
-            "SELECT \
-               (SELECT start_date FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
-                  ORDER BY id DESC LIMIT 1) AS last_start, \
-               (SELECT state FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
-                  ORDER BY id DESC LIMIT 1) AS last_state, \
-               (SELECT interval_end FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
-                  AND state = 'success' AND interval_end IS NOT NULL ORDER BY id DESC LIMIT 1) AS interval_end, \
-               (SELECT COUNT(*) FROM pipeline_runs WHERE pipeline_id = ?1 AND run_type = 'scheduled' \
-                  AND state IN ('success', 'failed')) AS outcomes",
-        )
-        .bind(pipeline_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(ScheduleHistory {
-            last_scheduled_start: row
-                .try_get::<Option<String>, _>("last_start")?
-                .as_deref()
-                .map(parse_time),
-            last_scheduled_state: row
-                .try_get::<Option<String>, _>("last_state")?
-                .as_deref()
-                .map(RunState::parse),
-            last_interval_end: row
-                .try_get::<Option<String>, _>("interval_end")?
-                .as_deref()
-                .map(parse_time),
-            scheduled_outcome: row.try_get::<i64, _>("outcomes")? > 0,
-        })
-    }
-
-    /// Pause or resume a pipeline from the command line.
-    pub async fn set_paused(
-        &self,
-        pipeline_id: &str,
-        paused: bool,
-        now: DateTime<Utc>,
-    ) -> Result<(), StateError> {
-        sqlx::query(
-            "INSERT INTO pipeline_state (pipeline_id, paused, changed_at) VALUES (?, ?, ?) \
-             ON CONFLICT (pipeline_id) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at",
-        )
-        .bind(pipeline_id)
-        .bind(paused)
-        .bind(now.to_rfc3339())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Whether a pipeline was paused from the command line.
-    pub async fn paused(&self, pipeline_id: &str) -> Result<bool, StateError> {
-        Ok(
-            sqlx::query_scalar::<_, bool>(
-                "SELECT paused FROM pipeline_state WHERE pipeline_id = ?",
-            )
-            .bind(pipeline_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .unwrap_or(false),
-        )
-    }
-
-    /// The live run holding a pipeline, if any (a lock left by a dead process is
-    /// not reported).
-    pub async fn lock_holder(&self, pipeline_id: &str) -> Result<Option<LockHolder>, StateError> {
-        let row = sqlx::query(
-            "SELECT run_id, pid, instance, acquired_at FROM pipeline_locks WHERE pipeline_id = ?",
-        )
-        .bind(pipeline_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let pid: i64 = row.try_get("pid")?;
-        let instance: String = row.try_get("instance")?;
-        if !process_alive(pid, &instance) {
-            return Ok(None);
-        }
-        let me = this_process();
-        Ok(Some(LockHolder {
-            run_id: row.try_get("run_id")?,
-            pid,
-            since: row.try_get("acquired_at")?,
-            own: pid == me.pid && instance == me.instance,
-        }))
-    }
-
-    /// Release the lock this process holds on `pipeline_id`, if any, for a run
-    /// that ended without recording an outcome (it panicked, or `finish_run`
-    /// failed: a busy or full disk). That run, if still `running`, ends `failed`
-    /// with `reason`; its checkpoint stays, so the next run resumes from it.
-    /// Returns the released run's id. Only the caller knows that no run of the
-    /// pipeline is in progress in this process: a live run's lock looks alike.
-    pub async fn release_own_lock(
-        &self,
-        pipeline_id: &str,
-        now: DateTime<Utc>,
-        reason: &str,
-    ) -> Result<Option<i64>, StateError> {
-        let me = this_process();
-        let mut tx = self.write_tx().await?;
-        let run_id: Option<i64> = sqlx::query_scalar(
-            "SELECT run_id FROM pipeline_locks WHERE pipeline_id = ? AND pid = ? AND instance = ?",
-        )
-        .bind(pipeline_id)
-        .bind(me.pid)
-        .bind(&me.instance)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(run_id) = run_id else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "UPDATE pipeline_runs SET state = 'failed', end_date = ?, error = ? \
-             WHERE id = ? AND state = 'running'",
-        )
-        .bind(now.to_rfc3339())
-        .bind(reason)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM pipeline_locks WHERE pipeline_id = ? AND run_id = ?")
-            .bind(pipeline_id)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(run_id))
-    }
-
-    /// Record a run's outcome and, in the same transaction, its watermark.
-    pub async fn finish_run(
-        &self,
-        run_id: i64,
-        pipeline_id: &str,
-        now: DateTime<Utc>,
-        outcome: &RunOutcome,
-    ) -> Result<(), StateError> {
-        self.finish_run_with_snapshot(run_id, pipeline_id, now, outcome, None)
-            .await
-    }
-
-    /// [`Self::finish_run`], with the diff snapshot of the rows this run had
-    /// acknowledged written in the same transaction: a crash before the commit
-    /// leaves the snapshot as it was (the rows are sent once more, with the
-    /// same ids), never marks an unsent change as synced.
-    pub async fn finish_run_with_snapshot(
-        &self,
-        run_id: i64,
-        pipeline_id: &str,
-        now: DateTime<Utc>,
-        outcome: &RunOutcome,
-        snapshot: Option<SnapshotCommit<'_>>,
-    ) -> Result<(), StateError> {
-        let c = &outcome.counts;
-        let mut tx = self.write_tx().await?;
-        if let Some(snapshot) = snapshot {
-            snapshot::write(&mut tx, pipeline_id, now, snapshot).await?;
-        }
-        sqlx::query(
-            "UPDATE pipeline_runs SET state = ?, end_date = ?, records_extracted = ?, \
-             records_mapped = ?, event_batches_generated = ?, batches_sent = ?, requests_sent = ?, \
-             bytes_sent = ?, rows_rejected = ?, values_dropped = ?, values_truncated = ?, files = ?, \
-             error = ?, retries = ?, responses_429 = ?, responses_5xx = ?, timeouts = ?, \
-             rate_limit_wait_ms = ?, dead_letters = ?, rows_new = ?, rows_changed = ?, \
-             rows_unchanged = ?, rows_unset = ? WHERE id = ?",
-        )
-        .bind(outcome.state.as_str())
-        .bind(now.to_rfc3339())
-        .bind(to_i64(c.records_extracted))
-        .bind(to_i64(c.records_mapped))
-        .bind(to_i64(c.event_batches_generated))
-        .bind(to_i64(c.batches_sent))
-        .bind(to_i64(c.requests_sent))
-        .bind(to_i64(c.bytes_sent))
-        .bind(to_i64(c.rows_rejected))
-        .bind(to_i64(c.values_dropped))
-        .bind(to_i64(c.values_truncated))
-        .bind(outcome.files.to_string())
-        .bind(&outcome.error)
-        .bind(to_i64(c.retries))
-        .bind(to_i64(c.responses_429))
-        .bind(to_i64(c.responses_5xx))
-        .bind(to_i64(c.timeouts))
-        .bind(to_i64(c.rate_limit_wait_ms))
-        .bind(to_i64(c.dead_letters))
-        .bind(to_i64(c.rows_new))
-        .bind(to_i64(c.rows_changed))
-        .bind(to_i64(c.rows_unchanged))
-        .bind(to_i64(c.rows_unset))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(watermark) = &outcome.watermark {
-            sqlx::query(
-                "INSERT INTO watermarks (pipeline_id, value, run_id, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (pipeline_id) DO UPDATE SET value = excluded.value, \
-                 run_id = excluded.run_id, updated_at = excluded.updated_at",
-            )
-            .bind(pipeline_id)
-            .bind(watermark)
-            .bind(run_id)
-            .bind(now.to_rfc3339())
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM pipeline_locks WHERE pipeline_id = ? AND run_id = ?")
-            .bind(pipeline_id)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// When the pipeline's latest successful run ended.
-    pub async fn last_success(
-        &self,
-        pipeline_id: &str,
-    ) -> Result<Option<DateTime<Utc>>, StateError> {
-        let end: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT end_date FROM pipeline_runs WHERE pipeline_id = ? AND state = 'success' \
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(pipeline_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(end.flatten().as_deref().map(parse_time))
-    }
-
-    /// The number of runs, optionally of one pipeline (for paging).
-    pub async fn count_runs(&self, pipeline_id: Option<&str>) -> Result<u64, StateError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pipeline_runs WHERE (?1 IS NULL OR pipeline_id = ?1)",
-        )
-        .bind(pipeline_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(to_u64(n))
-    }
-
-    /// The stored watermark of a pipeline.
-    pub async fn watermark(&self, pipeline_id: &str) -> Result<Option<String>, StateError> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM watermarks WHERE pipeline_id = ?")
-                .bind(pipeline_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Runs, newest first, optionally of one pipeline.
-    pub async fn runs(
-        &self,
-        pipeline_id: Option<&str>,
-        limit: u32,
-        offset: u32,
-    ) -> Result<Vec<RunRecord>, StateError> {
-        let rows = sqlx::query(
-            "SELECT * FROM pipeline_runs WHERE (?1 IS NULL OR pipeline_id = ?1) \
-             ORDER BY id DESC LIMIT ?2 OFFSET ?3",
-        )
-        .bind(pipeline_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(record).collect()
-    }
-
-    /// One run by id.
-    pub async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, StateError> {
-        let row = sqlx::query("SELECT * FROM pipeline_runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(record).transpose()
-    }
 }
 
-/// This process, as recorded in the locks it takes.
-struct ProcessId {
-    pid: i64,
-    instance: String,
+/// `message` (a driver's error, which may quote its URL) without the URL's
+/// password, raw or percent-decoded.
+fn scrub_url_password(message: &str, url: &str) -> String {
+    let Some(raw) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    else {
+        return message.to_owned();
+    };
+    let decoded = percent_encoding::percent_decode_str(&raw)
+        .decode_utf8_lossy()
+        .into_owned();
+    let (raw, decoded) = (
+        crate::redact::Secret::new(raw),
+        crate::redact::Secret::new(decoded),
+    );
+    crate::redact::scrub(message, &[&raw, &decoded])
 }
 
-fn this_process() -> &'static ProcessId {
-    static ME: std::sync::OnceLock<ProcessId> = std::sync::OnceLock::new();
-    ME.get_or_init(|| ProcessId {
-        pid: i64::from(std::process::id()),
-        instance: uuid::Uuid::new_v4().to_string(),
-    })
+/// The file of a `sqlite:` URL (`sqlite:///abs`, `sqlite://rel`, `sqlite:rel`),
+/// without its query.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.get(..7).filter(|p| p.eq_ignore_ascii_case("sqlite:"))?;
+    let rest = &url[rest.len()..];
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// Whether the process that took a lock still runs. Our own pid counts only with
-/// our own instance token: a container restarted as pid 1 must not see its
-/// previous life's lock as its own.
-fn process_alive(pid: i64, instance: &str) -> bool {
-    let me = this_process();
-    if pid == me.pid {
-        return instance == me.instance;
-    }
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: signal 0 only checks that the process exists and may be
-        // signalled; nothing is sent.
-        let rc = unsafe { libc::kill(pid, 0) };
-        let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        // After a crash the pid may have been reused by an unrelated program;
-        // where /proc tells, only a wsync process (or a test binary linking
-        // it) counts as the holder.
-        if !exists {
-            return false;
-        }
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return true;
-        };
-        // Empty: a zombie (killed, not yet reaped) or a kernel thread.
-        if cmd.is_empty() {
-            return false;
-        }
-        let cmd = String::from_utf8_lossy(&cmd);
-        let own_name = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        cmd.contains("wsync") || own_name.is_some_and(|n| cmd.contains(&n))
-    }
-    #[cfg(not(unix))]
-    {
-        true
+/// The URL the SQLite driver opens: creating the file unless the URL says
+/// how to open it.
+fn sqlite_connect_url(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
     }
 }
 
@@ -749,7 +478,7 @@ pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -757,203 +486,13 @@ pub(crate) fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map_or(DateTime::UNIX_EPOCH, |t| t.with_timezone(&Utc))
 }
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StateError> {
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        pipeline_id: row.try_get("pipeline_id")?,
-        state: RunState::parse(row.try_get("state")?),
-        run_type: row.try_get("run_type")?,
-        dry_run: row.try_get("dry_run")?,
-        start_date: parse_time(row.try_get("start_date")?),
-        end_date: row
-            .try_get::<Option<String>, _>("end_date")?
-            .as_deref()
-            .map(parse_time),
-        data_interval_start: row.try_get("data_interval_start")?,
-        data_interval_end: row.try_get("data_interval_end")?,
-        counts: RunCounts {
-            records_extracted: to_u64(row.try_get("records_extracted")?),
-            records_mapped: to_u64(row.try_get("records_mapped")?),
-            event_batches_generated: to_u64(row.try_get("event_batches_generated")?),
-            batches_sent: to_u64(row.try_get("batches_sent")?),
-            requests_sent: to_u64(row.try_get("requests_sent")?),
-            bytes_sent: to_u64(row.try_get("bytes_sent")?),
-            rows_rejected: to_u64(row.try_get("rows_rejected")?),
-            values_dropped: to_u64(row.try_get("values_dropped")?),
-            values_truncated: to_u64(row.try_get("values_truncated")?),
-            retries: to_u64(row.try_get("retries")?),
-            responses_429: to_u64(row.try_get("responses_429")?),
-            responses_5xx: to_u64(row.try_get("responses_5xx")?),
-            timeouts: to_u64(row.try_get("timeouts")?),
-            rate_limit_wait_ms: to_u64(row.try_get("rate_limit_wait_ms")?),
-            dead_letters: to_u64(row.try_get("dead_letters")?),
-            rows_new: to_u64(row.try_get("rows_new")?),
-            rows_changed: to_u64(row.try_get("rows_changed")?),
-            rows_unchanged: to_u64(row.try_get("rows_unchanged")?),
-            rows_unset: to_u64(row.try_get("rows_unset")?),
-        },
-        files: serde_json::from_str(row.try_get::<&str, _>("files")?)
-            .unwrap_or(serde_json::Value::Null),
-        error: row.try_get("error")?,
-        interval: match (
-            row.try_get::<Option<String>, _>("interval_start")?,
-            row.try_get::<Option<String>, _>("interval_end")?,
-        ) {
-            (Some(a), Some(b)) => Some((parse_time(&a), parse_time(&b))),
-            _ => None,
-        },
-        checkpoint: row.try_get("checkpoint")?,
-        resumed_from: row.try_get("resumed_from")?,
-    })
+/// Unix milliseconds: how leases and heartbeats store instants, so every
+/// backend compares them as numbers.
+pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn run_lifecycle_and_watermark_in_one_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("nested/state.db").display());
-        let store = StateStore::open(&url).await.unwrap();
-        let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let new_run = |window: (Option<String>, Option<String>)| NewRun {
-            pipeline_id: "p",
-            run_type: "manual",
-            dry_run: false,
-            now: t0,
-            window,
-            interval: None,
-            resumed_from: None,
-        };
-        let stale = store.start_run(&new_run((None, None))).await.unwrap();
-        // Our own live run holds the pipeline.
-        let busy = store.start_run(&new_run((None, None))).await.unwrap_err();
-        assert!(
-            busy.to_string().contains("already in progress (run 1"),
-            "{busy}"
-        );
-        // A crashed process's lock is taken over.
-        sqlx::query("UPDATE pipeline_locks SET instance = 'gone'")
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        store.checkpoint(stale, "a0").await.unwrap();
-        assert_eq!(
-            store.resume_point("p").await.unwrap(),
-            Some(ResumePoint {
-                run_id: stale,
-                checkpoint: "a0".into()
-            })
-        );
-        let id = store
-            .start_run(&new_run((Some("a".into()), Some("b".into()))))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.run(stale).await.unwrap().unwrap().state,
-            RunState::Interrupted
-        );
-        let outcome = RunOutcome {
-            state: RunState::Success,
-            counts: RunCounts {
-                records_extracted: 5,
-                batches_sent: 4,
-                ..RunCounts::default()
-            },
-            files: serde_json::json!({"rejected": "x.jsonl"}),
-            error: None,
-            watermark: Some("b".into()),
-        };
-        store.finish_run(id, "p", t0, &outcome).await.unwrap();
-        assert_eq!(store.watermark("p").await.unwrap().as_deref(), Some("b"));
-        assert_eq!(store.resume_point("p").await.unwrap(), None);
-        assert_eq!(store.lock_holder("p").await.unwrap(), None);
-        let runs = store.runs(Some("p"), 10, 0).await.unwrap();
-        assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0].id, id);
-        assert_eq!(runs[0].state, RunState::Success);
-        assert_eq!(runs[0].counts.records_extracted, 5);
-        assert_eq!(runs[0].data_interval_end.as_deref(), Some("b"));
-        assert_eq!(runs[0].files["rejected"], "x.jsonl");
-        assert!(store.runs(Some("other"), 10, 0).await.unwrap().is_empty());
-        // Reopening applies no migration twice.
-        drop(store);
-        let again = StateStore::open(&url).await.unwrap();
-        assert_eq!(again.runs(None, 10, 0).await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn stuck_lock_of_this_process_is_released_and_its_run_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("state.db").display());
-        let store = StateStore::open(&url).await.unwrap();
-        let t0 = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let run = NewRun {
-            pipeline_id: "p",
-            run_type: "scheduled",
-            dry_run: false,
-            now: t0,
-            window: (None, None),
-            interval: None,
-            resumed_from: None,
-        };
-        assert_eq!(store.release_own_lock("p", t0, "x").await.unwrap(), None);
-        // A run whose finish never came (a panic, SQLITE_BUSY at finish_run).
-        let stuck = store.start_run(&run).await.unwrap();
-        store.checkpoint(stuck, "c1").await.unwrap();
-        let holder = store.lock_holder("p").await.unwrap().unwrap();
-        assert!(holder.own, "{holder:?}");
-        assert!(store.start_run(&run).await.is_err(), "still locked");
-        let released = store
-            .release_own_lock("p", t0, "the run panicked")
-            .await
-            .unwrap();
-        assert_eq!(released, Some(stuck));
-        assert_eq!(store.lock_holder("p").await.unwrap(), None);
-        let record = store.run(stuck).await.unwrap().unwrap();
-        assert_eq!(record.state, RunState::Failed);
-        assert_eq!(record.error.as_deref(), Some("the run panicked"));
-        // The checkpoint survives for the next run to resume from.
-        assert_eq!(
-            store.resume_point("p").await.unwrap(),
-            Some(ResumePoint {
-                run_id: stuck,
-                checkpoint: "c1".into()
-            })
-        );
-        assert!(store.start_run(&run).await.is_ok(), "free again");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_run_starts_do_not_fail_with_database_locked() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("state.db").display());
-        let store = StateStore::open(&url).await.unwrap();
-        let ids: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
-        let starts = ids.iter().map(|id| {
-            let store = store.clone();
-            async move {
-                store
-                    .start_run(&NewRun {
-                        pipeline_id: id,
-                        run_type: "scheduled",
-                        dry_run: false,
-                        now: Utc::now(),
-                        window: (None, None),
-                        interval: None,
-                        resumed_from: None,
-                    })
-                    .await
-            }
-        });
-        for result in futures::future::join_all(starts).await {
-            result.unwrap();
-        }
-        assert_eq!(store.runs(None, 20, 0).await.unwrap().len(), 12);
-    }
+/// A row's column as `u64` (counters are stored as signed integers).
+pub(crate) fn get_u64(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
+    Ok(to_u64(row.try_get(column)?))
 }

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{Any, Row, SqliteConnection, Transaction};
 
 use super::{parse_time, StateError, StateStore};
 
@@ -41,7 +41,7 @@ impl StateStore {
     /// What the snapshot of `pipeline_id` was built under, if it has one.
     pub async fn diff_meta(&self, pipeline_id: &str) -> Result<Option<DiffMeta>, StateError> {
         let row = sqlx::query(
-            "SELECT fingerprint, resynced_at FROM diff_pipelines WHERE pipeline_id = ?",
+            "SELECT fingerprint, resynced_at FROM diff_pipelines WHERE pipeline_id = $1",
         )
         .bind(pipeline_id)
         .fetch_optional(&self.pool)
@@ -57,18 +57,68 @@ impl StateStore {
 
     /// The number of keys in a pipeline's snapshot.
     pub async fn snapshot_keys(&self, pipeline_id: &str) -> Result<u64, StateError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM diff_snapshot WHERE pipeline_id = ?")
-            .bind(pipeline_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM diff_snapshot WHERE pipeline_id = $1")
+                .bind(pipeline_id)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(super::to_u64(n))
+    }
+}
+
+/// One key of a snapshot, as a run's staging copy needs it.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    /// Hash of the key.
+    pub key_hash: Vec<u8>,
+    /// Hash of the payload last acknowledged.
+    pub payload_hash: Vec<u8>,
+    /// The key's version.
+    pub version: i64,
+    /// The profile's address (`unset_attributes`).
+    pub address: Option<String>,
+    /// The attribute names last sent, as a JSON array (`unset_attributes`).
+    pub attrs: Option<String>,
+}
+
+impl StateStore {
+    /// A page of `pipeline_id`'s snapshot: up to `limit` keys after `after`
+    /// (a key hash), in key order. Runs whose state store is not a local
+    /// SQLite file copy the snapshot into their staging file this way.
+    pub async fn snapshot_page(
+        &self,
+        pipeline_id: &str,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<Vec<SnapshotRow>, StateError> {
+        let rows = sqlx::query(
+            "SELECT s.key_hash, s.payload_hash, s.version, s.address, a.names \
+             FROM diff_snapshot s LEFT JOIN diff_attribute_sets a ON a.id = s.attribute_set \
+             WHERE s.pipeline_id = $1 AND s.key_hash > $2 ORDER BY s.key_hash LIMIT $3",
+        )
+        .bind(pipeline_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SnapshotRow {
+                    key_hash: r.try_get(0)?,
+                    payload_hash: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    address: r.try_get(3)?,
+                    attrs: r.try_get(4)?,
+                })
+            })
+            .collect()
     }
 }
 
 /// Write the acknowledged rows of `commit.stage` and the snapshot's metadata
 /// inside the run's commit transaction.
 pub(super) async fn write(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     pipeline_id: &str,
     now: DateTime<Utc>,
     commit: SnapshotCommit<'_>,
@@ -90,14 +140,14 @@ pub(super) async fn write(
                 } else {
                     {
                         sqlx::query(
-                            "INSERT INTO diff_attribute_sets (names) VALUES (?) \
+                            "INSERT INTO diff_attribute_sets (names) VALUES ($1) \
                              ON CONFLICT (names) DO NOTHING",
                         )
                         .bind(&names)
                         .execute(&mut **tx)
                         .await?;
                         let id: i64 = sqlx::query_scalar(
-                            "SELECT id FROM diff_attribute_sets WHERE names = ?",
+                            "SELECT id FROM diff_attribute_sets WHERE names = $1",
                         )
                         .bind(&names)
                         .fetch_one(&mut **tx)
@@ -109,7 +159,7 @@ pub(super) async fn write(
             };
             sqlx::query(
                 "INSERT INTO diff_snapshot (pipeline_id, key_hash, payload_hash, version, address, \
-                 attribute_set) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline_id, key_hash) \
+                 attribute_set) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline_id, key_hash) \
                  DO UPDATE SET payload_hash = excluded.payload_hash, version = excluded.version, \
                  address = excluded.address, attribute_set = excluded.attribute_set",
             )
@@ -125,7 +175,7 @@ pub(super) async fn write(
     }
     let mut gone = sqlx::query("SELECT key_hash FROM gone WHERE sent = 1").fetch(&mut *stage);
     while let Some(row) = gone.try_next().await? {
-        sqlx::query("DELETE FROM diff_snapshot WHERE pipeline_id = ? AND key_hash = ?")
+        sqlx::query("DELETE FROM diff_snapshot WHERE pipeline_id = $1 AND key_hash = $2")
             .bind(pipeline_id)
             .bind(row.try_get::<Vec<u8>, _>(0)?)
             .execute(&mut **tx)
@@ -134,14 +184,14 @@ pub(super) async fn write(
     drop(gone);
     let now = now.to_rfc3339();
     sqlx::query(
-        "INSERT INTO diff_pipelines (pipeline_id, fingerprint, resynced_at) VALUES (?, ?, ?) \
+        "INSERT INTO diff_pipelines (pipeline_id, fingerprint, resynced_at) VALUES ($1, $2, $3) \
          ON CONFLICT (pipeline_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
-         resynced_at = CASE WHEN ? THEN excluded.resynced_at ELSE diff_pipelines.resynced_at END",
+         resynced_at = CASE WHEN $4 = 1 THEN excluded.resynced_at ELSE diff_pipelines.resynced_at END",
     )
     .bind(pipeline_id)
     .bind(commit.fingerprint)
     .bind(&now)
-    .bind(commit.resynced)
+    .bind(i64::from(commit.resynced))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -5,7 +5,8 @@
 //! ([`Diff::stage`]) maps every row (mapping is deterministic) and writes, per
 //! run row, the hash of its key and of its mapped payload into a staging
 //! SQLite database beside the run's files, to which the state file is
-//! attached so the snapshot is read in place. [`Diff::classify`] then decides
+//! attached so the snapshot is read in place (a PostgreSQL state store's
+//! snapshot is copied in, a page of keys at a time). [`Diff::classify`] then decides
 //! every row in SQL: a key that is NULL or empty (`missing_key`), or that
 //! repeats (`duplicate_key`), rejects its rows; the others are new, changed or
 //! unchanged. Memory stays
@@ -204,23 +205,10 @@ impl Diff {
         .execute(&mut stage)
         .await
         .map_err(crate::state::StateError::from)?;
-        // The snapshot is read in place, from the state file attached
-        // read-only in spirit (nothing here writes to it): no copy.
-        sqlx::query("ATTACH DATABASE ? AS st")
-            .bind(state.file().display().to_string())
-            .execute(&mut stage)
-            .await
-            .map_err(crate::state::StateError::from)?;
-        sqlx::raw_sql(&format!(
-            "CREATE TEMP VIEW snap AS SELECT s.key_hash AS key_hash, s.payload_hash AS payload, \
-               s.version AS version, s.address AS address, a.names AS attrs \
-             FROM st.diff_snapshot s LEFT JOIN st.diff_attribute_sets a ON a.id = s.attribute_set \
-             WHERE s.pipeline_id = '{}'",
-            pipeline.id.replace('\'', "''")
-        ))
-        .execute(&mut stage)
-        .await
-        .map_err(crate::state::StateError::from)?;
+        match state.file() {
+            Some(file) => attach_snapshot(&mut stage, file, &pipeline.id).await?,
+            None => copy_snapshot(&mut stage, state, &pipeline.id).await?,
+        }
         Ok(Self {
             pipeline_id: pipeline.id.clone(),
             key_columns,
@@ -644,6 +632,77 @@ impl Diff {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Read the snapshot in place: the SQLite state file attached to the
+/// staging connection (read-only in spirit: nothing here writes to it).
+async fn attach_snapshot(
+    stage: &mut SqliteConnection,
+    file: &Path,
+    pipeline_id: &str,
+) -> Result<(), SyncError> {
+    sqlx::query("ATTACH DATABASE ? AS st")
+        .bind(file.display().to_string())
+        .execute(&mut *stage)
+        .await
+        .map_err(state_error)?;
+    sqlx::raw_sql(&format!(
+        "CREATE TEMP VIEW snap AS SELECT s.key_hash AS key_hash, s.payload_hash AS payload, \
+           s.version AS version, s.address AS address, a.names AS attrs \
+         FROM st.diff_snapshot s LEFT JOIN st.diff_attribute_sets a ON a.id = s.attribute_set \
+         WHERE s.pipeline_id = '{}'",
+        pipeline_id.replace('\'', "''")
+    ))
+    .execute(&mut *stage)
+    .await
+    .map_err(state_error)?;
+    Ok(())
+}
+
+/// Copy the snapshot from a remote state store (PostgreSQL) into the staging
+/// file, a page of keys at a time, so memory stays flat.
+async fn copy_snapshot(
+    stage: &mut SqliteConnection,
+    state: &StateStore,
+    pipeline_id: &str,
+) -> Result<(), SyncError> {
+    const PAGE: u32 = 20_000;
+    sqlx::raw_sql(
+        "CREATE TABLE snap (key_hash BLOB PRIMARY KEY, payload BLOB NOT NULL, \
+           version INTEGER NOT NULL, address TEXT, attrs TEXT) WITHOUT ROWID;",
+    )
+    .execute(&mut *stage)
+    .await
+    .map_err(state_error)?;
+    let mut after = Vec::new();
+    loop {
+        let page = state.snapshot_page(pipeline_id, &after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after.clone_from(&last.key_hash);
+        let mut tx = stage.begin().await.map_err(state_error)?;
+        for group in page.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO snap (key_hash, payload, version, address, attrs) ",
+            );
+            insert.push_values(group, |mut b, r| {
+                b.push_bind(r.key_hash.clone())
+                    .push_bind(r.payload_hash.clone())
+                    .push_bind(r.version)
+                    .push_bind(r.address.clone())
+                    .push_bind(r.attrs.clone());
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(state_error)?;
+        }
+        tx.commit().await.map_err(state_error)?;
+        if page.len() < PAGE as usize {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The key columns' positions among the model's `columns` (exact name

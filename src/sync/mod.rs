@@ -145,6 +145,11 @@ pub enum RunKind {
     Scheduled {
         /// `[start, end)` of the schedule interval.
         interval: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+        /// The scheduled run this one follows (0: the first), as the daemon's
+        /// plan saw it. Only one scheduled run can follow a given one: the
+        /// state store's claim on it makes a plan two daemons made from the
+        /// same history start once (`None`: no claim, e.g. tests).
+        after: Option<i64>,
     },
     /// `wsync backfill`: replay `[from, until)` (as the user wrote them) without
     /// moving the watermark.
@@ -330,8 +335,12 @@ pub async fn run(
         Some(dir) => plan::pending_spool(ctx, &kind, dir, &fingerprint, started).await?,
         None => None,
     };
+    let after = match &kind {
+        RunKind::Scheduled { after, .. } => *after,
+        _ => None,
+    };
     let (window, kind) = match &pending {
-        Some(m) => (WindowPlan::from_manifest(&pipeline, m)?, kind_of(m)),
+        Some(m) => (WindowPlan::from_manifest(&pipeline, m)?, kind_of(m, after)),
         None => (
             plan::plan_window(ctx, &pipeline, &kind, started).await?,
             kind,
@@ -392,8 +401,9 @@ pub async fn run(
         .await
 }
 
-/// The kind of run whose spool is being resumed: it finishes that run's work.
-fn kind_of(m: &Manifest) -> RunKind {
+/// The kind of run whose spool is being resumed: it finishes that run's work
+/// (a scheduled one under the claim the scheduler asked for).
+fn kind_of(m: &Manifest, after: Option<i64>) -> RunKind {
     match (m.run_type.as_str(), &m.requested) {
         ("backfill", Some((from, until))) => RunKind::Backfill {
             from: from.clone(),
@@ -401,6 +411,7 @@ fn kind_of(m: &Manifest) -> RunKind {
         },
         ("scheduled", _) => RunKind::Scheduled {
             interval: m.interval,
+            after,
         },
         _ => RunKind::Manual,
     }
@@ -507,7 +518,7 @@ impl Attempt<'_> {
         };
         let mut transform = transform::Transform::new(mapper, protection);
         transform.diff = self.diff.take();
-        let mut flowed = flow(ctx, &mut extract, &mut transform, &mut outputs).await;
+        let mut flowed = flow(ctx, self.ids.id, &mut extract, &mut transform, &mut outputs).await;
         if flowed.is_ok() {
             if let Some(diff) = transform.diff.as_mut() {
                 flowed = unset_gone_keys(diff, &mut outputs).await;
@@ -837,9 +848,11 @@ async fn unset_gone_keys(
 }
 
 /// Move every chunk from the source through the transform to every output.
-/// Stops reading on shutdown.
+/// Stops reading on shutdown, and when the heartbeat found the run's lease
+/// taken over by another daemon (nothing more of it could be committed).
 async fn flow(
     ctx: &SyncContext,
+    run_id: i64,
     extract: &mut Extract,
     transform: &mut transform::Transform,
     outputs: &mut [Box<dyn RunOutput>],
@@ -852,6 +865,9 @@ async fn flow(
             next = extract.source.next() => next?,
         };
         let Some(chunk) = next else { return Ok(()) };
+        if let Some(lost) = ctx.state.lease_lost(run_id) {
+            return Err(SyncError::State(lost));
+        }
         ctx.progress.add_rows(chunk.num_rows() as u64);
         let transformed = transform.chunk(chunk).await?;
         for output in outputs.iter_mut() {

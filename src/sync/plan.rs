@@ -90,6 +90,7 @@ pub(crate) async fn plan_window(
     let upper_at = match kind {
         RunKind::Scheduled {
             interval: Some((_, end)),
+            ..
         } => *end,
         _ => now,
     };
@@ -174,6 +175,22 @@ pub(crate) async fn pending_spool(
             .is_some_and(|r| r.state == crate::state::RunState::Success),
         None => false,
     };
+    // Another daemon (another host, its own spool folder) ran the pipeline
+    // after this spool's run: this spool's rows are older than what it sent.
+    let overtaken = match (manifest.run_type.as_str(), manifest.delivering_run) {
+        ("backfill", _) | (_, None) => None,
+        (_, Some(id)) => {
+            let pipeline = dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ctx.state
+                .latest_window_run(&pipeline)
+                .await?
+                .filter(|latest| *latest > id)
+        }
+    };
     let discard = if !manifest.complete {
         Some(
             "its extract did not finish (the process stopped while reading the warehouse)"
@@ -181,6 +198,11 @@ pub(crate) async fn pending_spool(
         )
     } else if committed {
         Some("the run that delivered it already committed".to_owned())
+    } else if let Some(latest) = overtaken {
+        Some(format!(
+            "the pipeline ran since (run {latest}, on another daemon): its rows are older than \
+             what that run sent"
+        ))
     } else if manifest.fingerprint != fingerprint {
         Some(
             "the model SQL or the pipeline's mapping settings changed since it was written"

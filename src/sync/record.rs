@@ -1,5 +1,6 @@
 //! Stage 1's second half: the run recorded before anything is read. A
-//! sending run gets a record (and the pipeline's lock) in the state store; a
+//! sending run gets a record (and the pipeline's lease, and for a scheduled
+//! run its claim) in the state store; a
 //! dry run leaves the state store exactly as it was and is recorded by its
 //! report under `runs_dir/<pipeline>/dry-<start time>/`.
 
@@ -34,7 +35,7 @@ fn window_text(window: &WindowPlan) -> (Option<String>, Option<String>) {
 /// The schedule interval a run of this kind covers.
 fn interval_of(kind: &RunKind) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     match kind {
-        RunKind::Scheduled { interval } => *interval,
+        RunKind::Scheduled { interval, .. } => *interval,
         _ => None,
     }
 }
@@ -76,6 +77,12 @@ pub(crate) async fn start(
             span,
         });
     }
+    let claim = match kind {
+        RunKind::Scheduled {
+            after: Some(after), ..
+        } => Some(format!("after:{after}")),
+        _ => None,
+    };
     let id = ctx
         .state
         .start_run(&NewRun {
@@ -86,6 +93,7 @@ pub(crate) async fn start(
             window: text,
             interval,
             resumed_from: window.resumed_from,
+            claim: claim.as_deref(),
         })
         .await?;
     Ok(Started {

@@ -209,7 +209,7 @@ fn unknown_keys_are_all_reported_with_suggestions() {
         text,
         r#"6 configuration errors:
 - wsync.toml:3: state.run_dir: unknown key `run_dir`
-  hint: did you mean `runs_dir`? valid keys in `state`: url, runs_dir, spool_dir, spool_max_age_secs, min_free_disk_mb
+  hint: did you mean `runs_dir`? valid keys in `state`: url, url_env, runs_dir, spool_dir, spool_max_age_secs, min_free_disk_mb, lease_ttl_secs
 - wsync.toml:6: connections.pg.typ: unknown key `typ`
   hint: did you mean `type`? valid keys in `connections.pg`: type, url, url_env, url_file, seed_sql, statement_timeout_secs, chunk_rows, base_url, account, user, role, warehouse, database, schema, private_key, private_key_env, private_key_file, private_key_passphrase, private_key_passphrase_env, private_key_passphrase_file, password, password_env, password_file, project, dataset, location, auth, credentials, credentials_env, credentials_file, maximum_bytes_billed
 - wsync.toml:8: connections.pg.chunk_row: unknown key `chunk_row`

@@ -17,6 +17,7 @@
 mod api;
 mod cli;
 mod config_errors;
+mod daemons;
 mod data_hardening;
 mod delivery;
 mod diff;
@@ -38,6 +39,7 @@ mod source_postgres;
 mod source_snowflake;
 mod source_sqlite;
 mod spool;
+mod state_postgres;
 mod support;
 mod sync_mysql;
 mod sync_postgres;

@@ -179,6 +179,7 @@ datasets = ["rows", "batches"]
         assert!(
             [
                 "Daemon started.",
+                "Daemon registered in the state store.",
                 "HTTP API listening.",
                 "Next run planned.",
                 "Shutting down: no new runs; in-flight requests get the grace period."

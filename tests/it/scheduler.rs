@@ -706,6 +706,7 @@ type = "once"
             window: (None, None),
             interval: None,
             resumed_from: None,
+            claim: None,
         })
         .await
         .unwrap();
@@ -713,7 +714,7 @@ type = "once"
     // The pass releases the lock and plans the `once` run.
     daemon.tick().await.unwrap();
     daemon.wait_idle().await;
-    assert_eq!(ctx.state.lock_holder("stuck").await.unwrap(), None);
+    assert_eq!(ctx.state.lease_holder("stuck").await.unwrap(), None);
     let runs = ctx.state.runs(Some("stuck"), 10, 0).await.unwrap();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1].id, stuck);
@@ -740,6 +741,7 @@ type = "once"
             window: (None, None),
             interval: None,
             resumed_from: None,
+            claim: None,
         })
         .await
         .unwrap();

@@ -143,27 +143,70 @@ pub(super) fn validate_state(
     root: &Path,
     raw: Option<&RawState>,
 ) -> Option<StateConfig> {
-    let url = raw
-        .and_then(|s| s.url.as_deref())
+    let from_env = match (
+        raw.and_then(|s| s.url.as_deref()),
+        raw.and_then(|s| s.url_env.as_deref()),
+    ) {
+        (Some(_), Some(_)) => {
+            ctx.push(
+                "state.url_env",
+                "is set together with state.url",
+                "keep one of them: url_env names a variable holding the URL",
+            );
+            return None;
+        }
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => Some(value),
+            _ => {
+                ctx.push(
+                    "state.url_env",
+                    format!("the environment variable `{var}` is not set or empty"),
+                    format!("export {var}=postgres://user:password@host/db (or a sqlite:// URL)"),
+                );
+                return None;
+            }
+        },
+        _ => None,
+    };
+    let url = from_env
+        .as_deref()
+        .or_else(|| raw.and_then(|s| s.url.as_deref()))
         .unwrap_or(DEFAULT_STATE_URL);
     let runs_dir = raw
         .and_then(|s| s.runs_dir.as_deref())
         .unwrap_or(DEFAULT_RUNS_DIR);
-    let url = if url_scheme(url).is_some_and(|s| s.eq_ignore_ascii_case("sqlite")) {
-        match sqlite_url(url, root) {
+    let scheme = url_scheme(url).map(str::to_ascii_lowercase);
+    let url = match scheme.as_deref() {
+        Some("sqlite") => match sqlite_url(url, root) {
             Ok(url) => Some(url),
             Err(problem) => {
                 ctx.push("state.url", problem, STATE_URL_HINT);
                 None
             }
+        },
+        Some("postgres" | "postgresql") if url::Url::parse(url).is_ok_and(|u| u.has_host()) => {
+            Some(url.to_owned())
         }
-    } else {
-        ctx.push(
-            "state.url",
-            "only SQLite state stores are supported for now",
-            STATE_URL_HINT,
-        );
-        None
+        Some("postgres" | "postgresql") => {
+            ctx.push(
+                "state.url",
+                "is not a valid PostgreSQL URL (it needs a host)",
+                STATE_URL_HINT,
+            );
+            None
+        }
+        // The scheme only: the rest may hold a password.
+        other => {
+            ctx.push(
+                "state.url",
+                format!(
+                    "has the scheme `{}`; the state store is SQLite or PostgreSQL",
+                    other.unwrap_or("(none)")
+                ),
+                STATE_URL_HINT,
+            );
+            None
+        }
     };
     let spool_dir = raw
         .and_then(|s| s.spool_dir.as_deref())
@@ -180,6 +223,12 @@ pub(super) fn validate_state(
         DEFAULT_MIN_FREE_DISK_MB,
         0..=100_000_000,
         "use megabytes such as 256 (the default), or 0 to turn the check off",
+    );
+    let lease_ttl = ctx.seconds(
+        "state.lease_ttl_secs",
+        raw.and_then(|s| s.lease_ttl_secs),
+        crate::state::DEFAULT_LEASE_TTL,
+        3600,
     );
     for (key, value, example) in [
         ("state.runs_dir", runs_dir, ".wsync/runs"),
@@ -200,11 +249,12 @@ pub(super) fn validate_state(
         spool_dir: join_clean(root, Path::new(spool_dir)),
         spool_max_age,
         min_free_disk_mb,
+        lease_ttl,
     })
 }
 
 pub(super) const STATE_URL_HINT: &str =
-    "use a SQLite URL such as \"sqlite://.wsync/state.db\" (relative to the project folder) or \"sqlite:///abs/path.db\"";
+    "use a SQLite URL such as \"sqlite://.wsync/state.db\" (relative to the project folder) for one host, or \"postgres://user@host/db\" (password in url_env, PGPASSWORD or ~/.pgpass) for several daemons";
 
 /// The scheme of `url` (`postgres` in `postgres://…`), if it has a well-formed one.
 pub(crate) fn url_scheme(url: &str) -> Option<&str> {

@@ -263,13 +263,43 @@ api_secret = "x"
 }
 
 #[test]
-fn state_must_be_sqlite() {
-    let (v, errors) = check("[state]\nurl = \"postgres://h/db\"\n", &[], false);
+fn state_is_sqlite_or_postgres() {
+    let (v, errors) = check("[state]\nurl = \"mysql://u:hunter22@h/db\"\n", &[], false);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "wsync.toml:2: state.url: has the scheme `mysql`; the state store is SQLite or PostgreSQL"
+        ),
+        "{errors:?}"
+    );
+    assert!(!errors[0].contains("hunter22"), "{errors:?}");
+    assert!(v.state.is_none());
+    let (v, errors) = check(
+        "[state]\nurl = \"postgres://wsync@db.internal/wsync\"\nlease_ttl_secs = 10\n",
+        &[],
+        false,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let state = v.state.expect("state");
+    assert_eq!(state.url.expose(), "postgres://wsync@db.internal/wsync");
+    assert_eq!(state.lease_ttl, std::time::Duration::from_secs(10));
+    let (_, errors) = check(
+        "[state]\nurl_env = \"WSYNC_TEST_SURELY_UNSET_VAR\"\n",
+        &[],
+        false,
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(
+            "state.url_env: the environment variable `WSYNC_TEST_SURELY_UNSET_VAR` is not set"
+        ),
+        "{errors:?}"
+    );
+    let (_, errors) = check("[state]\nlease_ttl_secs = 0\n", &[], false);
     assert_eq!(
         errors,
-        vec!["wsync.toml:2: state.url: only SQLite state stores are supported for now"]
+        vec!["wsync.toml:2: state.lease_ttl_secs: must be between 1 and 3600 seconds, not 0"]
     );
-    assert!(v.state.is_none());
     let (v, _) = check(
         "[state]\nurl = \"sqlite:///var/lib/wsync.db?mode=rwc\"\nruns_dir = \"/tmp/runs\"\n",
         &[],

@@ -58,7 +58,7 @@ impl TestProject {
     /// Load the project and open its state store.
     pub async fn context(&self) -> SyncContext {
         let project = wsync::config::load(self.root()).unwrap_or_else(|e| panic!("{e}"));
-        let state = StateStore::open(project.state.url.expose())
+        let state = StateStore::for_project(&project.state)
             .await
             .expect("state store");
         SyncContext::new(Arc::new(project), state, Arc::new(SystemClock))
