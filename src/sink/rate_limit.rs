@@ -442,6 +442,47 @@ mod tests {
         assert!((0.9 * 270.0..=1.1 * 270.0).contains(&learned.rate));
     }
 
+    /// Four senders in flight with 20 ms answers, as the Deliverer sends: the
+    /// three requests queued at the configured 1,000/s behind the first are
+    /// re-timed by its answer, so not even the start draws a 429.
+    #[tokio::test(start_paused = true)]
+    async fn four_senders_in_flight_learn_the_limit_before_a_429() {
+        use std::sync::{Arc, Mutex as StdMutex};
+        let limiter = Arc::new(RateLimiter::new(Some(1000.0)));
+        let server = Arc::new(StdMutex::new(Server::new(270.0)));
+        let tally = Arc::new(StdMutex::new((0.0_f64, 0_u32)));
+        let start = Instant::now();
+        let mut senders = Vec::new();
+        for _ in 0..4 {
+            let (limiter, server, tally) = (limiter.clone(), server.clone(), tally.clone());
+            senders.push(tokio::spawn(async move {
+                while start.elapsed() < Duration::from_secs(60) {
+                    limiter.acquire(100).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let answer = server.lock().unwrap().take(100.0);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    match answer {
+                        Answer::Accepted(pct) => {
+                            tally.lock().unwrap().0 += 100.0;
+                            limiter.on_accepted(100, pct);
+                        }
+                        Answer::RateLimited(wait) => {
+                            tally.lock().unwrap().1 += 1;
+                            limiter.on_rate_limited(Some(wait));
+                        }
+                    }
+                }
+            }));
+        }
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let (accepted, refused) = *tally.lock().unwrap();
+        assert_eq!(refused, 0);
+        let utilisation = accepted / start.elapsed().as_secs_f64() / 270.0;
+        assert!(utilisation >= 0.95, "utilisation {utilisation}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn converges_without_the_usage_header_from_429s_alone() {
         let limiter = RateLimiter::new(Some(1000.0));
