@@ -483,6 +483,56 @@ mod tests {
         assert!(utilisation >= 0.95, "utilisation {utilisation}");
     }
 
+    /// Two daemons, each configured at 1,000/s with four senders in flight,
+    /// pushing to one 270/s account without a budget coordinator: the usage
+    /// header counts both, so each learns a share and together they use the
+    /// limit with hardly a 429.
+    #[tokio::test(start_paused = true)]
+    async fn two_daemons_share_one_account_through_the_usage_header() {
+        use std::sync::{Arc, Mutex as StdMutex};
+        let server = Arc::new(StdMutex::new(Server::new(270.0)));
+        let tally = Arc::new(StdMutex::new(vec![(0.0_f64, 0_u32); 2]));
+        let start = Instant::now();
+        let mut senders = Vec::new();
+        for d in 0..2 {
+            let limiter = Arc::new(RateLimiter::new(Some(1000.0)));
+            for _ in 0..4 {
+                let (limiter, server, tally) = (limiter.clone(), server.clone(), tally.clone());
+                senders.push(tokio::spawn(async move {
+                    while start.elapsed() < Duration::from_secs(120) {
+                        limiter.acquire(100).await;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let answer = server.lock().unwrap().take(100.0);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        match answer {
+                            Answer::Accepted(pct) => {
+                                tally.lock().unwrap()[d].0 += 100.0;
+                                limiter.on_accepted(100, pct);
+                            }
+                            Answer::RateLimited(wait) => {
+                                tally.lock().unwrap()[d].1 += 1;
+                                limiter.on_rate_limited(Some(wait));
+                            }
+                        }
+                    }
+                    limiter.current_rate().unwrap()
+                }));
+            }
+        }
+        let mut rates = Vec::new();
+        for sender in senders {
+            rates.push(sender.await.unwrap());
+        }
+        let t = tally.lock().unwrap().clone();
+        let accepted = t[0].0 + t[1].0;
+        let refused = t[0].1 + t[1].1;
+        let utilisation = accepted / start.elapsed().as_secs_f64() / 270.0;
+        assert!((0.95..=1.05).contains(&utilisation), "{t:?} {utilisation}");
+        assert!(f64::from(refused * 50) <= accepted / 100.0, "{t:?}");
+        // Each got a real share, neither starved.
+        assert!(t[0].0.min(t[1].0) >= 0.25 * accepted, "{t:?} {rates:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn converges_without_the_usage_header_from_429s_alone() {
         let limiter = RateLimiter::new(Some(1000.0));
