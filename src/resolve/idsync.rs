@@ -186,7 +186,7 @@ impl IdSyncClient {
                     match read_body_capped(response, MAX_RESPONSE_BODY_BYTES).await {
                         Ok(text) => {
                             if let Some(lookup) = interpret(status, &text) {
-                                inner.limiter.on_accepted(None);
+                                inner.limiter.on_accepted(1, None);
                                 return Ok(lookup);
                             }
                             let outcome = Outcome::Response {

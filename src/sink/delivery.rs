@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::sink::events_api::{DeliveryError, EventsApiClient, RawResponse};
-use crate::sink::rate_limit::{RateLimiter, DEFAULT_RATE_PER_SEC};
+use crate::sink::rate_limit::{LearnedLimit, RateLimiter, DEFAULT_RATE_PER_SEC};
 use crate::sink::retry::{classify, Action, Outcome, RetryPolicy, RetryReason};
 use crate::sink::PackedRequest;
 
@@ -41,8 +41,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// How delivery behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeliveryConfig {
-    /// Batches per second allowed to the target; `None` disables pacing (the
-    /// 429 gate still applies). Default 270, mParticle's default (§3.3).
+    /// Batches per second allowed to the target: the ceiling of the rate the
+    /// limiter learns; `None` disables pacing (the 429 gate still applies).
+    /// Default 270, mParticle's default (§3.3).
     pub rate_per_sec: Option<f64>,
     /// Packed requests being delivered at once (at least 1). Default 4.
     pub max_in_flight: usize,
@@ -249,9 +250,29 @@ impl Deliverer {
         self.inner.figures.snapshot()
     }
 
-    /// The adaptive rate now, batches per second (`None` without pacing).
+    /// The rate paced at now, batches per second (`None` without pacing): what
+    /// the limiter learned of the account's limit, within the configured rate
+    /// and the budget share.
     pub fn current_rate(&self) -> Option<f64> {
         self.inner.limiter.current_rate()
+    }
+
+    /// Starts pacing from what an earlier run learned of the feed's limit (the
+    /// state store keeps it per feed). Call before submitting.
+    pub fn seed_learned_limit(&self, learned: LearnedLimit) {
+        self.inner.limiter.seed(learned);
+    }
+
+    /// What this run learned of the feed's limit, to persist for the next run.
+    pub fn learned_limit(&self) -> Option<LearnedLimit> {
+        self.inner.limiter.learned()
+    }
+
+    /// Caps the rate at this deliverer's share of the account's budget (`None`:
+    /// the configured rate only); the rate paced at is the lower of the learned
+    /// rate and the share. Senders already waiting are re-timed.
+    pub fn set_ceiling(&self, share: Option<f64>) {
+        self.inner.limiter.set_ceiling(share);
     }
 
     /// The fatal error that stopped delivery, if any.
@@ -459,9 +480,10 @@ impl Deliverer {
 
             match action {
                 Action::Success => {
-                    inner
-                        .limiter
-                        .on_accepted(response.as_ref().and_then(|r| r.rate_limit_percentage_used));
+                    inner.limiter.on_accepted(
+                        part.batch_count,
+                        response.as_ref().and_then(|r| r.rate_limit_percentage_used),
+                    );
                     DeliveryFigures::add(&figures.batches_acknowledged, part.batch_count as u64);
                     return Ok(Sent::Accepted);
                 }

@@ -6,7 +6,8 @@
 //! - [`events_api`] posts one request body and returns the raw answer.
 //! - [`retry`] is the one retry policy: classification of every answer, and
 //!   exponential backoff with full jitter.
-//! - [`rate_limit`] paces senders: token bucket, shared 429 gate, AIMD.
+//! - [`rate_limit`] paces senders: token bucket, shared 429 gate, and the rate
+//!   [`limit_learner`] learns from the server's answers (the account's limit).
 //! - [`delivery`] puts them together: the [`Deliverer`] delivers packed requests
 //!   with bounded concurrency, retries, splitting and bisecting, and returns
 //!   what was acknowledged and what became a dead letter.
@@ -16,6 +17,7 @@
 pub mod delivery;
 pub mod events_api;
 pub mod files;
+pub mod limit_learner;
 pub mod packer;
 pub mod rate_limit;
 pub mod retry;

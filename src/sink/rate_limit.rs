@@ -1,19 +1,21 @@
 //! Pacing for one Events API target: a token bucket counted in batches, a shared
-//! "blocked until" gate, and adaptive rate (AIMD).
+//! "blocked until" gate, and a rate learned from the server's answers.
 //!
-//! - The bucket refills at the current rate (default 270 batches/s, mParticle's
-//!   default account limit, §3.3) and holds at most [`BURST_BATCHES`]. A request
-//!   of `n` batches takes `n` tokens and may drive the bucket into debt; it then
-//!   waits until the debt is paid. So a request bigger than the burst still goes,
-//!   and concurrent senders queue in reservation order.
+//! - The bucket refills at the current rate and holds at most
+//!   [`BURST_BATCHES`]. A request of `n` batches takes `n` tokens and may drive
+//!   the bucket into debt; it then waits until the debt is paid. So a request
+//!   bigger than the burst still goes, and concurrent senders queue in
+//!   reservation order. A waiter's place is counted in batches, not in time: when
+//!   the rate drops while it waits, it waits longer (without that, requests queued
+//!   at a run's configured rate would all leave before the first answer could
+//!   slow them down).
 //! - A 429 with `Retry-After` closes the gate for every sender to the host until
 //!   then, the way mParticle's Java SDK keeps a global "blocked until" instant.
-//! - The rate halves on a 429 and shrinks by a tenth when
-//!   `X-mp-rate-limit-percentage-used` reaches 80 %, at most once per
-//!   [`DECREASE_COOLDOWN`] (answers to requests sent before the decrease say
-//!   nothing about the new rate); it grows by 2 % of the configured rate per
-//!   answer below 50 % (or without the header), and never exceeds the configured
-//!   rate nor falls under 5 % of it.
+//! - The rate is [`LimitLearner`]'s: the configured rate is only a ceiling, the
+//!   learner finds the account's limit from 429s, `Retry-After` and
+//!   `X-mp-rate-limit-percentage-used`, and a budget coordinator may cap it
+//!   further with [`RateLimiter::set_ceiling`]. [`RateLimiter::seed`] and
+//!   [`RateLimiter::learned`] carry what was learned from one run to the next.
 //!
 //! Time is `tokio::time`, so tests drive it with `tokio::time::pause()`.
 
@@ -22,87 +24,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::sink::limit_learner::{LearnedLimit, LimitLearner};
+
 /// mParticle's default throughput per account, in batches per second (§3.3).
 pub const DEFAULT_RATE_PER_SEC: f64 = 270.0;
 /// Bucket capacity in batches: one full request may leave at once after an
 /// idle spell, and no more, so a fresh start cannot overshoot the server's
 /// window by much.
 pub const BURST_BATCHES: f64 = 100.0;
-/// Minimum time between two decreases of the rate.
-pub const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
 
-/// Usage (percent) at or above which the rate shrinks.
-const HIGH_USAGE_PERCENT: f64 = 80.0;
-/// Usage (percent) below which the rate grows.
-const LOW_USAGE_PERCENT: f64 = 50.0;
-/// Multiplier on a 429.
-const DECREASE_ON_RATE_LIMITED: f64 = 0.5;
-/// Multiplier on high usage.
-const DECREASE_ON_HIGH_USAGE: f64 = 0.9;
-/// Additive increase per low-usage answer, as a share of the configured rate.
-const INCREASE_SHARE: f64 = 0.02;
-/// The floor, as a share of the configured rate.
-const MIN_RATE_SHARE: f64 = 0.05;
-
-/// Additive-increase, multiplicative-decrease control of the sending rate.
-#[derive(Debug, Clone)]
-pub struct Aimd {
-    max: f64,
-    rate: f64,
-    last_decrease: Option<Instant>,
-}
-
-impl Aimd {
-    /// Starts at the configured rate (batches per second), which is also the ceiling.
-    pub fn new(max_rate: f64) -> Self {
-        Self {
-            max: max_rate,
-            rate: max_rate,
-            last_decrease: None,
-        }
-    }
-
-    /// The current rate, batches per second.
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    /// The lowest rate it will go to.
-    pub fn min_rate(&self) -> f64 {
-        self.max * MIN_RATE_SHARE
-    }
-
-    /// A 429 arrived.
-    pub fn on_rate_limited(&mut self, now: Instant) {
-        self.decrease(DECREASE_ON_RATE_LIMITED, now);
-    }
-
-    /// A request was accepted, with this usage header (percent) if any.
-    pub fn on_accepted(&mut self, percentage_used: Option<f64>, now: Instant) {
-        match percentage_used {
-            Some(p) if p >= HIGH_USAGE_PERCENT => self.decrease(DECREASE_ON_HIGH_USAGE, now),
-            Some(p) if p >= LOW_USAGE_PERCENT => {}
-            // Low usage, or a server that does not report it: creep back up.
-            _ => self.rate = (self.rate + self.max * INCREASE_SHARE).min(self.max),
-        }
-    }
-
-    fn decrease(&mut self, factor: f64, now: Instant) {
-        if self
-            .last_decrease
-            .is_some_and(|at| now.duration_since(at) < DECREASE_COOLDOWN)
-        {
-            return;
-        }
-        self.last_decrease = Some(now);
-        self.rate = (self.rate * factor).max(self.min_rate());
-    }
-}
-
-/// A token bucket counted in batches that may go into debt (see the module docs).
+/// A token bucket counted in batches that may go into debt (see the module
+/// docs). Kept as two running totals, batches earned and batches reserved, so a
+/// reservation is a place in line that stays valid when the rate changes.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    tokens: f64,
+    earned: f64,
+    reserved: f64,
     burst: f64,
     updated: Instant,
 }
@@ -111,7 +48,8 @@ impl TokenBucket {
     /// A full bucket of `burst` tokens.
     pub fn new(burst: f64, now: Instant) -> Self {
         Self {
-            tokens: burst,
+            earned: burst,
+            reserved: 0.0,
             burst,
             updated: now,
         }
@@ -119,32 +57,39 @@ impl TokenBucket {
 
     /// Tokens now (negative while in debt).
     pub fn tokens(&self) -> f64 {
-        self.tokens
+        self.earned - self.reserved
     }
 
     /// Adds what `rate` earned since the last update, up to the burst.
     pub fn refill(&mut self, rate: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + rate * elapsed).min(self.burst);
+        self.earned = (self.earned + rate * elapsed).min(self.reserved + self.burst);
         self.updated = now;
     }
 
-    /// Takes `n` tokens and returns how long the caller must wait before sending.
+    /// Takes `n` tokens; returns the place in line (see [`TokenBucket::wait_for`]).
     #[must_use]
-    pub fn reserve(&mut self, n: f64, rate: f64, now: Instant) -> Duration {
+    pub fn reserve(&mut self, n: f64, rate: f64, now: Instant) -> f64 {
         self.refill(rate, now);
-        self.tokens -= n;
-        if self.tokens >= 0.0 || rate <= 0.0 {
+        self.reserved += n;
+        self.reserved
+    }
+
+    /// How long the holder of `place` must still wait at `rate`.
+    pub fn wait_for(&mut self, place: f64, rate: f64, now: Instant) -> Duration {
+        self.refill(rate, now);
+        let missing = place - self.earned;
+        if missing <= 0.0 || rate <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / rate)
+            Duration::from_secs_f64(missing / rate)
         }
     }
 
     /// Drops any saved-up tokens (after a 429 nothing should burst out).
     pub fn empty(&mut self, rate: f64, now: Instant) {
         self.refill(rate, now);
-        self.tokens = self.tokens.min(0.0);
+        self.earned = self.earned.min(self.reserved);
     }
 }
 
@@ -152,7 +97,15 @@ impl TokenBucket {
 #[derive(Debug)]
 struct Pacer {
     bucket: TokenBucket,
-    aimd: Aimd,
+    learner: LimitLearner,
+}
+
+impl Pacer {
+    /// Settles the tokens earned at the current rate before the rate changes.
+    fn settle(&mut self, now: Instant) {
+        let rate = self.learner.effective_rate();
+        self.bucket.refill(rate, now);
+    }
 }
 
 /// Pacing shared by every sender to one target.
@@ -170,8 +123,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RateLimiter {
-    /// A limiter at `rate_per_sec` batches per second, or only the gate when `None`
-    /// (or not a positive number).
+    /// A limiter at `rate_per_sec` batches per second (the ceiling of what it
+    /// learns), or only the gate when `None` (or not a positive number).
     pub fn new(rate_per_sec: Option<f64>) -> Self {
         let now = Instant::now();
         let pacer = rate_per_sec
@@ -179,7 +132,7 @@ impl RateLimiter {
             .map(|rate| {
                 Mutex::new(Pacer {
                     bucket: TokenBucket::new(BURST_BATCHES, now),
-                    aimd: Aimd::new(rate),
+                    learner: LimitLearner::new(rate, now),
                 })
             });
         Self {
@@ -188,9 +141,40 @@ impl RateLimiter {
         }
     }
 
-    /// The current adaptive rate, batches per second (`None` without pacing).
+    /// The rate paced at now, batches per second: the learned rate within the
+    /// budget share (`None` without pacing).
     pub fn current_rate(&self) -> Option<f64> {
-        self.pacer.as_ref().map(|p| lock(p).aimd.rate())
+        self.pacer
+            .as_ref()
+            .map(|p| lock(p).learner.effective_rate())
+    }
+
+    /// Starts from what an earlier run learned (no effect without pacing).
+    pub fn seed(&self, learned: LearnedLimit) {
+        if let Some(pacer) = &self.pacer {
+            let now = Instant::now();
+            let mut p = lock(pacer);
+            p.settle(now);
+            p.learner.seed(learned, now);
+        }
+    }
+
+    /// What was learned so far, to persist for the next run (`None` without
+    /// pacing, or when the server gave nothing to learn from and nothing was seeded).
+    pub fn learned(&self) -> Option<LearnedLimit> {
+        self.pacer.as_ref().and_then(|p| lock(p).learner.learned())
+    }
+
+    /// Caps the rate at this sender's share of the account's budget (`None`:
+    /// the configured rate only). Takes effect for waiting senders too. A
+    /// share that is not a positive number is ignored; without pacing there is
+    /// nothing to cap.
+    pub fn set_ceiling(&self, share: Option<f64>) {
+        if let Some(pacer) = &self.pacer {
+            let mut p = lock(pacer);
+            p.settle(Instant::now());
+            p.learner.set_ceiling(share);
+        }
     }
 
     /// When the gate opens, if a 429 closed it and it is still closed.
@@ -203,12 +187,22 @@ impl RateLimiter {
         let start = Instant::now();
         self.wait_for_gate().await;
         if let Some(pacer) = &self.pacer {
-            let wait = {
+            let place = {
                 let mut p = lock(pacer);
-                let rate = p.aimd.rate();
+                let rate = p.learner.effective_rate();
                 p.bucket.reserve(batches as f64, rate, Instant::now())
             };
-            if !wait.is_zero() {
+            loop {
+                let wait = {
+                    let mut p = lock(pacer);
+                    let rate = p.learner.effective_rate();
+                    p.bucket.wait_for(place, rate, Instant::now())
+                };
+                if wait.is_zero() {
+                    break;
+                }
+                // Wakes at the time the rate of now promises; a lower rate by
+                // then means another turn.
                 tokio::time::sleep(wait).await;
             }
             // A 429 may have closed the gate while this sender waited for tokens.
@@ -234,21 +228,20 @@ impl RateLimiter {
         }
         if let Some(pacer) = &self.pacer {
             let mut p = lock(pacer);
-            let rate = p.aimd.rate();
-            // Settle tokens at the old rate before the rate changes.
+            let rate = p.learner.effective_rate();
             p.bucket.empty(rate, now);
-            p.aimd.on_rate_limited(now);
+            p.learner.on_rate_limited(retry_after, now);
         }
     }
 
-    /// A request was accepted; `percentage_used` is `X-mp-rate-limit-percentage-used`.
-    pub fn on_accepted(&self, percentage_used: Option<f64>) {
+    /// A request of `batches` was accepted; `percentage_used` is
+    /// `X-mp-rate-limit-percentage-used`.
+    pub fn on_accepted(&self, batches: usize, percentage_used: Option<f64>) {
         if let Some(pacer) = &self.pacer {
             let now = Instant::now();
             let mut p = lock(pacer);
-            let rate = p.aimd.rate();
-            p.bucket.refill(rate, now);
-            p.aimd.on_accepted(percentage_used, now);
+            p.settle(now);
+            p.learner.on_accepted(batches, percentage_used, now);
         }
     }
 }
@@ -325,38 +318,315 @@ mod tests {
         assert_eq!(ms(limiter.acquire(10).await), 200);
     }
 
-    #[test]
-    fn aimd_stays_within_its_bounds() {
-        let start = Instant::now();
-        let mut aimd = Aimd::new(270.0);
-        // Many 429s, each past the cooldown: down to the floor, never below.
-        for i in 0..100 {
-            aimd.on_rate_limited(start + DECREASE_COOLDOWN * i);
-        }
-        assert!((aimd.rate() - 270.0 * MIN_RATE_SHARE).abs() < 1e-9);
-        // Low usage: back up to the configured rate, never above.
-        for i in 0..1000 {
-            aimd.on_accepted(Some(10.0), start + Duration::from_secs(200 + i));
-        }
-        assert!((aimd.rate() - 270.0).abs() < 1e-9);
-        aimd.on_accepted(None, start + Duration::from_secs(2000));
-        assert!((aimd.rate() - 270.0).abs() < 1e-9);
+    /// The test suite's fake account limit (`take_rate_tokens` in
+    /// `tests/it/support/fake_mparticle.rs`): a bucket holding one second of
+    /// batches; 429 with `Retry-After` (whole seconds, at least 1) when short,
+    /// else the share of the bucket in use.
+    struct Server {
+        rate: f64,
+        tokens: f64,
+        updated: Instant,
+        send_pct: bool,
     }
 
-    #[test]
-    fn aimd_decreases_once_per_cooldown_and_holds_mid_usage() {
-        let start = Instant::now();
-        let mut aimd = Aimd::new(100.0);
-        // A train of high-usage answers within one cooldown is one decrease.
-        for i in 0..10 {
-            aimd.on_accepted(Some(85.0), start + Duration::from_millis(i * 10));
+    enum Answer {
+        Accepted(Option<f64>),
+        RateLimited(Duration),
+    }
+
+    impl Server {
+        fn new(rate: f64) -> Self {
+            Self {
+                rate,
+                tokens: rate,
+                updated: Instant::now(),
+                send_pct: true,
+            }
         }
-        assert!((aimd.rate() - 90.0).abs() < 1e-9);
-        aimd.on_accepted(Some(60.0), start + Duration::from_secs(5));
-        assert!((aimd.rate() - 90.0).abs() < 1e-9, "50–80 % holds");
-        aimd.on_accepted(Some(20.0), start + Duration::from_secs(6));
-        assert!((aimd.rate() - 92.0).abs() < 1e-9, "additive increase");
-        aimd.on_rate_limited(start + Duration::from_secs(7));
-        assert!((aimd.rate() - 46.0).abs() < 1e-9);
+
+        fn take(&mut self, n: f64) -> Answer {
+            let now = Instant::now();
+            let earned = self.rate * now.duration_since(self.updated).as_secs_f64();
+            self.tokens = (self.tokens + earned).min(self.rate);
+            self.updated = now;
+            if self.tokens < n {
+                let wait = ((n - self.tokens) / self.rate).ceil().max(1.0);
+                return Answer::RateLimited(Duration::from_secs_f64(wait));
+            }
+            self.tokens -= n;
+            let used = ((self.rate - self.tokens) / self.rate * 100.0).round();
+            Answer::Accepted(self.send_pct.then_some(used))
+        }
+    }
+
+    /// What one simulated stretch of sending did.
+    #[derive(Default)]
+    struct Run {
+        accepted: f64,
+        requests: u32,
+        refused: u32,
+        /// (seconds since the stretch began, rate paced at) after every answer.
+        rates: Vec<(f64, f64)>,
+    }
+
+    /// The figures and the rate every 5 s, for failure messages.
+    impl std::fmt::Debug for Run {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "accepted {} in {} requests, {} refused; rates:",
+                self.accepted, self.requests, self.refused
+            )?;
+            let mut next = 0.0;
+            for (t, r) in &self.rates {
+                if *t >= next {
+                    write!(f, " {t:.0}s={r:.1}")?;
+                    next += 5.0;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// One sender pushing 100-batch requests for `secs` (answers are instant).
+    async fn send_for(limiter: &RateLimiter, server: &mut Server, secs: u64) -> Run {
+        let start = Instant::now();
+        let mut run = Run::default();
+        while start.elapsed() < Duration::from_secs(secs) {
+            limiter.acquire(100).await;
+            run.requests += 1;
+            match server.take(100.0) {
+                Answer::Accepted(pct) => {
+                    run.accepted += 100.0;
+                    limiter.on_accepted(100, pct);
+                }
+                Answer::RateLimited(wait) => {
+                    run.refused += 1;
+                    limiter.on_rate_limited(Some(wait));
+                }
+            }
+            let rate = limiter.current_rate().unwrap();
+            run.rates.push((start.elapsed().as_secs_f64(), rate));
+        }
+        run
+    }
+
+    fn max_rate_after(run: &Run, secs: f64) -> f64 {
+        run.rates
+            .iter()
+            .filter(|(t, _)| *t >= secs)
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max)
+    }
+
+    fn min_rate_after(run: &Run, secs: f64) -> f64 {
+        run.rates
+            .iter()
+            .filter(|(t, _)| *t >= secs)
+            .map(|(_, r)| *r)
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn converges_from_1000_to_a_270_limit_and_stays_in_band() {
+        let limiter = RateLimiter::new(Some(1000.0));
+        let mut server = Server::new(270.0);
+        let run = send_for(&limiter, &mut server, 120).await;
+        assert!(run.refused * 50 <= run.requests, "{run:?}");
+        let utilisation = run.accepted / 120.0 / 270.0;
+        assert!(utilisation >= 0.95, "utilisation {utilisation}");
+        // From the first answers on, the rate stays within 10 % of the limit.
+        assert!(min_rate_after(&run, 1.0) >= 0.9 * 270.0, "{run:?}");
+        assert!(max_rate_after(&run, 1.0) <= 1.1 * 270.0, "{run:?}");
+        let learned = limiter.learned().unwrap();
+        assert!((0.9 * 270.0..=1.1 * 270.0).contains(&learned.rate));
+    }
+
+    /// Four senders in flight with 20 ms answers, as the Deliverer sends: the
+    /// three requests queued at the configured 1,000/s behind the first are
+    /// re-timed by its answer, so not even the start draws a 429.
+    #[tokio::test(start_paused = true)]
+    async fn four_senders_in_flight_learn_the_limit_before_a_429() {
+        use std::sync::{Arc, Mutex as StdMutex};
+        let limiter = Arc::new(RateLimiter::new(Some(1000.0)));
+        let server = Arc::new(StdMutex::new(Server::new(270.0)));
+        let tally = Arc::new(StdMutex::new((0.0_f64, 0_u32)));
+        let start = Instant::now();
+        let mut senders = Vec::new();
+        for _ in 0..4 {
+            let (limiter, server, tally) = (limiter.clone(), server.clone(), tally.clone());
+            senders.push(tokio::spawn(async move {
+                while start.elapsed() < Duration::from_secs(60) {
+                    limiter.acquire(100).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let answer = server.lock().unwrap().take(100.0);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    match answer {
+                        Answer::Accepted(pct) => {
+                            tally.lock().unwrap().0 += 100.0;
+                            limiter.on_accepted(100, pct);
+                        }
+                        Answer::RateLimited(wait) => {
+                            tally.lock().unwrap().1 += 1;
+                            limiter.on_rate_limited(Some(wait));
+                        }
+                    }
+                }
+            }));
+        }
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let (accepted, refused) = *tally.lock().unwrap();
+        assert_eq!(refused, 0);
+        let utilisation = accepted / start.elapsed().as_secs_f64() / 270.0;
+        assert!(utilisation >= 0.95, "utilisation {utilisation}");
+    }
+
+    /// Two daemons, each configured at 1,000/s with four senders in flight,
+    /// pushing to one 270/s account without a budget coordinator: the usage
+    /// header counts both, so each learns a share and together they use the
+    /// limit with hardly a 429.
+    #[tokio::test(start_paused = true)]
+    async fn two_daemons_share_one_account_through_the_usage_header() {
+        use std::sync::{Arc, Mutex as StdMutex};
+        let server = Arc::new(StdMutex::new(Server::new(270.0)));
+        let tally = Arc::new(StdMutex::new(vec![(0.0_f64, 0_u32); 2]));
+        let start = Instant::now();
+        let mut senders = Vec::new();
+        for d in 0..2 {
+            let limiter = Arc::new(RateLimiter::new(Some(1000.0)));
+            for _ in 0..4 {
+                let (limiter, server, tally) = (limiter.clone(), server.clone(), tally.clone());
+                senders.push(tokio::spawn(async move {
+                    while start.elapsed() < Duration::from_secs(120) {
+                        limiter.acquire(100).await;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let answer = server.lock().unwrap().take(100.0);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        match answer {
+                            Answer::Accepted(pct) => {
+                                tally.lock().unwrap()[d].0 += 100.0;
+                                limiter.on_accepted(100, pct);
+                            }
+                            Answer::RateLimited(wait) => {
+                                tally.lock().unwrap()[d].1 += 1;
+                                limiter.on_rate_limited(Some(wait));
+                            }
+                        }
+                    }
+                    limiter.current_rate().unwrap()
+                }));
+            }
+        }
+        let mut rates = Vec::new();
+        for sender in senders {
+            rates.push(sender.await.unwrap());
+        }
+        let t = tally.lock().unwrap().clone();
+        let accepted = t[0].0 + t[1].0;
+        let refused = t[0].1 + t[1].1;
+        let utilisation = accepted / start.elapsed().as_secs_f64() / 270.0;
+        assert!((0.95..=1.05).contains(&utilisation), "{t:?} {utilisation}");
+        assert!(f64::from(refused * 50) <= accepted / 100.0, "{t:?}");
+        // Each got a real share, neither starved.
+        assert!(t[0].0.min(t[1].0) >= 0.25 * accepted, "{t:?} {rates:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn converges_without_the_usage_header_from_429s_alone() {
+        let limiter = RateLimiter::new(Some(1000.0));
+        let mut server = Server::new(270.0);
+        server.send_pct = false;
+        let run = send_for(&limiter, &mut server, 120).await;
+        // A few 429s find the limit; the slow climb keeps them rare after that.
+        let late = send_for(&limiter, &mut server, 120).await;
+        assert!(run.refused <= 10, "{run:?}");
+        assert!(late.refused * 50 <= late.requests, "{late:?}");
+        assert!(late.accepted / 120.0 >= 0.85 * 270.0, "{late:?}");
+        assert!(max_rate_after(&late, 0.0) <= 1.2 * 270.0, "{late:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finds_a_raised_limit_again() {
+        let limiter = RateLimiter::new(Some(1000.0));
+        let mut server = Server::new(270.0);
+        let first = send_for(&limiter, &mut server, 60).await;
+        assert!(limiter.current_rate().unwrap() <= 1.1 * 270.0, "{first:?}");
+        // The account's limit doubles: within a minute and a half the rate is
+        // near it, and the next minute uses it.
+        server.rate = 540.0;
+        let climb = send_for(&limiter, &mut server, 90).await;
+        assert!(limiter.current_rate().unwrap() >= 0.85 * 540.0, "{climb:?}");
+        let late = send_for(&limiter, &mut server, 60).await;
+        assert!(late.accepted / 60.0 >= 0.9 * 540.0, "{late:?}");
+        assert!(max_rate_after(&late, 0.0) <= 1.1 * 540.0, "{late:?}");
+        assert!(climb.refused + late.refused <= 2, "{climb:?} {late:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_above_the_configured_rate() {
+        let limiter = RateLimiter::new(Some(300.0));
+        let mut server = Server::new(5000.0);
+        let run = send_for(&limiter, &mut server, 60).await;
+        assert_eq!(run.refused, 0);
+        assert!(max_rate_after(&run, 0.0) <= 300.0);
+        // The first 100 batches leave at once (the burst), the rest at 300/s.
+        assert!(run.accepted <= 300.0 * 60.0 + 200.0, "{run:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seeded_run_starts_at_the_learned_rate() {
+        let limiter = RateLimiter::new(Some(1000.0));
+        assert!(limiter.learned().is_none());
+        let seed = LearnedLimit {
+            rate: 270.0,
+            learned_at: chrono::Utc::now(),
+        };
+        limiter.seed(seed);
+        assert_eq!(limiter.current_rate(), Some(270.0));
+        assert_eq!(limiter.learned(), Some(seed));
+        // Paced at 270 from the first request: 100 burst + 270 in the next second.
+        let start = Instant::now();
+        for _ in 0..4 {
+            limiter.acquire(100).await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert!((secs - 300.0 / 270.0).abs() < 0.01, "{secs}");
+        let mut server = Server::new(270.0);
+        let run = send_for(&limiter, &mut server, 60).await;
+        assert_eq!(run.refused, 0, "{run:?}");
+        assert!(run.accepted / 60.0 >= 0.95 * 270.0, "{run:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ceiling_caps_waiting_senders_and_lifts_back_to_the_learned_rate() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(Some(1000.0)));
+        limiter.seed(LearnedLimit {
+            rate: 270.0,
+            learned_at: chrono::Utc::now(),
+        });
+        // Three daemons share the account's 270: this one gets 90.
+        limiter.set_ceiling(Some(90.0));
+        assert_eq!(limiter.current_rate(), Some(90.0));
+        let start = Instant::now();
+        limiter.acquire(100).await; // the burst
+        assert_eq!(ms(limiter.acquire(90).await), 1000);
+        // A waiter queued at 90/s is re-timed when the share shrinks to 45.
+        let waiter = {
+            let l = std::sync::Arc::clone(&limiter);
+            tokio::spawn(async move { l.acquire(90).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        limiter.set_ceiling(Some(45.0));
+        // 45 batches earned in the first half second, 45 more at 45/s.
+        assert_eq!(ms(waiter.await.unwrap()), 1500);
+        // The share goes away: back to the learned rate, not the configured 1000.
+        limiter.set_ceiling(None);
+        assert_eq!(limiter.current_rate(), Some(270.0));
+        assert_eq!(ms(start.elapsed()), 2500);
+        // A share above the learned rate leaves the learned rate in force.
+        limiter.set_ceiling(Some(500.0));
+        assert_eq!(limiter.current_rate(), Some(270.0));
     }
 }

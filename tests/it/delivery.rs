@@ -1,8 +1,9 @@
 //! Delivery against the fault-injecting fake Events API: 429s with and without
 //! `Retry-After`, 503s, connections dropped after the server applied the body,
-//! slow answers past the timeout, 401, 413 splitting, 400 bisecting, gzip, and
-//! 50,000 batches through a random fault mix with nothing lost and nothing
-//! applied twice by the profile store.
+//! slow answers past the timeout, 401, 413 splitting, 400 bisecting, gzip, the
+//! account's limit learned from the first answer (and seeded, and capped by a
+//! budget share), and 50,000 batches through a random fault mix with nothing
+//! lost and nothing applied twice by the profile store.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -447,6 +448,45 @@ async fn pacing_holds_the_configured_rate() {
     }
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
     assert_eq!(fake.distinct_applied(), 600);
+}
+
+/// A feed configured far above its account's limit learns the limit from the
+/// first answer's `X-mp-rate-limit-percentage-used` (100 batches used 37 % of a
+/// 270 batches/s account), and what it learned can seed the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_answer_teaches_the_account_limit_and_seeds_the_next_run() {
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_rate_limit(Some(270.0));
+    let paced = DeliveryConfig {
+        rate_per_sec: Some(1000.0),
+        ..config(1, 3)
+    };
+    let deliverer = Deliverer::new(client(&fake, SECRET, Duration::from_secs(5)), paced);
+    assert_eq!(deliverer.current_rate(), Some(1000.0));
+    assert_eq!(deliverer.learned_limit(), None);
+    deliverer
+        .deliver(PackedRequest::from_batches(&batches(0..100, &[])))
+        .await
+        .unwrap();
+    let learned = deliverer.learned_limit().unwrap();
+    // 100 / 37 % = 270.3, paced 2 % below.
+    assert!(
+        (learned.rate - 100.0 / 0.37 * 0.98).abs() < 0.01,
+        "{learned:?}"
+    );
+    assert_eq!(deliverer.current_rate(), Some(learned.rate));
+
+    // The next run of the feed (the state store keeps the value as JSON).
+    let stored = serde_json::to_string(&learned).unwrap();
+    let next = Deliverer::new(client(&fake, SECRET, Duration::from_secs(5)), paced);
+    next.seed_learned_limit(serde_json::from_str(&stored).unwrap());
+    assert_eq!(next.current_rate(), Some(learned.rate));
+    // Three daemons share the feed: this one's share caps it, lifting it
+    // restores the learned rate rather than the configured 1,000.
+    next.set_ceiling(Some(90.0));
+    assert_eq!(next.current_rate(), Some(90.0));
+    next.set_ceiling(None);
+    assert_eq!(next.current_rate(), Some(learned.rate));
 }
 
 /// The headline: 50,000 batches, 0.1 % poison, through 10 % 429, 5 % 503 and 2 %
