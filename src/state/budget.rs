@@ -1,16 +1,15 @@
 //! The feeds' shared send budget: a feed's configured rate is a ceiling for
-//! the whole account, so every process sending to it registers as a sender
+//! the whole account, so every run sending to it registers as a sender
 //! (renewed while it sends) and takes an equal share of the rate; and what
 //! the limiter learned of the account's real limit is kept per feed, so the
 //! next run starts there.
 //!
 //! Feeds are named by a hash of their host and API key (see
-//! `sink::budget`), never by the key.
+//! `sync::budget`), never by the key.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::leases::this_process;
 use super::{millis, StateError, StateStore};
 
 /// The account limit learned for a feed.
@@ -23,11 +22,13 @@ pub struct LearnedRate {
 }
 
 impl StateStore {
-    /// Renew this process as a sender to `feed` until `ttl` from now, and
-    /// return how many processes send to it now (this one included).
+    /// Renew `sender` (a run of some daemon) as a sender to `feed` until
+    /// `ttl` from now, and return how many senders it has now (this one
+    /// included).
     pub async fn feed_senders(
         &self,
         feed: &str,
+        sender: &str,
         ttl: std::time::Duration,
     ) -> Result<u32, StateError> {
         let now = millis(self.options.clock.now());
@@ -37,7 +38,7 @@ impl StateStore {
              ON CONFLICT (feed, holder) DO UPDATE SET expires_at = excluded.expires_at",
         )
         .bind(feed)
-        .bind(&this_process().id)
+        .bind(sender)
         .bind(until)
         .execute(&self.pool)
         .await?;
@@ -56,11 +57,11 @@ impl StateStore {
         Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
     }
 
-    /// Stop counting this process as a sender to `feed`.
-    pub async fn leave_feed(&self, feed: &str) -> Result<(), StateError> {
+    /// Stop counting `sender` as a sender to `feed`.
+    pub async fn leave_feed(&self, feed: &str, sender: &str) -> Result<(), StateError> {
         sqlx::query("DELETE FROM feed_senders WHERE feed = $1 AND holder = $2")
             .bind(feed)
-            .bind(&this_process().id)
+            .bind(sender)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -427,6 +427,11 @@ pub(crate) struct ProcessId {
     pub pid: i64,
 }
 
+/// This process's identity, `host:pid:instance`: the holder of its leases.
+pub fn process_id() -> &'static str {
+    &this_process().id
+}
+
 /// This process's identity.
 pub(crate) fn this_process() -> &'static ProcessId {
     static ME: std::sync::OnceLock<ProcessId> = std::sync::OnceLock::new();

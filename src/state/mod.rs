@@ -402,6 +402,11 @@ impl StateStore {
         })
     }
 
+    /// The time by the store's lease clock (wall time shared by every host).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.options.clock.now()
+    }
+
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -283,7 +283,7 @@ async fn pause_daemons_and_feed_budget() {
         assert!(!store.daemons().await.unwrap()[0].alive);
 
         let ttl = std::time::Duration::from_secs(10);
-        assert_eq!(store.feed_senders("feed-a", ttl).await.unwrap(), 1);
+        assert_eq!(store.feed_senders("feed-a", "me", ttl).await.unwrap(), 1);
         // Another sender's row, as another daemon would renew it.
         sqlx::query(
             "INSERT INTO feed_senders (feed, holder, expires_at) VALUES ('feed-a', 'x', $1)",
@@ -292,10 +292,10 @@ async fn pause_daemons_and_feed_budget() {
         .execute(&store.pool)
         .await
         .unwrap();
-        assert_eq!(store.feed_senders("feed-a", ttl).await.unwrap(), 2);
+        assert_eq!(store.feed_senders("feed-a", "me", ttl).await.unwrap(), 2);
         clock.advance(chrono::Duration::seconds(6));
-        assert_eq!(store.feed_senders("feed-a", ttl).await.unwrap(), 1);
-        store.leave_feed("feed-a").await.unwrap();
+        assert_eq!(store.feed_senders("feed-a", "me", ttl).await.unwrap(), 1);
+        store.leave_feed("feed-a", "me").await.unwrap();
 
         assert_eq!(store.learned_rate("feed-a").await.unwrap(), None);
         let learned = LearnedRate {

@@ -32,6 +32,7 @@ use crate::sink::EventsApiClient;
 use crate::state::{RunRecord, StateStore};
 use crate::telemetry::events;
 
+pub mod budget;
 pub mod commit;
 pub mod diff;
 mod error;
@@ -777,6 +778,14 @@ impl Attempt<'_> {
             ),
             _ => None,
         };
+        // The feed's budget is shared with every other run sending to it, on
+        // any daemon, for as long as this output lives.
+        let budget = match (&deliverer, &pipeline.feed) {
+            (Some(d), Some(feed)) => {
+                budget::join(&ctx.state, &project.feeds[feed], self.ids.id, d).await
+            }
+            _ => None,
+        };
         let blocked = self.diff.as_ref().is_some_and(|d| d.blocked.is_some());
         if let (Some(d), true, false) = (&deliverer, pipeline.retry_dead_letters, blocked) {
             let done = redeliver::redeliver(&ctx.state, &pipeline.id, d).await?;
@@ -822,6 +831,7 @@ impl Attempt<'_> {
                     shutdown: ctx.shutdown.clone(),
                     grace: project.daemon.shutdown_grace,
                     progress: Arc::clone(&ctx.progress),
+                    budget,
                 },
             ))));
         }

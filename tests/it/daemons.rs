@@ -350,3 +350,66 @@ async fn a_stalled_daemon_cannot_commit_after_its_lease_was_taken() {
     assert_ne!(latest.id, stalled_run);
     assert_eq!(delivered(&fake, &table).len(), 2000);
 }
+
+/// Two daemons, each running its own pipeline to the same feed configured
+/// at 270 batches/s (the fake accepts everything, so only the senders' own
+/// pacing counts): together they send at most 270 batches/s + 5 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_feeds_budget() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let state = state_url(&pool).await;
+    let mut daemons = Vec::new();
+    let mut projects = Vec::new();
+    let mut tables = Vec::new();
+    for name in ["left", "right"] {
+        let table = db::unique_table(&format!("dm_budget_{name}"));
+        create_table(&pool, &table, 2500).await;
+        let pipelines = vec![(name.to_owned(), table.clone())];
+        let p = project(&fake, &state, 270, &pipelines);
+        p.pipeline(name, &pipeline_toml(name, "type = \"once\""));
+        projects.push(p);
+        tables.push(table);
+    }
+    for p in &projects {
+        daemons.push(spawn_daemon(p));
+    }
+    wait_for(
+        "both pipelines to be delivered",
+        Duration::from_secs(120),
+        || async { tables.iter().all(|t| delivered(&fake, t).len() == 2500) },
+    )
+    .await;
+    for d in &daemons {
+        d.signal(libc::SIGTERM);
+    }
+    for d in daemons {
+        let (status, _, err) = d.wait();
+        assert!(status.success(), "{err}");
+    }
+    // The rate over the time both sent, leaving out each sender's first
+    // second (its bucket starts with one request's burst, before it has
+    // seen the other sender).
+    let requests: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 202)
+        .collect();
+    let start = requests.first().unwrap().received_at + Duration::from_secs(2);
+    let end = requests.last().unwrap().received_at;
+    let batches: usize = requests
+        .iter()
+        .filter(|r| r.received_at > start)
+        .map(|r| r.batch_count)
+        .sum();
+    let secs = (end - start).as_secs_f64();
+    let rate = batches as f64 / secs;
+    eprintln!("two daemons together: {batches} batches in {secs:.1} s = {rate:.1}/s");
+    assert!(
+        secs > 10.0,
+        "they sent for {secs:.1} s only: did they share?"
+    );
+    assert!(rate <= 270.0 * 1.05, "together {rate:.1} batches/s");
+}

@@ -146,3 +146,56 @@ async fn a_postgres_state_store_runs_diffs_and_lists_like_sqlite() {
     assert!(err.contains("cannot open the state store"), "{err}");
     assert!(!err.contains("Sekr1t-pw"), "{err}");
 }
+
+/// What a feed's only sender learned of the account's limit is kept in the
+/// state store (per feed, never under its key) for the next run to start at.
+#[tokio::test]
+async fn the_learned_account_limit_is_kept_for_the_next_run() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("pgstate_learn");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, plan text);
+         INSERT INTO {table} SELECT 'c' || i, 'basic' FROM generate_series(1, 1500) AS i;"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_rate_limit(Some(270.0));
+    let state = state_url(&pool).await;
+    let p = project(&fake, &state, &table);
+    // A user who does not know the account's limit.
+    let toml = std::fs::read_to_string(p.root().join("wsync.toml")).unwrap();
+    std::fs::write(
+        p.root().join("wsync.toml"),
+        toml.replace("rate_limit_per_sec = 0", "rate_limit_per_sec = 1000"),
+    )
+    .unwrap();
+    let ctx = p.context().await;
+    let first = run(&ctx).await;
+    assert_eq!(first.record.counts.batches_sent, 1500);
+    let feed = &ctx.project.feeds["fake"];
+    let key = wsync::sync::budget::feed_key(&feed.base_url, feed.api_key.expose());
+    let learned = ctx
+        .state
+        .learned_rate(&key)
+        .await
+        .unwrap()
+        .expect("a learned limit was kept");
+    assert!(
+        (200.0..=300.0).contains(&learned.rate),
+        "learned {} batches/s of a 270/s account",
+        learned.rate
+    );
+    let rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT feed FROM {}.feed_limits",
+        state.rsplit("%3D").next().unwrap()
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![key]);
+    assert!(!rows[0].contains(KEY));
+}

@@ -94,6 +94,8 @@ pub struct EventsApiSettings {
     pub grace: Duration,
     /// Live counters.
     pub progress: Arc<RunProgress>,
+    /// This run's share of its feed's budget, held while the output lives.
+    pub budget: Option<crate::sync::budget::BudgetShare>,
 }
 
 /// The Events API as a run output.
