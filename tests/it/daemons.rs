@@ -231,7 +231,8 @@ async fn three_daemons_run_every_scheduled_fire_exactly_once() {
 }
 
 /// A daemon SIGKILLed mid-run: another takes the pipeline over once the
-/// lease expires and finishes it from the checkpoint; no row is lost.
+/// lease expires and finishes it from the killed run's checkpoint; no row is
+/// lost and the rows before the checkpoint are not sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemons_pipeline_resumes_on_another_after_its_lease_expires() {
     let Some(pool) = db::postgres().await else {
@@ -240,27 +241,62 @@ async fn a_killed_daemons_pipeline_resumes_on_another_after_its_lease_expires() 
     let fake = FakeMparticle::start(KEY, SECRET).await;
     let state = state_url(&pool).await;
     let table = db::unique_table("dm_kill");
-    create_table(&pool, &table, 3000).await;
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
+         INSERT INTO {table} SELECT '{table}-c' || i, 'gold',
+           timestamptz '2026-01-01T00:00:00Z' + i * interval '1 second'
+         FROM generate_series(1, 3000) AS i;"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     let pipelines = vec![("slow".to_owned(), table.clone())];
-    // 3,000 rows at 300 batches/s: about ten seconds of sending.
+    // 3,000 rows at 300 batches/s: about ten seconds of sending, with a
+    // checkpoint every 200 rows.
+    let incremental = r#"
+connection = "pg"
+data_model = "slow"
+feed = "fake"
+
+[sync_mode]
+type = "incremental"
+iterator_field = "updated_at"
+iterator_data_type = "timestamp_tz"
+
+[schedule]
+type = "once"
+"#;
     let projects: Vec<TestProject> = (0..2)
         .map(|_| {
             let p = project(&fake, &state, 300, &pipelines);
-            p.pipeline("slow", &pipeline_toml("slow", "type = \"once\""));
+            p.model(
+                "slow",
+                &format!("SELECT customer_id, plan, updated_at FROM {table}"),
+            );
+            p.pipeline("slow", incremental);
             p
         })
         .collect();
     let store = StateStore::open(&state).await.unwrap();
     let mut first = spawn_daemon(&projects[0]);
     wait_for(
-        "the first run to send a third of the rows",
+        "a checkpoint past a third of the rows",
         Duration::from_secs(60),
-        || async { delivered(&fake, &table).len() >= 1000 },
+        || async {
+            store
+                .runs(Some("slow"), 1, 0)
+                .await
+                .unwrap()
+                .first()
+                .and_then(|r| r.checkpoint.clone())
+                .is_some_and(|c| c.as_str() >= "2026-01-01T00:16:40")
+        },
     )
     .await;
     first.kill();
     let killed_run = store.runs(Some("slow"), 1, 0).await.unwrap()[0].clone();
     assert_eq!(killed_run.state, RunState::Running);
+    let sent_before = fake.batches().len();
     let second = spawn_daemon(&projects[1]);
     wait_for(
         "the second daemon to finish the pipeline",
@@ -283,7 +319,19 @@ async fn a_killed_daemons_pipeline_resumes_on_another_after_its_lease_expires() 
     assert_eq!(runs[1].id, killed_run.id);
     assert_eq!(runs[1].state, RunState::Interrupted);
     assert_eq!(runs[0].state, RunState::Success);
+    assert_eq!(
+        runs[0].resumed_from,
+        Some(killed_run.id),
+        "resumed from the checkpoint"
+    );
     assert_eq!(delivered(&fake, &table).len(), 3000, "no row lost");
+    // Only the rows from the checkpoint on were read and sent again.
+    let resent = fake.batches().len() - sent_before;
+    assert!(
+        runs[0].counts.records_extracted < 2500 && resent < 2500,
+        "the takeover re-read {} rows and sent {resent}",
+        runs[0].counts.records_extracted
+    );
 }
 
 /// A daemon stopped (SIGSTOP) past its lease and continued (SIGCONT) after
