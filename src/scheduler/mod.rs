@@ -278,6 +278,13 @@ impl Daemon {
                     if ctx.shutdown.is_cancelled() {
                         break;
                     }
+                    // The wait for a slot may have been long: when another
+                    // daemon ran this fire (or runs the pipeline) meanwhile,
+                    // give the slot back at the cost of two reads instead of
+                    // a run's start.
+                    if taken_meanwhile(&ctx, &id, &kind).await {
+                        break;
+                    }
                     let interval = match &kind {
                         RunKind::Scheduled { interval, .. } => *interval,
                         _ => None,
@@ -428,6 +435,28 @@ async fn release_stuck_lock(
         );
     }
     Ok(())
+}
+
+/// Whether a scheduled run planned before waiting for a slot is now another
+/// daemon's: the pipeline is leased elsewhere, or a scheduled run followed
+/// the one this run was to follow. Errors say "no": the run's own start
+/// decides then.
+async fn taken_meanwhile(ctx: &SyncContext, pipeline: &str, kind: &RunKind) -> bool {
+    let RunKind::Scheduled {
+        after: Some(after), ..
+    } = kind
+    else {
+        return false;
+    };
+    if let Ok(Some(holder)) = ctx.state.lease_holder(pipeline).await {
+        if !holder.own {
+            return true;
+        }
+    }
+    ctx.state
+        .schedule_history(pipeline)
+        .await
+        .is_ok_and(|h| h.last_scheduled_id != *after)
 }
 
 /// The text of a panic payload.
