@@ -175,12 +175,18 @@ pub(super) fn validate_state(
     let runs_dir = raw
         .and_then(|s| s.runs_dir.as_deref())
         .unwrap_or(DEFAULT_RUNS_DIR);
+    // Name the key the URL came from.
+    let url_key = if from_env.is_some() {
+        "state.url_env"
+    } else {
+        "state.url"
+    };
     let scheme = url_scheme(url).map(str::to_ascii_lowercase);
     let url = match scheme.as_deref() {
         Some("sqlite") => match sqlite_url(url, root) {
             Ok(url) => Some(url),
             Err(problem) => {
-                ctx.push("state.url", problem, STATE_URL_HINT);
+                ctx.push(url_key, problem, STATE_URL_HINT);
                 None
             }
         },
@@ -189,7 +195,7 @@ pub(super) fn validate_state(
         }
         Some("postgres" | "postgresql") => {
             ctx.push(
-                "state.url",
+                url_key,
                 "is not a valid PostgreSQL URL (it needs a host)",
                 STATE_URL_HINT,
             );
@@ -198,7 +204,7 @@ pub(super) fn validate_state(
         // The scheme only: the rest may hold a password.
         other => {
             ctx.push(
-                "state.url",
+                url_key,
                 format!(
                     "has the scheme `{}`; the state store is SQLite or PostgreSQL",
                     other.unwrap_or("(none)")
