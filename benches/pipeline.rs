@@ -29,6 +29,7 @@
 //! cargo bench --bench pipeline                      # 1,000,000 rows
 //! cargo bench --bench pipeline -- 1000000 5000000   # both sizes, one after the other
 //! WSYNC_BENCH_ROWS=5000000 cargo bench --bench pipeline
+//! cargo bench --bench pipeline -- diff               # only psql and step 5
 //! ```
 //!
 //! The database is `WSYNC_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
@@ -58,7 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(mode) = std::env::var(CHILD_ENV) {
         return child(&mode);
     }
-    // `cargo bench` passes `--bench`; every numeric argument is a row count.
+    // `cargo bench` passes `--bench`; every numeric argument is a row count;
+    // `diff` measures only the yardstick and step 5.
+    let only_diff = std::env::args().skip(1).any(|a| a == "diff");
     let mut sizes: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.replace('_', "").parse().ok())
@@ -90,11 +93,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // measured step does not pay for the disk.
         measure_psql(&url, &table)?;
         let psql = measure_psql(&url, &table)?;
-        let dry = measure_child("dry", project.path(), &url)?;
-        let export = measure_child("export", project.path(), &url)?;
-        let push = measure_child("push", project.path(), &url)?;
+        let skipped = || Measured {
+            seconds: f64::NAN,
+            peak_rss_kib: 0,
+            outcome: "skipped (diff only)".to_owned(),
+        };
+        let (dry, export, push) = if only_diff {
+            (skipped(), skipped(), skipped())
+        } else {
+            (
+                measure_child("dry", project.path(), &url)?,
+                measure_child("export", project.path(), &url)?,
+                measure_child("push", project.path(), &url)?,
+            )
+        };
         let sunk = sink.take();
-        measure_child("diff", project.path(), &url)?;
+        let first = measure_child("diff", project.path(), &url)?;
         let _ = sink.take();
         let diff = measure_child("diff", project.path(), &url)?;
         let unchanged = sink.take();
@@ -109,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("wsync dry run (only_read)", &dry),
             ("wsync export (parquet, zstd)", &export),
             ("wsync push to local sink (202)", &push),
+            ("wsync diff run, first (all new)", &first),
             ("wsync diff run, nothing changed", &diff),
         ] {
             println!(

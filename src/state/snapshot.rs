@@ -31,7 +31,8 @@ pub struct SnapshotCommit<'a> {
     pub resynced: bool,
     /// The run's staging database. Its table `rows` holds one row per run
     /// row; those with `sent = 1` were acknowledged and carry `key_hash`,
-    /// `payload`, `version` and (`unset_attributes`) `address` and `attrs`.
+    /// `payload`, `version` and (`unset_attributes`) `address` (the compact
+    /// form, stored as `address_bin`) and `attrs`.
     /// Its table `gone` holds the keys whose attributes were unset; those
     /// with `sent = 1` leave the snapshot.
     pub stage: &'a mut SqliteConnection,
@@ -66,7 +67,8 @@ impl StateStore {
     }
 }
 
-/// One key of a snapshot, as a run's staging copy needs it.
+/// One key of a snapshot, as stored: what a run copies when the state store
+/// is not a local SQLite file it can attach.
 #[derive(Debug, Clone)]
 pub struct SnapshotRow {
     /// Hash of the key.
@@ -75,16 +77,17 @@ pub struct SnapshotRow {
     pub payload_hash: Vec<u8>,
     /// The key's version.
     pub version: i64,
-    /// The profile's address (`unset_attributes`).
+    /// The profile's address as JSON (keys written before migration 0006).
     pub address: Option<String>,
-    /// The attribute names last sent, as a JSON array (`unset_attributes`).
-    pub attrs: Option<String>,
+    /// The profile's address, compact (`unset_attributes`).
+    pub address_bin: Option<Vec<u8>>,
+    /// The id of its set of attribute names (`unset_attributes`).
+    pub attribute_set: Option<i64>,
 }
 
 impl StateStore {
     /// A page of `pipeline_id`'s snapshot: up to `limit` keys after `after`
-    /// (a key hash), in key order. Runs whose state store is not a local
-    /// SQLite file copy the snapshot into their staging file this way.
+    /// (a key hash), in key order.
     pub async fn snapshot_page(
         &self,
         pipeline_id: &str,
@@ -92,9 +95,9 @@ impl StateStore {
         limit: u32,
     ) -> Result<Vec<SnapshotRow>, StateError> {
         let rows = sqlx::query(
-            "SELECT s.key_hash, s.payload_hash, s.version, s.address, a.names \
-             FROM diff_snapshot s LEFT JOIN diff_attribute_sets a ON a.id = s.attribute_set \
-             WHERE s.pipeline_id = $1 AND s.key_hash > $2 ORDER BY s.key_hash LIMIT $3",
+            "SELECT key_hash, payload_hash, version, address, address_bin, attribute_set \
+             FROM diff_snapshot WHERE pipeline_id = $1 AND key_hash > $2 \
+             ORDER BY key_hash LIMIT $3",
         )
         .bind(pipeline_id)
         .bind(after)
@@ -108,9 +111,20 @@ impl StateStore {
                     payload_hash: r.try_get(1)?,
                     version: r.try_get(2)?,
                     address: r.try_get(3)?,
-                    attrs: r.try_get(4)?,
+                    address_bin: r.try_get(4)?,
+                    attribute_set: r.try_get(5)?,
                 })
             })
+            .collect()
+    }
+
+    /// Every set of attribute names (id, JSON array): a small dictionary.
+    pub async fn attribute_sets(&self) -> Result<Vec<(i64, String)>, StateError> {
+        let rows = sqlx::query("SELECT id, names FROM diff_attribute_sets ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
 }
@@ -158,16 +172,18 @@ pub(super) async fn write(
                 }),
             };
             sqlx::query(
-                "INSERT INTO diff_snapshot (pipeline_id, key_hash, payload_hash, version, address, \
-                 attribute_set) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline_id, key_hash) \
-                 DO UPDATE SET payload_hash = excluded.payload_hash, version = excluded.version, \
-                 address = excluded.address, attribute_set = excluded.attribute_set",
+                "INSERT INTO diff_snapshot (pipeline_id, key_hash, payload_hash, version, \
+                 address_bin, attribute_set) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (pipeline_id, key_hash) DO UPDATE SET \
+                 payload_hash = excluded.payload_hash, version = excluded.version, \
+                 address = NULL, address_bin = excluded.address_bin, \
+                 attribute_set = excluded.attribute_set",
             )
             .bind(pipeline_id)
             .bind(row.try_get::<Vec<u8>, _>(0)?)
             .bind(row.try_get::<Vec<u8>, _>(1)?)
             .bind(row.try_get::<i64, _>(2)?)
-            .bind(row.try_get::<Option<String>, _>(3)?)
+            .bind(row.try_get::<Option<Vec<u8>>, _>(3)?)
             .bind(set)
             .execute(&mut **tx)
             .await?;
@@ -206,29 +222,41 @@ mod tests {
     #[tokio::test]
     #[ignore = "a measurement: writes a million keys"]
     async fn snapshot_size_per_million_keys() {
-        for with_address in [false, true] {
+        // (setting, address_bin per key i): the compact form of
+        // `sync::diff::address` (its tests pin the same bytes).
+        let cases = [
+            ("on_delete = ignore", "NULL"),
+            (
+                "on_delete = unset_attributes, key customer_id (an identity): its identity only",
+                "unhex('010200' || printf('%02x', length('c' || i)) || hex('c' || i))",
+            ),
+            (
+                "on_delete = unset_attributes, key not an identity: customer_id and email",
+                "unhex('010200' || printf('%02x', length('c' || i)) || hex('c' || i) \
+                 || '0201' || printf('%02x', length('u' || i || '@example.com')) \
+                 || hex('u' || i || '@example.com'))",
+            ),
+        ];
+        for (setting, address) in cases {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("state.db");
             let store = StateStore::open(&format!("sqlite://{}", path.display()))
                 .await
                 .unwrap();
-            let (address, set) = if with_address {
+            let set = if address == "NULL" {
+                "NULL"
+            } else {
                 sqlx::query("INSERT INTO diff_attribute_sets (id, names) VALUES (1, '[\"ltv\",\"plan\",\"tier\"]')")
                     .execute(&store.pool)
                     .await
                     .unwrap();
-                (
-                    "'{\"user_identities\":{\"customer_id\":\"c' || i || '\",\"email\":\"u' || i || '@example.com\"}}'",
-                    "1",
-                )
-            } else {
-                ("NULL", "NULL")
+                "1"
             };
             sqlx::query(&format!(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
-                 INSERT INTO diff_snapshot (pipeline_id, key_hash, payload_hash, version, address, \
-                 attribute_set) SELECT 'customers', randomblob(16), randomblob(8), 1 + i % 3, \
-                 {address}, {set} FROM n"
+                 INSERT INTO diff_snapshot (pipeline_id, key_hash, payload_hash, version, \
+                 address_bin, attribute_set) SELECT 'customers', randomblob(16), randomblob(8), \
+                 1 + i % 3, {address}, {set} FROM n"
             ))
             .execute(&store.pool)
             .await
@@ -249,17 +277,15 @@ mod tests {
             .unwrap();
             // A measurement for BENCHMARKS.md (an ignored test, run with --nocapture).
             eprintln!(
-                "snapshot of 1,000,000 keys ({}): table {:.1} MB, whole state file {:.1} MB",
-                if with_address {
-                    "on_delete = unset_attributes, two identities"
-                } else {
-                    "on_delete = ignore"
-                },
+                "snapshot of 1,000,000 keys ({setting}): table {:.1} MB, whole state file {:.1} MB",
                 bytes as f64 / 1e6,
                 file as f64 / 1e6
             );
-            if !with_address {
-                assert!(file < 60_000_000, "{file} bytes per million keys");
+            if !setting.contains("not an identity") {
+                assert!(
+                    file < 60_000_000,
+                    "{setting}: {file} bytes per million keys"
+                );
             }
         }
     }

@@ -499,7 +499,7 @@ impl Attempt<'_> {
         };
         if let Some(settings) = &pipeline.diff {
             match self
-                .diff_prepass(&mut extract, dir.as_ref(), &plan, settings)
+                .diff_prepass(&mut extract, dir.as_ref(), &mapper, settings)
                 .await
             {
                 Ok(diff) => self.diff = Some(diff),
@@ -518,8 +518,17 @@ impl Attempt<'_> {
             }
         };
         let mut transform = transform::Transform::new(mapper, protection);
-        transform.diff = self.diff.take();
-        let mut flowed = flow(ctx, self.ids.id, &mut extract, &mut transform, &mut outputs).await;
+        if let Some(diff) = self.diff.take() {
+            transform = transform.with_diff(diff);
+        }
+        let mut flowed = flow(
+            ctx,
+            self.ids.id,
+            &mut extract,
+            &mut transform,
+            &mut outputs,
+        )
+        .await;
         if flowed.is_ok() {
             if let Some(diff) = transform.diff.as_mut() {
                 flowed = unset_gone_keys(diff, &mut outputs).await;
@@ -644,13 +653,14 @@ impl Attempt<'_> {
         Ok(())
     }
 
-    /// The diff pre-pass: wait for the complete spool, stage every row's key
-    /// and payload hashes and classify them against the snapshot.
+    /// The diff pre-pass: stage every row's key and payload hashes as the
+    /// extract writes the spool, then, once it is complete, classify them
+    /// against the snapshot.
     async fn diff_prepass(
         &mut self,
         extract: &mut Extract,
         dir: Option<&SpoolDir>,
-        plan: &MappingPlan,
+        mapper: &Mapper,
         settings: &crate::config::model::DiffSettings,
     ) -> Result<diff::Diff, SyncError> {
         let ctx = self.ctx;
@@ -663,7 +673,6 @@ impl Attempt<'_> {
                     .to_owned(),
             });
         };
-        let manifest = extract.complete_spool(dir).await?;
         let mut diff = diff::Diff::open(
             &ctx.state,
             pipeline,
@@ -675,9 +684,13 @@ impl Attempt<'_> {
             ctx.clock.now(),
         )
         .await?;
-        let mapper = Mapper::new(plan.clone(), pipeline);
         let staged = async {
-            diff.stage(&mapper, dir, &manifest).await?;
+            // The source follows the spool as the extract writes it (or
+            // reads a resumed one); `complete_spool` then rewinds it for the
+            // delivery pass.
+            diff.stage(mapper, &mut extract.source).await?;
+            let manifest = extract.complete_spool(dir).await?;
+            diff.check_rows(manifest.rows)?;
             diff.classify(pipeline.max_rejected_pct).await
         }
         .await;
@@ -844,14 +857,17 @@ fn pipeline_is_incremental(pipeline: &Pipeline) -> bool {
 }
 
 /// `on_delete = "unset_attributes"`: after the last row, the batches that
-/// unset the attributes of keys gone from the model go to every output.
+/// unset the attributes of keys gone from the model go to every output, a
+/// page at a time.
 async fn unset_gone_keys(
     diff: &mut diff::Diff,
     outputs: &mut [Box<dyn RunOutput>],
 ) -> Result<(), SyncError> {
-    if let Some(chunk) = diff.unset_chunk().await? {
+    let mut after = 0;
+    while let Some((end, page)) = diff.unset_page(after).await? {
+        after = end;
         for output in outputs.iter_mut() {
-            output.write(&chunk).await?;
+            output.write(&page).await?;
         }
     }
     Ok(())

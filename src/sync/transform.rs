@@ -68,20 +68,35 @@ impl Transform {
     /// before any output sees them.
     pub async fn chunk(&mut self, chunk: RecordBatch) -> Result<Transformed, SyncError> {
         let first_row = self.next_row;
-        let mut mapped = self.mapper.map_chunk(&chunk, first_row, &mut self.stats)?;
         self.next_row += chunk.num_rows() as u64;
-        // Unchanged rows leave before input protection looks profiles up.
-        if let Some(diff) = self.diff.as_mut() {
+        let mut mapped = if let Some(diff) = self.diff.as_mut() {
+            // Unchanged rows leave before input protection looks profiles
+            // up; a chunk of nothing but unchanged rows is not even mapped.
+            // The pre-pass counted every row, so this mapping counts nothing.
+            let decided = diff.decisions(first_row, chunk.num_rows()).await?;
+            if decided.is_empty() {
+                return Ok(Transformed {
+                    first_row,
+                    chunk,
+                    batches: Vec::new(),
+                    rejected: Vec::new(),
+                });
+            }
+            let mut scratch = MapStats::default();
+            let mut mapped = self.mapper.map_chunk(&chunk, first_row, &mut scratch)?;
             diff.select(
                 &self.mapper,
                 &chunk,
                 first_row,
+                &decided,
                 &mut mapped.batches,
                 &mut mapped.rejected,
                 &mut self.stats,
-            )
-            .await?;
-        }
+            )?;
+            mapped
+        } else {
+            self.mapper.map_chunk(&chunk, first_row, &mut self.stats)?
+        };
         if let Some(protection) = self.protection.as_mut() {
             protection.apply(&mut mapped.batches).await?;
         }
@@ -94,6 +109,14 @@ impl Transform {
             batches: mapped.batches,
             rejected: mapped.rejected,
         })
+    }
+
+    /// Diff the chunks: `diff`'s pre-pass counted every row, so its counters
+    /// are the run's.
+    pub fn with_diff(mut self, mut diff: super::diff::Diff) -> Self {
+        self.stats = std::mem::take(&mut diff.stats);
+        self.diff = Some(diff);
+        self
     }
 
     /// The protection's summary and skipped-rows file, when it has one.

@@ -1,8 +1,10 @@
 //! Snapshot diff (`[diff]`) against real PostgreSQL and the fake Events API:
 //! only new and changed rows are sent; A → B → A arrives three times; a crash
 //! between acknowledgement and commit loses nothing; a mapping change and
-//! `--full-resync` send everything; duplicate and missing keys are rejected;
-//! an `only_read` forecast equals the real run.
+//! `--full-resync` send everything, and so does `full_resync_every` once it
+//! has passed; duplicate and missing keys are rejected; an `only_read`
+//! forecast equals the real run; `only_update` and dead letters keep unsent
+//! rows out of the snapshot; the figures reach the HTTP API and `/metrics`.
 
 use wsync::state::{RunState, StateStore};
 use wsync::sync::{RunKind, RunReport, SyncContext};
@@ -163,7 +165,13 @@ async fn only_new_and_changed_rows_of_100k_are_sent() {
             serde_json::json!(["plan"]),
             "{batch}"
         );
-        assert!(batch["user_identities"]["email"].is_string(), "{batch}");
+        // The key is an identity: it alone addresses the profile (what the
+        // snapshot keeps per key, compactly).
+        assert!(
+            batch["user_identities"]["customer_id"].is_string(),
+            "{batch}"
+        );
+        assert!(batch["user_identities"].get("email").is_none(), "{batch}");
     }
     assert_eq!(plan_of(&fake, "c1005"), None);
     assert_eq!(plan_of(&fake, "c1011"), Some(serde_json::json!("basic")));
@@ -508,4 +516,245 @@ async fn without_diff_an_incremental_a_b_a_gets_three_ids() {
         assert_eq!(plan_of(&fake, "c1"), Some(serde_json::json!(plan)));
     }
     assert_eq!(fake.duplicates(), 0);
+}
+
+/// Move the snapshot's last full send back by `days` in the state store.
+async fn resynced_days_ago(p: &TestProject, days: i64) {
+    let raw = sqlx::SqlitePool::connect(&state_url(p)).await.unwrap();
+    sqlx::query("UPDATE diff_pipelines SET resynced_at = $1 WHERE pipeline_id = 'p'")
+        .bind((chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339())
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn full_resync_every_sends_every_row_once_it_has_passed() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("diff_every");
+    create_table(&pool, &table, 30).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, email, plan FROM {table}"),
+        &format!("{PIPELINE}full_resync_every = \"7d\"\n"),
+    );
+    let ctx = p.context().await;
+    assert_eq!(figures(&run(&ctx).await), (30, 0, 0, 30));
+    resynced_days_ago(&p, 6).await;
+    assert_eq!(figures(&run(&ctx).await), (0, 0, 30, 0), "6 of 7 days");
+    resynced_days_ago(&p, 8).await;
+    let resync = run(&ctx).await;
+    assert_eq!(figures(&resync), (0, 30, 0, 30));
+    let why = resync.diff.as_ref().unwrap().invalidated.clone().unwrap();
+    assert!(why.contains("diff.full_resync_every"), "{why}");
+    // The full send restarted the period.
+    assert_eq!(figures(&run(&ctx).await), (0, 0, 30, 0));
+    assert_eq!(fake.duplicates(), 0, "a resync sends new versions");
+}
+
+#[tokio::test]
+async fn only_update_with_diff_snapshots_only_rows_sent_to_existing_profiles() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("diff_upd");
+    create_table(&pool, &table, 4).await;
+    let known = db::unique_table("diff_upd_known");
+    exec(
+        &pool,
+        &format!(
+            "CREATE TABLE {known} (customer_id text, email text); \
+             INSERT INTO {known} VALUES ('c1', NULL), ('c2', NULL);"
+        ),
+    )
+    .await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.seed_profile(1, &[("customer_id", "c1")], serde_json::json!({}));
+    fake.seed_profile(2, &[("customer_id", "c2")], serde_json::json!({}));
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, email, plan FROM {table}"),
+        &PIPELINE.replace(
+            "\n[diff]",
+            "input_protection = \"only_update\"\n\n[resolver]\ntype = \"sql\"\n\
+             data_model = \"known\"\n\n[diff]",
+        ),
+    );
+    p.model("known", &format!("SELECT customer_id, email FROM {known}"));
+    let ctx = p.context().await;
+    // c3 and c4 have no profile: skipped, so not in the snapshot.
+    assert_eq!(figures(&run(&ctx).await), (4, 0, 0, 2));
+    assert_eq!(ctx.state.snapshot_keys("p").await.unwrap(), 2);
+    assert_eq!(figures(&run(&ctx).await), (2, 0, 2, 0));
+    // c3 gets a profile and c1 changes: both go out; c4 still waits.
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO {known} VALUES ('c3', NULL); \
+             UPDATE {table} SET plan = 'pro' WHERE customer_id = 'c1';"
+        ),
+    )
+    .await;
+    fake.seed_profile(3, &[("customer_id", "c3")], serde_json::json!({}));
+    assert_eq!(figures(&run(&ctx).await), (2, 1, 1, 2));
+    assert_eq!(plan_of(&fake, "c1"), Some(serde_json::json!("pro")));
+    assert_eq!(figures(&run(&ctx).await), (1, 0, 3, 0));
+    assert_eq!(fake.profiles_created(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_row_is_not_snapshotted_and_goes_again_next_run() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("diff_dead");
+    exec(
+        &pool,
+        &format!(
+            "CREATE TABLE {table} (customer_id text, plan text, poison boolean); \
+             INSERT INTO {table} SELECT 'c' || i, 'basic', i = 3 FROM generate_series(1, 5) AS i;"
+        ),
+    )
+    .await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    fake.set_poison_rule(true);
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, plan, poison FROM {table}"),
+        &PIPELINE.replace("\n[diff]", "retry_dead_letters = false\n\n[diff]"),
+    );
+    let ctx = p.context().await;
+    let first = wsync::sync::run(&ctx, "p", RunKind::Manual).await.unwrap();
+    assert_eq!(figures(&first), (5, 0, 0, 4));
+    assert_eq!(first.record.counts.dead_letters, 1);
+    assert_eq!(ctx.state.snapshot_keys("p").await.unwrap(), 4);
+    let refused = ctx.state.dead_letters("p", None, 10, 0).await.unwrap();
+    assert_eq!(refused.len(), 1);
+
+    // No longer refused: the row goes again, under the same id (it was
+    // never applied), and only then joins the snapshot.
+    fake.set_poison_rule(false);
+    let second = run(&ctx).await;
+    assert_eq!(figures(&second), (1, 0, 4, 1));
+    let resent = fake.batches().last().cloned().unwrap();
+    assert_eq!(resent["user_identities"]["customer_id"], "c3");
+    assert_eq!(
+        resent["source_request_id"].as_str(),
+        refused[0].source_request_id.as_deref()
+    );
+    assert_eq!(ctx.state.snapshot_keys("p").await.unwrap(), 5);
+    assert_eq!(figures(&run(&ctx).await), (0, 0, 5, 0));
+    assert_eq!(fake.duplicates(), 0);
+}
+
+/// GET `path` of the daemon's API (no token configured: loopback).
+async fn api_get(base: &str, path: &str) -> serde_json::Value {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+/// Trigger a run through the API and wait until the `n`th run succeeded.
+async fn trigger_and_wait(base: &str, n: u64) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/pipelines/p/trigger"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = api_get(base, "/pipelines/p/runs?page=1&page_size=1").await;
+        let run = &page["items"][0];
+        if page["total"] == n && run["pipeline_run_state"] == "success" {
+            return run.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no run {n}: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+// Multi-threaded: the daemon, its API and the fake serve while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_figures_reach_the_http_api_and_prometheus() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let table = db::unique_table("diff_api");
+    create_table(&pool, &table, 20).await;
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let p = project(
+        &fake,
+        &format!("SELECT customer_id, email, plan FROM {table}"),
+        &PIPELINE.replace(
+            "\n[diff]",
+            "\n[schedule]\ntype = \"on_demand\"\n\n[diff]\non_delete = \"unset_attributes\"",
+        ),
+    );
+    let ctx = p.context().await;
+    let daemon = wsync::scheduler::Daemon::new(ctx.clone());
+    let loop_task = tokio::spawn(daemon.clone().run());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = wsync::api::router(ctx.clone(), daemon.clone(), None);
+    let server = tokio::spawn(wsync::api::serve(listener, router, ctx.shutdown.clone()));
+
+    let first = trigger_and_wait(&base, 1).await;
+    assert_eq!(first["rows_new"], 20, "{first}");
+    exec(
+        &pool,
+        &format!(
+            "UPDATE {table} SET plan = 'pro' WHERE customer_id IN ('c1', 'c2', 'c3'); \
+             DELETE FROM {table} WHERE customer_id IN ('c19', 'c20');"
+        ),
+    )
+    .await;
+    let second = trigger_and_wait(&base, 2).await;
+    for (figure, n) in [
+        ("rows_new", 0),
+        ("rows_changed", 3),
+        ("rows_unchanged", 15),
+        ("rows_unset", 2),
+    ] {
+        assert_eq!(second[figure], n, "{figure}: {second}");
+    }
+
+    let text = match api_get(&base, "/metrics").await {
+        serde_json::Value::String(text) => text,
+        other => panic!("{other}"),
+    };
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    for (outcome, n) in [
+        ("new", 20.0),
+        ("changed", 3.0),
+        ("unchanged", 15.0),
+        ("unset", 2.0),
+    ] {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "wsync_diff_rows_total"
+                    && s.labels.get("pipeline") == Some("p")
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .unwrap_or_else(|| panic!("{outcome} not in\n{text}"));
+        assert!(
+            matches!(
+                sample.value,
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v == n
+            ),
+            "{outcome}: {:?}",
+            sample.value
+        );
+    }
+    ctx.shutdown.cancel();
+    loop_task.await.unwrap().unwrap();
+    server.await.unwrap().unwrap();
 }

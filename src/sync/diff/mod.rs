@@ -1,24 +1,29 @@
 //! Snapshot diff (`[diff]` in a pipeline file): send only new and changed
 //! rows.
 //!
-//! Runs of a diff pipeline read the complete spool twice. The **pre-pass**
-//! ([`Diff::stage`]) maps every row (mapping is deterministic) and writes, per
-//! run row, the hash of its key and of its mapped payload into a staging
-//! SQLite database beside the run's files, to which the state file is
-//! attached so the snapshot is read in place (a PostgreSQL state store's
-//! snapshot is copied in, a page of keys at a time). [`Diff::classify`] then decides
-//! every row in SQL: a key that is NULL or empty (`missing_key`), or that
-//! repeats (`duplicate_key`), rejects its rows; the others are new, changed or
-//! unchanged. Memory stays
-//! flat whatever the number of keys: the staging database is on disk.
+//! The **pre-pass** ([`Diff::stage`]) follows the spool as the extract writes
+//! it (so it overlaps the warehouse read), maps every row (mapping is
+//! deterministic) and writes, per run row, the hash of its key and of its
+//! mapped payload into a staging SQLite database beside the run's files: one
+//! statement per chunk, the hashes packed into blobs. The state file is
+//! attached to it, so the snapshot is read in place (a PostgreSQL state
+//! store's snapshot is first copied into a file of the same shape, a page of
+//! keys at a time). [`Diff::classify`] then
+//! decides every row in SQL: a key that is NULL or empty (`missing_key`), or
+//! that repeats (`duplicate_key`), rejects its rows; the others are new,
+//! changed or unchanged. Memory stays flat whatever the number of keys: the
+//! staging database is on disk.
 //!
-//! The **delivery pass** ([`Diff::select`], called by the transform) keeps the
-//! batches of new and changed rows, stamps each with an id derived from the
-//! key, its version and its payload, and drops the rest. Rows whose batches
-//! went out are marked `sent`; dead-lettered rows are unmarked at the end;
-//! a successful run writes the rows still marked into the snapshot in the
-//! transaction that records its outcome
-//! ([`crate::state::StateStore::finish_run_with_snapshot`]).
+//! The **delivery pass** ([`Diff::decisions`] and [`Diff::select`], called by
+//! the transform) asks the staging database which rows of a chunk are sent or
+//! rejected; a chunk with none is not mapped again (the pre-pass counted its
+//! rows). The batches of new and changed rows are stamped with an id derived
+//! from the key, its version and its payload, the rest are dropped. Rows
+//! whose batches went out are marked `sent`; dead-lettered rows are unmarked
+//! at the end; a successful run writes the rows still marked into the
+//! snapshot in the transaction that records its outcome
+//! ([`crate::state::StateStore::finish_run_with_snapshot`]). Keys gone from
+//! the model are unset a page at a time ([`Diff::unset_page`]).
 //!
 //! ## `source_request_id` under diff
 //!
@@ -39,13 +44,19 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection as _, Row as _, SqliteConnection};
 
 use crate::config::model::{DiffSettings, OnDelete, Pipeline, SyncMode};
-use crate::mapping::convert::{Cell, ColumnReader};
+use crate::mapping::convert::ColumnReader;
 use crate::mapping::{EncodedBatch, MapStats, Mapper, RejectReason, RejectedRow};
 use crate::source::ColumnInfo;
 use crate::state::{SnapshotCommit, StateStore};
 
-use super::spool::{Manifest, SpoolDir, SpoolReader};
 use super::SyncError;
+
+mod address;
+mod stage;
+mod unset;
+
+use address::Address;
+use stage::{key_hash, StagedChunk};
 
 /// Bytes of a key hash.
 const KEY_HASH_BYTES: usize = 16;
@@ -56,18 +67,29 @@ const ID_PREFIX: &[u8] = b"{\"source_request_id\":\"";
 /// Hex digits of a `source_request_id`.
 const ID_HEX_LEN: usize = 32;
 
-/// Rows per multi-row INSERT into the staging database (6 values each, far
-/// below SQLite's 32,766 variables).
-const ROWS_PER_INSERT: usize = 500;
+/// Rows per multi-row UPDATE of the staging database (one variable each, far
+/// below SQLite's 32,766).
+const ROWS_PER_UPDATE: usize = 2000;
+
+/// Unset batches a page (see [`Diff::unset_page`]).
+pub const UNSET_PAGE: usize = 1000;
 
 /// The staging file of a run.
 pub const STAGE_FILE: &str = "diff-stage.db";
+/// A PostgreSQL state store's snapshot, copied beside the staging file for
+/// the run (deleted with it).
+pub const SNAPSHOT_COPY_FILE: &str = "diff-snapshot-copy.db";
+/// Rows per multi-row INSERT when copying a snapshot (7 values a row, well
+/// under SQLite's bound-parameter limit).
+const ROWS_PER_INSERT: usize = 400;
 
 /// Row states in the staging table.
 mod row_state {
     /// Mapped, with a key.
     pub const KEYED: i64 = 0;
     /// Rejected by mapping (its key still counts, so it is not "gone").
+    /// Staged from the letters `1` and `4` of a chunk's codes.
+    #[allow(dead_code)] // written by the staging SQL, read as "not KEYED"
     pub const REJECTED: i64 = 1;
     /// Its key is NULL or empty.
     pub const MISSING_KEY: i64 = 2;
@@ -108,7 +130,7 @@ pub struct DiffCounts {
 
 /// One row's decision, as the delivery pass needs it.
 #[derive(Debug, Clone)]
-struct RowDecision {
+pub struct RowDecision {
     state: i64,
     decision: i64,
     version: i64,
@@ -140,6 +162,12 @@ pub struct Diff {
     schema: Option<arrow::datatypes::SchemaRef>,
     /// Rows in the spool: unset batches are numbered after them.
     rows_base: u64,
+    /// The identity names of the key columns when every one is an identity
+    /// (else empty): enough to address a profile to unset.
+    key_identities: Vec<&'static str>,
+    /// The mapping counters of the pre-pass: those of the whole run, since
+    /// mapping is deterministic and the delivery pass skips chunks.
+    pub stats: MapStats,
 }
 
 impl Diff {
@@ -197,9 +225,9 @@ impl Diff {
             "CREATE TABLE rows (row INTEGER PRIMARY KEY, key_hash BLOB, payload BLOB, \
                state INTEGER NOT NULL, decision INTEGER NOT NULL DEFAULT 0, \
                version INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, \
-               address TEXT, attrs TEXT); \
+               address BLOB, attrs TEXT); \
              CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
-               version INTEGER NOT NULL, address TEXT NOT NULL, attrs TEXT NOT NULL, \
+               version INTEGER NOT NULL, address TEXT, address_bin BLOB, attrs TEXT NOT NULL, \
                sent INTEGER NOT NULL DEFAULT 0);",
         )
         .execute(&mut stage)
@@ -207,7 +235,10 @@ impl Diff {
         .map_err(crate::state::StateError::from)?;
         match state.file() {
             Some(file) => attach_snapshot(&mut stage, file, &pipeline.id).await?,
-            None => copy_snapshot(&mut stage, state, &pipeline.id).await?,
+            None => {
+                copy_snapshot(&mut stage, state, &pipeline.id, &run_dir.join(SNAPSHOT_COPY_FILE))
+                    .await?;
+            }
         }
         Ok(Self {
             pipeline_id: pipeline.id.clone(),
@@ -223,6 +254,8 @@ impl Diff {
             environment: pipeline.environment.as_str().to_owned(),
             schema: None,
             rows_base: 0,
+            stats: MapStats::default(),
+            key_identities: Vec::new(),
         })
     }
 
@@ -231,86 +264,111 @@ impl Diff {
         self.reset.is_some()
     }
 
-    /// The pre-pass: map every row of the complete spool and stage its key
-    /// and payload hashes.
+    /// The pre-pass: map every row of the spool as the extract writes it
+    /// (`source` follows the spool, so this overlaps the warehouse read) and
+    /// stage its key and payload hashes. The mapping counters of the whole
+    /// run are kept: the delivery pass maps only the chunks that send or
+    /// reject something.
     pub async fn stage(
         &mut self,
         mapper: &Mapper,
-        dir: &SpoolDir,
-        manifest: &Manifest,
+        source: &mut super::transform::ChunkSource,
     ) -> Result<(), SyncError> {
-        let mut reader = SpoolReader::complete(dir, manifest.chunks, manifest.rows);
-        self.rows_base = manifest.rows;
+        self.key_identities = self.key_identities(mapper);
         let mut next_row = 1u64;
-        while let Some(chunk) = reader.next().await? {
+        while let Some(chunk) = source.next().await? {
             if self.schema.is_none() {
                 self.schema = Some(chunk.schema());
             }
             let first_row = next_row;
             next_row += chunk.num_rows() as u64;
-            let mut stats = MapStats::default();
-            let mapped = mapper.map_chunk(&chunk, first_row, &mut stats)?;
-            let mut payloads: HashMap<u64, Sha256> = HashMap::with_capacity(mapped.batches.len());
-            let mut addresses: HashMap<u64, Address> = HashMap::new();
-            for batch in &mapped.batches {
-                payloads
-                    .entry(batch.row)
-                    .or_default()
-                    .update(batch.source_request_id.as_bytes());
-                if self.unset {
-                    addresses.entry(batch.row).or_default().add(batch);
-                }
-            }
-            let readers = self
-                .key_columns
-                .iter()
-                .map(|(i, c)| ColumnReader::new(&c.name, &c.kind, chunk.column(*i)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(crate::mapping::MappingError::from)?;
-            let mut staged = Vec::with_capacity(chunk.num_rows());
-            for offset in 0..chunk.num_rows() {
-                let row = first_row + offset as u64;
-                let key = key_hash(&readers, offset);
-                let (state, payload) = match (payloads.remove(&row), &key) {
-                    (None, _) => (row_state::REJECTED, None),
-                    (Some(_), None) => (row_state::MISSING_KEY, None),
-                    (Some(h), Some(_)) => (
-                        row_state::KEYED,
-                        Some(h.finalize()[..PAYLOAD_HASH_BYTES].to_vec()),
-                    ),
-                };
-                let (address, attrs) = match addresses.remove(&row) {
-                    Some(a) if state == row_state::KEYED => a.finish(),
-                    _ => (None, None),
-                };
-                staged.push((row, key, payload, state, address, attrs));
-            }
-            let mut tx = self.stage.begin().await.map_err(state_error)?;
-            // Many rows a statement: one statement costs more than its rows.
-            for group in staged.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "INSERT INTO rows (row, key_hash, payload, state, address, attrs) ",
-                );
-                insert.push_values(
-                    group,
-                    |mut b, (row, key, payload, state, address, attrs)| {
-                        b.push_bind(i64::try_from(*row).unwrap_or(i64::MAX))
-                            .push_bind(key.clone())
-                            .push_bind(payload.clone())
-                            .push_bind(*state)
-                            .push_bind(address.clone())
-                            .push_bind(attrs.clone());
-                    },
-                );
-                insert
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(state_error)?;
-            }
-            tx.commit().await.map_err(state_error)?;
+            let mapped = mapper.map_chunk(&chunk, first_row, &mut self.stats)?;
+            let staged = self.hash_chunk(&chunk, first_row, &mapped.batches)?;
+            staged.insert(&mut self.stage, first_row).await?;
         }
+        self.rows_base = next_row - 1;
         Ok(())
+    }
+
+    /// The identity names the key columns are mapped to, when every one is.
+    fn key_identities(&self, mapper: &Mapper) -> Vec<&'static str> {
+        use crate::config::model::Destination;
+        use crate::mapping::plan::Route;
+        let names: Vec<&'static str> = self
+            .key_columns
+            .iter()
+            .filter_map(|(i, _)| {
+                let column = mapper.plan().columns.iter().find(|c| c.index == *i)?;
+                match &column.route {
+                    Route::Send(Destination::Identity(t)) => Some(t.as_str()),
+                    _ => None,
+                }
+            })
+            .collect();
+        if names.len() == self.key_columns.len() {
+            names
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The complete spool has `rows` rows: the pre-pass must have staged
+    /// exactly those (else the delivery pass would number rows it never
+    /// decided).
+    pub fn check_rows(&self, rows: u64) -> Result<(), SyncError> {
+        if rows == self.rows_base {
+            return Ok(());
+        }
+        Err(SyncError::Internal(format!(
+            "the diff staged {} rows but the complete spool has {rows}",
+            self.rows_base
+        )))
+    }
+
+    /// The key and payload hashes of one mapped chunk's rows.
+    fn hash_chunk(
+        &self,
+        chunk: &RecordBatch,
+        first_row: u64,
+        batches: &[EncodedBatch],
+    ) -> Result<StagedChunk, SyncError> {
+        let rows = chunk.num_rows();
+        // Batches come in row order: each row's parts are contiguous.
+        let mut payloads: Vec<Option<Sha256>> = vec![None; rows];
+        let mut addresses: Vec<Option<Address>> = Vec::new();
+        if self.unset {
+            addresses.resize_with(rows, || None);
+        }
+        for batch in batches {
+            let offset = usize::try_from(batch.row - first_row).unwrap_or(usize::MAX);
+            let Some(slot) = payloads.get_mut(offset) else {
+                continue;
+            };
+            slot.get_or_insert_with(Sha256::new)
+                .update(batch.source_request_id.as_bytes());
+            if let Some(a) = addresses.get_mut(offset) {
+                a.get_or_insert_with(Address::default).add(batch);
+            }
+        }
+        let readers = self
+            .key_columns
+            .iter()
+            .map(|(i, c)| ColumnReader::new(&c.name, &c.kind, chunk.column(*i)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(crate::mapping::MappingError::from)?;
+        let mut staged = StagedChunk::with_capacity(rows, self.unset);
+        let mut text = String::new();
+        for (offset, payload) in payloads.into_iter().enumerate() {
+            let key = key_hash(&readers, offset, &mut text);
+            let address = addresses.get_mut(offset).and_then(Option::take);
+            staged.push(
+                key,
+                payload.map(Digest::finalize),
+                address,
+                &self.key_identities,
+            );
+        }
+        Ok(staged)
     }
 
     /// Decide every staged row: rejected keys, then new / changed /
@@ -322,32 +380,47 @@ impl Diff {
             "CREATE INDEX rows_by_key ON rows (key_hash); \
              UPDATE rows SET state = {dup} WHERE key_hash IN \
                (SELECT key_hash FROM rows WHERE key_hash IS NOT NULL \
-                GROUP BY key_hash HAVING COUNT(*) > 1) AND state = {keyed}; \
-             UPDATE rows SET \
-               decision = CASE WHEN snap.payload = rows.payload AND {resync} = 0 \
-                 THEN {unchanged} ELSE {changed} END, \
-               version = CASE WHEN snap.payload = rows.payload AND {resync} = 0 \
-                 THEN snap.version ELSE snap.version + 1 END \
-               FROM snap WHERE snap.key_hash = rows.key_hash AND rows.state = {keyed}; \
-             UPDATE rows SET decision = {new}, version = 1 \
-               WHERE state = {keyed} AND decision = 0;",
+                GROUP BY key_hash HAVING COUNT(*) > 1) AND state = {keyed};",
             dup = row_state::DUPLICATE_KEY,
             keyed = row_state::KEYED,
-            unchanged = decision::UNCHANGED,
-            changed = decision::CHANGED,
-            new = decision::NEW,
         ))
         .execute(&mut self.stage)
         .await
         .map_err(state_error)?;
+        // The snapshot table itself, not the `snap` view: SQLite materializes
+        // a view with a join before an UPDATE … FROM uses it.
+        sqlx::query(&format!(
+            "UPDATE rows SET \
+               decision = CASE WHEN snap.payload_hash = rows.payload AND {resync} = 0 \
+                 THEN {unchanged} ELSE {changed} END, \
+               version = CASE WHEN snap.payload_hash = rows.payload AND {resync} = 0 \
+                 THEN snap.version ELSE snap.version + 1 END \
+               FROM st.diff_snapshot AS snap \
+               WHERE snap.pipeline_id = $1 AND snap.key_hash = rows.key_hash \
+               AND rows.state = {keyed}",
+            keyed = row_state::KEYED,
+            unchanged = decision::UNCHANGED,
+            changed = decision::CHANGED,
+        ))
+        .bind(&self.pipeline_id)
+        .execute(&mut self.stage)
+        .await
+        .map_err(state_error)?;
+        sqlx::query("UPDATE rows SET decision = $1, version = 1 WHERE state = $2 AND decision = 0")
+            .bind(decision::NEW)
+            .bind(row_state::KEYED)
+            .execute(&mut self.stage)
+            .await
+            .map_err(state_error)?;
         if self.unset {
             // Keys of the snapshot no row of this run has (rows rejected by
             // mapping still count as present). Ordered, so that a resumed
             // spool numbers them alike.
             let gone = sqlx::query(
-                "INSERT INTO gone (key_hash, version, address, attrs) \
-                 SELECT key_hash, version, address, attrs FROM snap \
-                 WHERE address IS NOT NULL AND attrs IS NOT NULL AND attrs != '[]' \
+                "INSERT INTO gone (key_hash, version, address, address_bin, attrs) \
+                 SELECT key_hash, version, address, address_bin, attrs FROM snap \
+                 WHERE (address IS NOT NULL OR address_bin IS NOT NULL) \
+                 AND attrs IS NOT NULL AND attrs != '[]' \
                  AND NOT EXISTS (SELECT 1 FROM rows WHERE rows.key_hash = snap.key_hash) \
                  ORDER BY key_hash",
             )
@@ -375,6 +448,7 @@ impl Diff {
                 (row_state::KEYED, decision::UNCHANGED) => c.unchanged += n,
                 (row_state::MISSING_KEY, _) => c.missing_keys += n,
                 (row_state::DUPLICATE_KEY, _) => c.duplicate_keys += n,
+                // row_state::REJECTED (or a keyed row left undecided: none).
                 _ => c.mapping_rejected += n,
             }
         }
@@ -399,34 +473,26 @@ impl Diff {
         Ok(())
     }
 
-    /// The delivery pass over one mapped chunk (rows `first_row..`): keep the
-    /// batches of new and changed rows with their diff ids, drop the others,
-    /// and turn rows with a missing or repeated key into rejected rows.
-    pub async fn select(
+    /// The decisions the delivery pass needs for rows `first_row..` (`rows`
+    /// of them): only rows that are sent or rejected have one, so an empty
+    /// answer means the chunk need not even be mapped.
+    pub async fn decisions(
         &mut self,
-        mapper: &Mapper,
-        chunk: &RecordBatch,
         first_row: u64,
-        batches: &mut Vec<EncodedBatch>,
-        rejected: &mut Vec<RejectedRow>,
-        stats: &mut MapStats,
-    ) -> Result<(), SyncError> {
-        let rows = chunk.num_rows() as u64;
-        if rows == 0 {
-            return Ok(());
-        }
-        let last_row = first_row + rows - 1;
+        rows: usize,
+    ) -> Result<HashMap<u64, RowDecision>, SyncError> {
         let mut decided: HashMap<u64, RowDecision> = HashMap::new();
-        // Only the rows that are sent or rejected here: an unchanged row has
-        // no entry, so its batches are dropped without being read back.
+        if rows == 0 {
+            return Ok(decided);
+        }
+        let last_row = first_row + rows as u64 - 1;
         let mut found = sqlx::query(
             "SELECT row, state, decision, version, key_hash, payload FROM rows \
-             WHERE row BETWEEN ? AND ? AND (state IN (?, ?) OR decision IN (?, ?))",
+             WHERE row BETWEEN $1 AND $2 AND (state != $3 OR decision IN ($4, $5))",
         )
         .bind(i64::try_from(first_row).unwrap_or(i64::MAX))
         .bind(i64::try_from(last_row).unwrap_or(i64::MAX))
-        .bind(row_state::MISSING_KEY)
-        .bind(row_state::DUPLICATE_KEY)
+        .bind(row_state::KEYED)
         .bind(decision::NEW)
         .bind(decision::CHANGED)
         .fetch(&mut self.stage);
@@ -442,7 +508,24 @@ impl Diff {
                 },
             );
         }
-        drop(found);
+        Ok(decided)
+    }
+
+    /// The delivery pass over one mapped chunk (rows `first_row..`, decided
+    /// by [`Diff::decisions`]): keep the batches of new and changed rows with
+    /// their diff ids, drop the others, and turn rows with a missing or
+    /// repeated key into rejected rows.
+    #[allow(clippy::too_many_arguments)] // one chunk's parts, spelled out
+    pub fn select(
+        &self,
+        mapper: &Mapper,
+        chunk: &RecordBatch,
+        first_row: u64,
+        decided: &HashMap<u64, RowDecision>,
+        batches: &mut Vec<EncodedBatch>,
+        rejected: &mut Vec<RejectedRow>,
+        stats: &mut MapStats,
+    ) -> Result<(), SyncError> {
         let blocked = self.blocked.is_some();
         let mut dropped_rows: Vec<(u64, RejectReason)> = Vec::new();
         batches.retain_mut(|batch| {
@@ -492,71 +575,6 @@ impl Diff {
         Ok(())
     }
 
-    /// The unset batches of keys gone from the model (`unset_attributes`),
-    /// numbered after the spool's rows, in an empty chunk for the outputs;
-    /// they are marked sent. `None` when there are none (or nothing may be
-    /// sent).
-    pub async fn unset_chunk(&mut self) -> Result<Option<super::output::Transformed>, SyncError> {
-        let Some(schema) = self.schema.clone() else {
-            return Ok(None);
-        };
-        if !self.unset || self.blocked.is_some() || self.counts.unset == 0 {
-            return Ok(None);
-        }
-        let rows = sqlx::query("SELECT n, key_hash, version, address, attrs FROM gone ORDER BY n")
-            .fetch_all(&mut self.stage)
-            .await
-            .map_err(state_error)?;
-        let mut batches = Vec::with_capacity(rows.len());
-        for r in rows {
-            let n: i64 = r.get(0);
-            let key_hash: Vec<u8> = r.get(1);
-            let version: i64 = r.get(2);
-            let address: String = r.get(3);
-            let attrs: String = r.get(4);
-            let mut hasher = Sha256::new();
-            hasher.update(b"wsync-diff-unset\0");
-            hasher.update(self.pipeline_id.as_bytes());
-            hasher.update([0u8]);
-            hasher.update(&key_hash);
-            hasher.update((version + 1).to_le_bytes());
-            let id = hex::encode(&hasher.finalize()[..ID_HEX_LEN / 2]);
-            let mut batch = serde_json::Map::new();
-            batch.insert(
-                "source_request_id".into(),
-                serde_json::Value::String(id.clone()),
-            );
-            batch.insert(
-                "environment".into(),
-                serde_json::Value::String(self.environment.clone()),
-            );
-            if let Ok(serde_json::Value::Object(members)) = serde_json::from_str(&address) {
-                batch.extend(members);
-            }
-            let names: serde_json::Value =
-                serde_json::from_str(&attrs).unwrap_or(serde_json::Value::Null);
-            batch.insert("deleted_user_attributes".into(), names);
-            batches.push(EncodedBatch {
-                row: self.rows_base + u64::try_from(n).unwrap_or(0),
-                part: 0,
-                source_request_id: id,
-                json: serde_json::to_vec(&batch)
-                    .map_err(|e| SyncError::Internal(format!("an unset batch: {e}")))?,
-                historical: false,
-            });
-        }
-        sqlx::query("UPDATE gone SET sent = 1")
-            .execute(&mut self.stage)
-            .await
-            .map_err(state_error)?;
-        Ok(Some(super::output::Transformed {
-            first_row: self.rows_base + 1,
-            chunk: RecordBatch::new_empty(schema),
-            batches,
-            rejected: Vec::new(),
-        }))
-    }
-
     /// Mark the rows whose batches are about to go out (after input
     /// protection) as sent.
     pub async fn mark_sent(&mut self, batches: &[EncodedBatch]) -> Result<(), SyncError> {
@@ -569,7 +587,7 @@ impl Diff {
             .collect();
         rows.dedup();
         let mut tx = self.stage.begin().await.map_err(state_error)?;
-        for group in rows.chunks(ROWS_PER_INSERT * 4) {
+        for group in rows.chunks(ROWS_PER_UPDATE) {
             let mut update =
                 sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE rows SET sent = 1 WHERE row IN (");
             let mut list = update.separated(", ");
@@ -620,8 +638,11 @@ impl Diff {
     /// Close and delete the staging database.
     pub async fn close(self) {
         let _ = self.stage.close().await;
-        if let Err(e) = remove_file(&self.path) {
-            tracing::warn!(error = %e, "Cannot delete the diff staging file.");
+        let copy = self.path.with_file_name(SNAPSHOT_COPY_FILE);
+        for file in [&self.path, &copy] {
+            if let Err(e) = remove_file(file) {
+                tracing::warn!(error = %e, "Cannot delete a diff staging file.");
+            }
         }
     }
 
@@ -635,7 +656,7 @@ impl Diff {
 }
 
 /// Read the snapshot in place: the SQLite state file attached to the
-/// staging connection (read-only in spirit: nothing here writes to it).
+/// staging connection as `st` (read-only in spirit: nothing here writes to it).
 async fn attach_snapshot(
     stage: &mut SqliteConnection,
     file: &Path,
@@ -646,9 +667,15 @@ async fn attach_snapshot(
         .execute(&mut *stage)
         .await
         .map_err(state_error)?;
+    create_snap_view(stage, pipeline_id).await
+}
+
+/// The `snap` view the classification reads besides `st.diff_snapshot`.
+async fn create_snap_view(stage: &mut SqliteConnection, pipeline_id: &str) -> Result<(), SyncError> {
     sqlx::raw_sql(&format!(
         "CREATE TEMP VIEW snap AS SELECT s.key_hash AS key_hash, s.payload_hash AS payload, \
-           s.version AS version, s.address AS address, a.names AS attrs \
+           s.version AS version, s.address AS address, s.address_bin AS address_bin, \
+           a.names AS attrs \
          FROM st.diff_snapshot s LEFT JOIN st.diff_attribute_sets a ON a.id = s.attribute_set \
          WHERE s.pipeline_id = '{}'",
         pipeline_id.replace('\'', "''")
@@ -659,21 +686,40 @@ async fn attach_snapshot(
     Ok(())
 }
 
-/// Copy the snapshot from a remote state store (PostgreSQL) into the staging
-/// file, a page of keys at a time, so memory stays flat.
+/// A remote state store (PostgreSQL): copy the pipeline's snapshot into a
+/// file of the state file's shape (`copy`, beside the staging file), a page of
+/// keys at a time so memory stays flat, and attach it as `st`: the
+/// classification then reads it exactly as it reads a local state file.
 async fn copy_snapshot(
     stage: &mut SqliteConnection,
     state: &StateStore,
     pipeline_id: &str,
+    copy: &Path,
 ) -> Result<(), SyncError> {
     const PAGE: u32 = 20_000;
+    remove_file(copy)?;
+    sqlx::query("ATTACH DATABASE ? AS st")
+        .bind(copy.display().to_string())
+        .execute(&mut *stage)
+        .await
+        .map_err(state_error)?;
     sqlx::raw_sql(
-        "CREATE TABLE snap (key_hash BLOB PRIMARY KEY, payload BLOB NOT NULL, \
-           version INTEGER NOT NULL, address TEXT, attrs TEXT) WITHOUT ROWID;",
+        "CREATE TABLE st.diff_snapshot (pipeline_id TEXT NOT NULL, key_hash BLOB NOT NULL, \
+           payload_hash BLOB NOT NULL, version INTEGER NOT NULL, address TEXT, address_bin BLOB, \
+           attribute_set INTEGER, PRIMARY KEY (pipeline_id, key_hash)) WITHOUT ROWID; \
+         CREATE TABLE st.diff_attribute_sets (id INTEGER PRIMARY KEY, names TEXT NOT NULL);",
     )
     .execute(&mut *stage)
     .await
     .map_err(state_error)?;
+    for (id, names) in state.attribute_sets().await? {
+        sqlx::query("INSERT INTO st.diff_attribute_sets (id, names) VALUES (?, ?)")
+            .bind(id)
+            .bind(names)
+            .execute(&mut *stage)
+            .await
+            .map_err(state_error)?;
+    }
     let mut after = Vec::new();
     loop {
         let page = state.snapshot_page(pipeline_id, &after, PAGE).await?;
@@ -682,27 +728,26 @@ async fn copy_snapshot(
         let mut tx = stage.begin().await.map_err(state_error)?;
         for group in page.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO snap (key_hash, payload, version, address, attrs) ",
+                "INSERT INTO st.diff_snapshot (pipeline_id, key_hash, payload_hash, version, \
+                 address, address_bin, attribute_set) ",
             );
             insert.push_values(group, |mut b, r| {
-                b.push_bind(r.key_hash.clone())
+                b.push_bind(pipeline_id)
+                    .push_bind(r.key_hash.clone())
                     .push_bind(r.payload_hash.clone())
                     .push_bind(r.version)
                     .push_bind(r.address.clone())
-                    .push_bind(r.attrs.clone());
+                    .push_bind(r.address_bin.clone())
+                    .push_bind(r.attribute_set);
             });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(state_error)?;
+            insert.build().execute(&mut *tx).await.map_err(state_error)?;
         }
         tx.commit().await.map_err(state_error)?;
         if page.len() < PAGE as usize {
             break;
         }
     }
-    Ok(())
+    create_snap_view(stage, pipeline_id).await
 }
 
 /// The key columns' positions among the model's `columns` (exact name
@@ -769,60 +814,6 @@ pub fn snapshot_fingerprint(
         hash.update(part.as_bytes());
     }
     hex::encode(hash.finalize())
-}
-
-/// How to reach a row's profile again, and the attributes it was sent: what
-/// `unset_attributes` keeps per key.
-#[derive(Default)]
-struct Address {
-    members: Option<serde_json::Map<String, serde_json::Value>>,
-    names: std::collections::BTreeSet<String>,
-}
-
-impl Address {
-    /// Take one batch (part) of the row.
-    fn add(&mut self, batch: &EncodedBatch) {
-        let Ok(serde_json::Value::Object(v)) = serde_json::from_slice(&batch.json) else {
-            return;
-        };
-        if let Some(serde_json::Value::Object(attrs)) = v.get("user_attributes") {
-            self.names.extend(attrs.keys().cloned());
-        }
-        if self.members.is_none() {
-            let members = ["mpid", "user_identities", "device_info", "mp_deviceid"]
-                .into_iter()
-                .filter_map(|k| v.get(k).map(|m| (k.to_owned(), m.clone())))
-                .collect();
-            self.members = Some(members);
-        }
-    }
-
-    /// (address JSON, attribute names JSON).
-    fn finish(self) -> (Option<String>, Option<String>) {
-        let address = self
-            .members
-            .map(|m| serde_json::Value::Object(m).to_string());
-        let names = serde_json::to_string(&self.names).ok();
-        (address, names)
-    }
-}
-
-/// The hash of a row's key values, `None` when one is NULL or empty.
-fn key_hash(readers: &[ColumnReader<'_>], row: usize) -> Option<Vec<u8>> {
-    let mut hasher = Sha256::new();
-    for reader in readers {
-        let text = match reader.cell(row) {
-            Cell::Value(v) => v.to_text(),
-            Cell::Null | Cell::Unrepresentable(_) => return None,
-        };
-        if text.trim().is_empty() {
-            return None;
-        }
-        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-        hasher.update((text.len() as u64).to_le_bytes());
-        hasher.update(text.as_bytes());
-    }
-    Some(hasher.finalize()[..KEY_HASH_BYTES].to_vec())
 }
 
 /// The `source_request_id` of one part of a diffed row.
