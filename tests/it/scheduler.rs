@@ -353,7 +353,9 @@ async fn a_failed_run_resumes_from_its_spool_and_without_it_from_its_checkpoint(
     .await
     .unwrap();
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let p = project(&fake, "[daemon]\ncheckpoint_rows = 10\n");
+    // One request at a time: the faults below meet the requests in the order
+    // they were sent, whatever the load.
+    let p = project(&fake, "max_in_flight = 1\n[daemon]\ncheckpoint_rows = 10\n");
     p.model("m", &format!("SELECT customer_id, updated_at FROM {table}"));
     p.pipeline(
         "p",
