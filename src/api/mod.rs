@@ -260,12 +260,22 @@ async fn runs(
     })))
 }
 
+/// `?full_resync=true`.
+#[derive(Debug, Deserialize)]
+struct TriggerOptions {
+    full_resync: Option<bool>,
+}
+
 async fn trigger(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(options): Query<TriggerOptions>,
 ) -> Result<Response, ApiError> {
     known(&state, &id)?;
-    state.daemon.trigger(&id).await?;
+    state
+        .daemon
+        .trigger_with(&id, options.full_resync.unwrap_or(false))
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": 202, "message": format!("run of `{id}` started")})),

@@ -157,6 +157,16 @@ impl Daemon {
     /// Start an on-demand run of `pipeline` now (refused while it runs or is
     /// paused).
     pub async fn trigger(&self, pipeline: &str) -> Result<(), SchedulerError> {
+        self.trigger_with(pipeline, false).await
+    }
+
+    /// [`Self::trigger`]; with `full_resync`, a `[diff]` pipeline sends every
+    /// row this run, as `wsync run --full-resync` does.
+    pub async fn trigger_with(
+        &self,
+        pipeline: &str,
+        full_resync: bool,
+    ) -> Result<(), SchedulerError> {
         self.ctx.pipeline(pipeline)?;
         // Paused first: that is the answer whatever else is going on (a run
         // of the pipeline may still be closing out on its thread).
@@ -172,7 +182,7 @@ impl Daemon {
             Some(_) => return Err(SchedulerError::AlreadyRunning(pipeline.to_owned())),
             None => {}
         }
-        self.spawn(pipeline.to_owned(), vec![RunKind::Manual]);
+        self.spawn_with(pipeline.to_owned(), vec![RunKind::Manual], full_resync);
         Ok(())
     }
 
@@ -249,7 +259,12 @@ impl Daemon {
     }
 
     fn spawn(&self, pipeline: String, runs: Vec<RunKind>) {
-        let ctx = self.ctx.clone();
+        self.spawn_with(pipeline, runs, false);
+    }
+
+    fn spawn_with(&self, pipeline: String, runs: Vec<RunKind>, full_resync: bool) {
+        let mut ctx = self.ctx.clone();
+        ctx.full_resync = full_resync;
         let permits = Arc::clone(&self.permits);
         let wake = Arc::clone(&self.wake);
         let hold = Arc::clone(&self.hold);

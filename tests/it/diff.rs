@@ -661,9 +661,13 @@ async fn api_get(base: &str, path: &str) -> serde_json::Value {
 
 /// Trigger a run through the API and wait until the `n`th run succeeded.
 async fn trigger_and_wait(base: &str, n: u64) -> serde_json::Value {
+    trigger_and_wait_with(base, n, "").await
+}
+
+async fn trigger_and_wait_with(base: &str, n: u64, query: &str) -> serde_json::Value {
     let client = reqwest::Client::new();
     let response = client
-        .post(format!("{base}/pipelines/p/trigger"))
+        .post(format!("{base}/pipelines/p/trigger{query}"))
         .send()
         .await
         .unwrap();
@@ -754,6 +758,10 @@ async fn diff_figures_reach_the_http_api_and_prometheus() {
             sample.value
         );
     }
+    // A trigger can ask for a full resync: every known row goes again.
+    let third = trigger_and_wait_with(&base, 3, "?full_resync=true").await;
+    assert_eq!(third["rows_changed"], 18, "{third}");
+    assert_eq!(third["rows_unchanged"], 0, "{third}");
     ctx.shutdown.cancel();
     loop_task.await.unwrap().unwrap();
     server.await.unwrap().unwrap();
