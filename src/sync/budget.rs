@@ -87,7 +87,7 @@ pub async fn join(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "Cannot read the feed's learned limit."),
     }
-    let senders = refresh(state, &key, &sender, configured, deliverer).await;
+    let senders = refresh(state, &key, &sender, configured, deliverer, 1).await;
     let stop = CancellationToken::new();
     let task_stop = stop.clone();
     let (state, deliverer) = (state.clone(), deliverer.clone());
@@ -99,7 +99,7 @@ pub async fn join(
                 () = task_stop.cancelled() => break,
                 () = tokio::time::sleep(REFRESH) => {}
             }
-            senders = refresh(&state, &key, &sender, configured, &deliverer).await;
+            senders = refresh(&state, &key, &sender, configured, &deliverer, senders).await;
             beats += 1;
             if beats % SAVE_EVERY == 0 {
                 save_learned(&state, &key, senders, &deliverer).await;
@@ -113,13 +113,15 @@ pub async fn join(
     Some(BudgetShare { stop })
 }
 
-/// Renew this sender and set its share; returns the number of senders.
+/// Renew this sender and set its share; returns the number of senders
+/// (`last`, and the share unchanged, when the state store does not answer).
 async fn refresh(
     state: &StateStore,
     key: &str,
     sender: &str,
     configured: f64,
     deliverer: &Deliverer,
+    last: u32,
 ) -> u32 {
     match state.feed_senders(key, sender, SENDER_TTL).await {
         Ok(n) => {
@@ -128,7 +130,7 @@ async fn refresh(
         }
         Err(e) => {
             tracing::warn!(error = %e, "Cannot renew the feed's budget share; keeping the last one.");
-            1
+            last
         }
     }
 }

@@ -20,16 +20,6 @@ const SECRET: &str = "daemons-secret-4c1d";
 /// Short leases, so a dead daemon's pipelines move within seconds.
 const LEASE_TTL_SECS: u64 = 3;
 
-/// A fresh schema on the test PostgreSQL, as the daemons' state store URL.
-async fn state_url(pool: &sqlx::PgPool) -> String {
-    let schema = format!("wsync_daemons_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    format!("{}?options=-c%20search_path%3D{schema}", db::postgres_url())
-}
-
 /// One daemon's project folder: the same pipelines and state store as the
 /// others, its own spool and run files (another host's disk).
 fn project(
@@ -140,7 +130,7 @@ async fn three_daemons_run_every_scheduled_fire_exactly_once() {
         return;
     };
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let state = state_url(&pool).await;
+    let (state, schema) = db::state_schema(&pool).await;
     let mut pipelines = Vec::new();
     for i in 0..30 {
         let table = db::unique_table(&format!("dm{i}"));
@@ -214,13 +204,11 @@ async fn three_daemons_run_every_scheduled_fire_exactly_once() {
         assert_eq!(delivered(&fake, table).len(), 5, "{id}: every row arrived");
     }
     // The claims table holds one row per scheduled run: none claimed twice.
-    let claims: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM {}.schedule_claims",
-        state.rsplit("%3D").next().unwrap()
-    ))
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let claims: i64 =
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}.schedule_claims", schema))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(claims as usize, total);
     // The work spread: every daemon ran some of it.
     let holders = logs
@@ -239,7 +227,7 @@ async fn a_killed_daemons_pipeline_resumes_on_another_after_its_lease_expires() 
         return;
     };
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let state = state_url(&pool).await;
+    let (state, _) = db::state_schema(&pool).await;
     let table = db::unique_table("dm_kill");
     sqlx::raw_sql(&format!(
         "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
@@ -342,7 +330,7 @@ async fn a_stalled_daemon_cannot_commit_after_its_lease_was_taken() {
         return;
     };
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let state = state_url(&pool).await;
+    let (state, _) = db::state_schema(&pool).await;
     let table = db::unique_table("dm_stall");
     create_table(&pool, &table, 2000).await;
     let pipelines = vec![("stall".to_owned(), table.clone())];
@@ -408,7 +396,7 @@ async fn two_daemons_share_one_feeds_budget() {
         return;
     };
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let state = state_url(&pool).await;
+    let (state, _) = db::state_schema(&pool).await;
     let mut daemons = Vec::new();
     let mut projects = Vec::new();
     let mut tables = Vec::new();

@@ -13,16 +13,6 @@ use crate::support::project::TestProject;
 const KEY: &str = "pgstate-key";
 const SECRET: &str = "pgstate-secret-7a1f";
 
-/// A fresh schema on the test PostgreSQL, as a state store URL.
-async fn state_url(pool: &sqlx::PgPool) -> String {
-    let schema = format!("wsync_pgstate_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    format!("{}?options=-c%20search_path%3D{schema}", db::postgres_url())
-}
-
 fn project(fake: &FakeMparticle, state: &str, table: &str) -> TestProject {
     let p = TestProject::new(&format!(
         r#"
@@ -85,7 +75,7 @@ async fn a_postgres_state_store_runs_diffs_and_lists_like_sqlite() {
     .await
     .unwrap();
     let fake = FakeMparticle::start(KEY, SECRET).await;
-    let state = state_url(&pool).await;
+    let (state, _) = db::state_schema(&pool).await;
     let p = project(&fake, &state, &table);
     let ctx = p.context().await;
     assert_eq!(ctx.state.backend(), wsync::state::Backend::Postgres);
@@ -164,7 +154,7 @@ async fn the_learned_account_limit_is_kept_for_the_next_run() {
     .unwrap();
     let fake = FakeMparticle::start(KEY, SECRET).await;
     fake.set_rate_limit(Some(270.0));
-    let state = state_url(&pool).await;
+    let (state, schema) = db::state_schema(&pool).await;
     let p = project(&fake, &state, &table);
     // A user who does not know the account's limit.
     let toml = std::fs::read_to_string(p.root().join("wsync.toml")).unwrap();
@@ -189,13 +179,10 @@ async fn the_learned_account_limit_is_kept_for_the_next_run() {
         "learned {} batches/s of a 270/s account",
         learned.rate
     );
-    let rows: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT feed FROM {}.feed_limits",
-        state.rsplit("%3D").next().unwrap()
-    ))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT feed FROM {}.feed_limits", schema))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(rows, vec![key]);
     assert!(!rows[0].contains(KEY));
 }

@@ -68,6 +68,37 @@ pub async fn postgres() -> Option<sqlx::PgPool> {
     }
 }
 
+/// A new, empty schema on the test PostgreSQL to use as a wsync state store:
+/// (its URL, its name). Schemas left by earlier test runs (named by their
+/// creation second) are dropped after an hour, so the test database does not
+/// grow run after run.
+pub async fn state_schema(pool: &sqlx::PgPool) -> (String, String) {
+    let now = chrono::Utc::now().timestamp();
+    let old: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'wsync_it_%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    for name in old {
+        let born = name.split('_').nth(2).and_then(|s| s.parse::<i64>().ok());
+        if born.is_some_and(|b| now - b > 3600) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(pool)
+                .await;
+        }
+    }
+    let schema = format!("wsync_it_{now}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(pool)
+        .await
+        .expect("create schema");
+    (
+        format!("{}?options=-c%20search_path%3D{schema}", postgres_url()),
+        schema,
+    )
+}
+
 /// A pool on the test MariaDB, or `None` when it is unreachable outside CI.
 pub async fn mysql() -> Option<sqlx::MySqlPool> {
     let url = mysql_url();
