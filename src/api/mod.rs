@@ -1,6 +1,7 @@
 //! The daemon's HTTP API (axum): health, readiness, Prometheus metrics, and
 //! pipelines: list, status (shaped like mParticle's pipeline status), paged
-//! runs, trigger, pause and resume.
+//! runs, trigger, pause and resume; the daemons on the state store and the
+//! chunked backfills.
 //!
 //! It binds 127.0.0.1 unless told otherwise. With `daemon.http_token_env` set,
 //! every route but `/health` and `/ready` wants `Authorization: Bearer <token>`.
@@ -88,6 +89,7 @@ pub fn router(ctx: SyncContext, daemon: Daemon, token: Option<Secret>) -> Router
         .route("/metrics", get(metrics))
         .route("/pipelines", get(pipelines))
         .route("/daemons", get(daemons))
+        .route("/backfills", get(backfills))
         .route("/pipelines/{id}/status", get(status))
         .route("/pipelines/{id}/runs", get(runs))
         .route("/pipelines/{id}/trigger", post(trigger))
@@ -193,6 +195,12 @@ async fn pipelines(State(state): State<AppState>) -> Result<Json<serde_json::Val
         );
     }
     Ok(Json(json!({ "pipelines": out })))
+}
+
+/// The chunked backfills, newest first, with where each chunk stands.
+async fn backfills(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let backfills = state.ctx.state.backfills(false, 100).await?;
+    Ok(Json(serde_json::json!({ "backfills": backfills })))
 }
 
 /// The daemons sharing the state store: id, host, heartbeat, runs held.

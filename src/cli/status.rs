@@ -29,12 +29,16 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         rows.push(pipeline_status(&state, &project.state.spool_dir, pipeline, now).await?);
     }
     let daemons = state.daemons().await?;
+    let backfills = state.backfills(true, 100).await?;
     if args.json {
         for s in &rows {
             println!("{}", s.to_json());
         }
         for d in &daemons {
             println!("{}", serde_json::json!({ "daemon": d }));
+        }
+        for b in &backfills {
+            println!("{}", serde_json::json!({ "backfill": b }));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -101,6 +105,12 @@ pub async fn execute(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     println!("{t}");
     if !daemons.is_empty() {
         print_daemons(&daemons, now);
+    }
+    if !backfills.is_empty() {
+        println!("\nBackfills in progress (`wsync backfill --list` for their chunks):");
+        for b in &backfills {
+            println!("  {}", super::backfill::headline(b));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,10 @@
 //! lock). On shutdown no run starts, running ones stop at their next chunk,
 //! deliver what they read within the grace period, record a checkpoint and end
 //! `interrupted`; the next start resumes them.
+//!
+//! Slots the schedules leave free take chunks of parallel backfills
+//! (`wsync backfill --chunks`, see [`crate::sync::backfill`]), one chunk a
+//! slot, under each chunk's own lease.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -22,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::model::InputProtection;
 use crate::state::{RunState, ScheduleHistory, StateError};
-use crate::sync::{RunKind, SyncContext, SyncError};
+use crate::sync::{backfill, RunKind, SyncContext, SyncError};
 use crate::telemetry::events;
 
 pub mod plan;
@@ -65,6 +69,8 @@ pub struct Daemon {
     /// The schedule history of `only_read` pipelines, whose dry runs leave no
     /// record in the state store: kept for the life of the process.
     dry: Arc<Mutex<BTreeMap<String, ScheduleHistory>>>,
+    /// Backfill chunks this daemon has picked and not finished.
+    chunks: Arc<backfill::ChunkSet>,
 }
 
 /// How long a pipeline whose run could not start is left alone.
@@ -84,6 +90,7 @@ impl Daemon {
             wake: Arc::default(),
             hold: Arc::default(),
             dry: Arc::default(),
+            chunks: Arc::default(),
         }
     }
 
@@ -151,7 +158,82 @@ impl Daemon {
                 self.spawn(id.clone(), runs);
             }
         }
+        if let Err(e) = self.start_backfill_chunks().await {
+            tracing::error!(error = %e, "Cannot look for backfill chunks to run.");
+        }
         Ok(earliest)
+    }
+
+    /// Fill the slots the schedules left free with chunks of parallel
+    /// backfills (`wsync backfill --chunks`), one chunk per slot. Schedules
+    /// go first: every task of this daemon (a pipeline's, which may still be
+    /// waiting for its permit, or a chunk's) counts as a slot taken.
+    async fn start_backfill_chunks(&self) -> Result<(), SchedulerError> {
+        self.reap_finished();
+        let max = self.ctx.project.daemon.max_concurrent_runs;
+        while !self.ctx.shutdown.is_cancelled() && self.lock_running().len() < max {
+            // Fewer tasks than slots: a permit is free, and stays this
+            // chunk's (taken here, not in the task, so that it is not counted
+            // free twice).
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                return Ok(());
+            };
+            let now = self.ctx.clock.now();
+            let held = |c: &crate::state::Chunk| {
+                let key = crate::state::chunk_lease_key(&c.pipeline_id, c.id);
+                self.held(&key).is_some_and(|until| now < until)
+            };
+            let Some(chunk) = backfill::next_chunk(&self.ctx, None, &self.chunks, held).await?
+            else {
+                return Ok(());
+            };
+            self.spawn_chunk(chunk, permit);
+        }
+        Ok(())
+    }
+
+    /// Run one backfill chunk on a thread of its own (as [`Self::spawn_with`]
+    /// does for a pipeline), keyed in the task set by the chunk's lease key.
+    fn spawn_chunk(&self, chunk: crate::state::Chunk, permit: tokio::sync::OwnedSemaphorePermit) {
+        let ctx = self.ctx.clone();
+        let (wake, busy, hold) = (
+            Arc::clone(&self.wake),
+            Arc::clone(&self.chunks),
+            Arc::clone(&self.hold),
+        );
+        let key = crate::state::chunk_lease_key(&chunk.pipeline_id, chunk.id);
+        let task_key = key.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let mut running = self.lock_running();
+        let handle = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let result = AssertUnwindSafe(backfill::run_chunk(&ctx, &chunk))
+                    .catch_unwind()
+                    .await;
+                let stuck = match &result {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(SyncError::State(
+                        StateError::InProgress { .. } | StateError::ChunkClosed { .. },
+                    ))) => None,
+                    Ok(Err(e)) => Some(format!("the run ended without recording an outcome: {e}")),
+                    Err(panic) => Some(format!("the run panicked: {}", panic_message(panic.as_ref()))),
+                };
+                if let Some(reason) = stuck {
+                    tracing::error!(pipeline = %chunk.pipeline_id, backfill = chunk.id.backfill,
+                        chunk = chunk.id.chunk, reason = %reason, "Backfill chunk did not finish.");
+                    if let Err(e) = release_stuck_lock(&ctx, &key, &reason).await {
+                        tracing::error!(lease = %key, error = %e, "Cannot release the chunk's lease.");
+                    }
+                    // Not picked again at once: the same refusal would follow.
+                    lock(&hold).insert(key.clone(), ctx.clock.now() + HOLD_AFTER_REFUSAL);
+                }
+                busy.remove(chunk.id);
+                backfill::sweep_spools(&ctx).await;
+                drop(permit);
+                wake.notify_one();
+            });
+        });
+        running.insert(task_key, handle);
     }
 
     /// Start an on-demand run of `pipeline` now (refused while it runs or is

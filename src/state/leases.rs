@@ -14,6 +14,11 @@
 //! takeover cannot commit anything, and a takeover cannot slip in between
 //! the check and the commit.
 //!
+//! A chunk of a parallel backfill has a lease of its own, keyed
+//! `<pipeline>/backfill/<id>/<chunk>` (see [`super::backfills`]), which works
+//! the same way; its runs record that key (`lease_key`), and every query here
+//! that goes from a run to its lease goes through it.
+//!
 //! On SQLite (one host) a lease whose holder process is gone (SIGKILL, a
 //! crash) is free at once instead of after its expiry: the process id means
 //! something there. With PostgreSQL the expiry alone decides, since the
@@ -120,7 +125,8 @@ impl StateStore {
         Ok(Some(holder))
     }
 
-    /// Release the lease this process holds on `pipeline_id`, if any, for a
+    /// Release the lease this process holds on `pipeline_id` (or on a
+    /// backfill chunk's lease key), if any, for a
     /// run that ended without recording an outcome (it panicked, or
     /// `finish_run` failed: a busy or full disk). That run, if still
     /// `running`, ends `failed` with `reason`; its checkpoint stays, so the
@@ -154,7 +160,7 @@ impl StateStore {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        release(&mut tx, pipeline_id, run_id).await?;
+        release(&mut tx, run_id).await?;
         tx.commit().await?;
         self.leases.drop_run(run_id);
         Ok(Some(run_id))
@@ -347,7 +353,8 @@ pub(super) async fn verify(
     let held = sqlx::query(
         "UPDATE pipeline_leases SET fencing_token = fencing_token WHERE run_id = $1 \
          AND holder != '' \
-         AND pipeline_id = (SELECT pipeline_id FROM pipeline_runs WHERE id = $1) \
+         AND pipeline_id = (SELECT COALESCE(lease_key, pipeline_id) FROM pipeline_runs \
+           WHERE id = $1) \
          AND fencing_token = (SELECT fencing_token FROM pipeline_runs WHERE id = $1)",
     )
     .bind(run_id)
@@ -372,20 +379,16 @@ pub(super) async fn verify(
     Ok(())
 }
 
-/// Free the lease of `run_id` inside `tx` (keeping the token, which only grows).
+/// Free the lease of `run_id` inside `tx` (keeping the token, which only
+/// grows). Run ids are unique across leases, pipelines' and chunks' alike.
 pub(super) async fn release(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    pipeline_id: &str,
     run_id: i64,
 ) -> Result<(), StateError> {
-    sqlx::query(
-        "UPDATE pipeline_leases SET holder = '', expires_at = 0 WHERE pipeline_id = $1 \
-         AND run_id = $2",
-    )
-    .bind(pipeline_id)
-    .bind(run_id)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE pipeline_leases SET holder = '', expires_at = 0 WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -27,6 +27,9 @@ use sqlx::{AnyPool, Executor as _, Row};
 use crate::clock::{Clock, SystemClock};
 use crate::redact::redact_url;
 
+#[cfg(test)]
+mod backfill_tests;
+pub mod backfills;
 pub mod budget;
 pub mod daemons;
 pub mod dead_letters;
@@ -38,6 +41,10 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use backfills::{
+    chunk_lease_key, BackfillStatus, Chunk, ChunkRef, ChunkState, ChunkStatus, NewBackfill,
+    CHUNK_ATTEMPTS,
+};
 pub use budget::LearnedRate;
 pub use daemons::{DaemonInfo, DaemonRegistration};
 pub use dead_letters::{DeadLetter, DeadLetterKind, NewDeadLetter};
@@ -60,8 +67,8 @@ pub enum StateError {
     Query(#[from] sqlx::Error),
     /// The pipeline is running already (in this process or another one).
     #[error(
-        "pipeline `{pipeline}` is already in progress (run {run_id}, started {since} by {holder}); \
-         wait for it to finish"
+        "pipeline `{pipeline}` is already in progress ({}); wait for it to finish",
+        holder_text(*run_id, since, holder)
     )]
     InProgress {
         /// Pipeline id.
@@ -72,6 +79,19 @@ pub enum StateError {
         since: String,
         /// The daemon or process running it (`host:pid:instance`).
         holder: String,
+    },
+    /// A backfill chunk cannot start: another run of it succeeded, or its
+    /// backfill was cancelled or never existed.
+    #[error("pipeline `{pipeline}`: chunk {chunk} of backfill {backfill} {reason}")]
+    ChunkClosed {
+        /// Pipeline id.
+        pipeline: String,
+        /// The backfill.
+        backfill: i64,
+        /// The chunk.
+        chunk: i64,
+        /// Why: `is done already`, `was cancelled`, `does not exist`.
+        reason: &'static str,
     },
     /// The scheduled run was claimed by another daemon (it ran, or runs, there).
     #[error("pipeline `{pipeline}`: this scheduled run was already claimed by another daemon")]
@@ -234,6 +254,9 @@ pub struct NewRun<'a> {
     /// scheduled run it follows and the interval or fire time), claimed once
     /// in the state store, so two daemons that both found it due run it once.
     pub claim: Option<&'a str>,
+    /// A chunk of a parallel backfill: the run holds the chunk's lease
+    /// instead of the pipeline's, and starts only while the chunk is not done.
+    pub chunk: Option<ChunkRef>,
 }
 
 /// Where the next run of a pipeline should start reading after an unfinished
@@ -476,6 +499,16 @@ fn sqlite_connect_url(url: &str) -> String {
         format!("{url}&mode=rwc")
     } else {
         format!("{url}?mode=rwc")
+    }
+}
+
+/// Who holds a lease, for [`StateError::InProgress`]: a run, or (run id 0)
+/// a daemon that took it between this process's read and write.
+fn holder_text(run_id: i64, since: &str, holder: &str) -> String {
+    if run_id == 0 {
+        format!("{holder} took it a moment ago")
+    } else {
+        format!("run {run_id}, started {since} by {holder}")
     }
 }
 

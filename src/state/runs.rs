@@ -22,21 +22,34 @@ impl StateStore {
     /// stalled) is taken over with the next fencing token, and the runs still
     /// marked `running` become `interrupted`.
     pub async fn start_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
+        let key = match run.chunk {
+            Some(chunk) => super::chunk_lease_key(run.pipeline_id, chunk),
+            None => run.pipeline_id.to_owned(),
+        };
         let mut tx = self.write_tx().await?;
-        let token = leases::acquire(self, &mut tx, run.pipeline_id).await?;
+        let token = leases::acquire(self, &mut tx, &key).await?;
+        if let Some(chunk) = run.chunk {
+            // Checked under the chunk's lease: a run that succeeds must hold
+            // it, so no success can slip in between this check and the commit.
+            chunk_open(&mut tx, run.pipeline_id, chunk).await?;
+        }
         sqlx::query(
             "UPDATE pipeline_runs SET state = 'interrupted', end_date = $1, \
              error = 'the process running it stopped before recording an outcome' \
-             WHERE pipeline_id = $2 AND state = 'running'",
+             WHERE pipeline_id = $2 AND state = 'running' \
+             AND COALESCE(lease_key, pipeline_id) = $3",
         )
         .bind(run.now.to_rfc3339())
         .bind(run.pipeline_id)
+        .bind(&key)
         .execute(&mut *tx)
         .await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO pipeline_runs (pipeline_id, state, run_type, dry_run, start_date, \
              data_interval_start, data_interval_end, interval_start, interval_end, resumed_from, \
-             fencing_token) VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             fencing_token, lease_key, backfill_id, backfill_chunk, holder) \
+             VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             RETURNING id",
         )
         .bind(run.pipeline_id)
         .bind(run.run_type)
@@ -48,6 +61,10 @@ impl StateStore {
         .bind(run.interval.map(|i| i.1.to_rfc3339()))
         .bind(run.resumed_from)
         .bind(token)
+        .bind(run.chunk.map(|_| key.clone()))
+        .bind(run.chunk.map(|c| c.backfill))
+        .bind(run.chunk.map(|c| c.chunk))
+        .bind(&leases::this_process().id)
         .fetch_one(&mut *tx)
         .await?;
         if let Some(claim) = run.claim {
@@ -71,11 +88,11 @@ impl StateStore {
         }
         sqlx::query("UPDATE pipeline_leases SET run_id = $1 WHERE pipeline_id = $2")
             .bind(id)
-            .bind(run.pipeline_id)
+            .bind(&key)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.leases.hold(run.pipeline_id, id, token);
+        self.leases.hold(&key, id, token);
         Ok(id)
     }
 
@@ -239,7 +256,7 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         }
-        leases::release(&mut tx, pipeline_id, run_id).await?;
+        leases::release(&mut tx, run_id).await?;
         tx.commit().await?;
         self.leases.drop_run(run_id);
         Ok(())
@@ -384,6 +401,47 @@ fn record(row: &AnyRow) -> Result<RunRecord, StateError> {
         checkpoint: row.try_get("checkpoint")?,
         resumed_from: row.try_get("resumed_from")?,
     })
+}
+
+/// Refuse to start a run of `chunk` when one of its runs succeeded, or its
+/// backfill was cancelled (or is unknown).
+async fn chunk_open(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    pipeline_id: &str,
+    chunk: super::ChunkRef,
+) -> Result<(), StateError> {
+    let closed = |reason| StateError::ChunkClosed {
+        pipeline: pipeline_id.to_owned(),
+        backfill: chunk.backfill,
+        chunk: chunk.chunk,
+        reason,
+    };
+    let cancelled: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT b.cancelled_at FROM backfills b JOIN backfill_chunks c ON c.backfill_id = b.id \
+         WHERE b.id = $1 AND c.chunk = $2 AND b.pipeline_id = $3",
+    )
+    .bind(chunk.backfill)
+    .bind(chunk.chunk)
+    .bind(pipeline_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match cancelled {
+        None => return Err(closed("does not exist")),
+        Some(Some(_)) => return Err(closed("was cancelled")),
+        Some(None) => {}
+    }
+    let done: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pipeline_runs WHERE backfill_id = $1 AND backfill_chunk = $2 \
+         AND state = 'success'",
+    )
+    .bind(chunk.backfill)
+    .bind(chunk.chunk)
+    .fetch_one(&mut **tx)
+    .await?;
+    if done > 0 {
+        return Err(closed("is done already"));
+    }
+    Ok(())
 }
 
 /// A stored run's counters.

@@ -21,6 +21,7 @@ fn new_run(pipeline_id: &str, window: (Option<String>, Option<String>)) -> NewRu
         interval: None,
         resumed_from: None,
         claim: None,
+        chunk: None,
     }
 }
 
@@ -232,6 +233,7 @@ async fn a_claimed_scheduled_run_starts_once() {
         let run = NewRun {
             run_type: "scheduled",
             claim: Some("0:2024-01-01T00:00:00Z"),
+            chunk: None,
             ..new_run("s", (None, None))
         };
         let id = store.start_run(&run).await.unwrap();
@@ -254,6 +256,7 @@ async fn a_claimed_scheduled_run_starts_once() {
         // The next due run has another claim.
         let next = NewRun {
             claim: Some("1:2024-01-01T01:00:00Z"),
+            chunk: None,
             ..run
         };
         assert!(store.start_run(&next).await.is_ok());

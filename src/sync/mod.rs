@@ -32,6 +32,7 @@ use crate::sink::EventsApiClient;
 use crate::state::{RunRecord, StateStore};
 use crate::telemetry::events;
 
+pub mod backfill;
 pub mod budget;
 pub mod commit;
 pub mod diff;
@@ -160,6 +161,10 @@ pub enum RunKind {
         from: String,
         /// Exclusive upper bound.
         until: String,
+        /// A chunk of a parallel backfill ([`backfill`]): the run holds the
+        /// chunk's lease and spool, so it runs beside the pipeline's own runs
+        /// and the backfill's other chunks.
+        chunk: Option<crate::state::ChunkRef>,
     },
 }
 
@@ -221,6 +226,14 @@ pub struct RunMode {
     pub delivers: bool,
     /// A success stores the window's end as the watermark (not backfills).
     pub moves_watermark: bool,
+    /// Commits checkpoints that a later run resumes from: the pipeline's own
+    /// runs, and the chunks of a parallel backfill (a plain backfill is
+    /// simply asked for again).
+    pub checkpoints: bool,
+    /// Holds the pipeline's own lease (every run but a backfill chunk's): only
+    /// such a run re-sends the pipeline's dead letters, which no other run of
+    /// the pipeline can be doing at the same time.
+    pub holds_pipeline: bool,
 }
 
 impl RunMode {
@@ -231,6 +244,8 @@ impl RunMode {
             dry_run,
             delivers: !dry_run && pipeline.feed.is_some(),
             moves_watermark: !dry_run && !matches!(kind, RunKind::Backfill { .. }),
+            checkpoints: !dry_run && !matches!(kind, RunKind::Backfill { chunk: None, .. }),
+            holds_pipeline: !matches!(kind, RunKind::Backfill { chunk: Some(_), .. }),
         }
     }
 }
@@ -331,7 +346,7 @@ pub async fn run(
     // 1. Plan: deliver the pipeline's pending spool, or read a new window.
     let spool = mode
         .delivers
-        .then(|| SpoolDir::new(&ctx.project.state.spool_dir, &pipeline.id));
+        .then(|| backfill::spool_dir(&ctx.project.state.spool_dir, &pipeline.id, &kind));
     let fingerprint = plan::fingerprint(&ctx.project, &pipeline);
     let pending = match &spool {
         Some(dir) => plan::pending_spool(ctx, &kind, dir, &fingerprint, started).await?,
@@ -342,7 +357,10 @@ pub async fn run(
         _ => None,
     };
     let (window, kind) = match &pending {
-        Some(m) => (WindowPlan::from_manifest(&pipeline, m)?, kind_of(m, after)),
+        Some(m) => (
+            WindowPlan::from_manifest(&pipeline, m)?,
+            kind_of(m, &kind, after),
+        ),
         None => (
             plan::plan_window(ctx, &pipeline, &kind, started).await?,
             kind,
@@ -404,12 +422,18 @@ pub async fn run(
 }
 
 /// The kind of run whose spool is being resumed: it finishes that run's work
-/// (a scheduled one under the claim the scheduler asked for).
-fn kind_of(m: &Manifest, after: Option<i64>) -> RunKind {
+/// (a scheduled one under the claim the scheduler asked for, a backfill
+/// chunk's under the chunk's lease: its spool is the chunk's own).
+fn kind_of(m: &Manifest, asked: &RunKind, after: Option<i64>) -> RunKind {
+    let chunk = match asked {
+        RunKind::Backfill { chunk, .. } => *chunk,
+        _ => None,
+    };
     match (m.run_type.as_str(), &m.requested) {
         ("backfill", Some((from, until))) => RunKind::Backfill {
             from: from.clone(),
             until: until.clone(),
+            chunk,
         },
         ("scheduled", _) => RunKind::Scheduled {
             interval: m.interval,

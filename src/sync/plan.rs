@@ -43,7 +43,7 @@ pub(crate) async fn plan_window(
         });
     };
     let (data_type, zone) = (*data_type, *time_zone);
-    if let RunKind::Backfill { from, until } = kind {
+    if let RunKind::Backfill { from, until, chunk } = kind {
         let bound = |which: &'static str, text: &str| {
             window::parse_bound(data_type, zone, text).ok_or_else(|| SyncError::BadBound {
                 pipeline: pipeline.id.clone(),
@@ -53,10 +53,30 @@ pub(crate) async fn plan_window(
                 hint: bound_hint(data_type),
             })
         };
+        let mut lower = bound("--from", from)?;
+        let mut resumed_from = None;
+        // A chunk whose last run stopped part way resumes from its checkpoint
+        // (on whichever host takes it over), as a pipeline's runs do.
+        if let Some(chunk) = chunk {
+            let point = ctx.state.chunk(*chunk).await?.and_then(|c| c.resume);
+            if let Some(point) = point {
+                let checkpoint = window::parse(data_type, &point.checkpoint).ok_or_else(|| {
+                    SyncError::BadWatermark {
+                        pipeline: pipeline.id.clone(),
+                        value: point.checkpoint.clone(),
+                        data_type: data_type.as_str(),
+                    }
+                })?;
+                if checkpoint > lower {
+                    lower = checkpoint;
+                    resumed_from = Some(point.run_id);
+                }
+            }
+        }
         return Ok(WindowPlan {
-            lower: Some(bound("--from", from)?),
+            lower: Some(lower),
             upper: Some(bound("--until", until)?),
-            resumed_from: None,
+            resumed_from,
             previous: None,
         });
     }
@@ -103,7 +123,7 @@ pub(crate) async fn plan_window(
 }
 
 /// How to write a bound of this iterator type on the command line.
-fn bound_hint(data_type: IteratorDataType) -> &'static str {
+pub(crate) fn bound_hint(data_type: IteratorDataType) -> &'static str {
     match data_type {
         IteratorDataType::TimestampTz => "write an RFC 3339 instant, e.g. 2024-01-01T00:00:00Z",
         IteratorDataType::TimestampNtz => {
@@ -229,7 +249,7 @@ pub(crate) async fn pending_spool(
     }
     // A backfill asks for its own window: it resumes only its own spool, and
     // leaves another run's undelivered spool for `wsync run` to finish.
-    if let RunKind::Backfill { from, until } = kind {
+    if let RunKind::Backfill { from, until, .. } = kind {
         let same = manifest.run_type == "backfill"
             && manifest.requested.as_ref() == Some(&(from.clone(), until.clone()));
         if !same {

@@ -101,7 +101,8 @@ impl Attempt<'_> {
             _ => None,
         };
         let blocked = self.diff.as_ref().is_some_and(|d| d.blocked.is_some());
-        if let (Some(d), true, false) = (&deliverer, pipeline.retry_dead_letters, blocked) {
+        let redeliver = pipeline.retry_dead_letters && self.mode.holds_pipeline;
+        if let (Some(d), true, false) = (&deliverer, redeliver, blocked) {
             let done = redeliver::redeliver(&ctx.state, &pipeline.id, d).await?;
             self.redelivered = done.delivered;
             self.tally.counts.batches_sent += done.delivered;
@@ -114,7 +115,7 @@ impl Attempt<'_> {
                     iterator_field,
                     iterator_data_type,
                     ..
-                } if self.mode.moves_watermark && pipeline.export.is_none() => {
+                } if self.mode.checkpoints && pipeline.export.is_none() => {
                     Some(output::events_api::Checkpoints {
                         column: iterator_field.clone(),
                         data_type: *iterator_data_type,

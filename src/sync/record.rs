@@ -94,6 +94,10 @@ pub(crate) async fn start(
             interval,
             resumed_from: window.resumed_from,
             claim: claim.as_deref(),
+            chunk: match kind {
+                RunKind::Backfill { chunk, .. } => *chunk,
+                _ => None,
+            },
         })
         .await?;
     Ok(Started {
@@ -141,7 +145,7 @@ pub(crate) fn new_manifest(
         run_type: kind.as_str().to_owned(),
         delivering_run: Some(run_id),
         requested: match kind {
-            RunKind::Backfill { from, until } => Some((from.clone(), until.clone())),
+            RunKind::Backfill { from, until, .. } => Some((from.clone(), until.clone())),
             _ => None,
         },
         created_at: started,

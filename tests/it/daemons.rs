@@ -15,14 +15,14 @@ use crate::support::db;
 use crate::support::fake_mparticle::FakeMparticle;
 use crate::support::project::TestProject;
 
-const KEY: &str = "daemons-key";
-const SECRET: &str = "daemons-secret-4c1d";
+pub(crate) const KEY: &str = "daemons-key";
+pub(crate) const SECRET: &str = "daemons-secret-4c1d";
 /// Short leases, so a dead daemon's pipelines move within seconds.
 const LEASE_TTL_SECS: u64 = 3;
 
 /// One daemon's project folder: the same pipelines and state store as the
 /// others, its own spool and run files (another host's disk).
-fn project(
+pub(crate) fn project(
     fake: &FakeMparticle,
     state: &str,
     rate: u32,
@@ -87,7 +87,7 @@ async fn create_table(pool: &sqlx::PgPool, table: &str, rows: u32) {
     .unwrap();
 }
 
-fn spawn_daemon(p: &TestProject) -> Drained {
+pub(crate) fn spawn_daemon(p: &TestProject) -> Drained {
     Drained::spawn(
         Command::new(env!("CARGO_BIN_EXE_wsync"))
             .arg("--config")
@@ -98,7 +98,7 @@ fn spawn_daemon(p: &TestProject) -> Drained {
 }
 
 /// Customer ids the fake received for `table`.
-fn delivered(fake: &FakeMparticle, table: &str) -> HashSet<String> {
+pub(crate) fn delivered(fake: &FakeMparticle, table: &str) -> HashSet<String> {
     fake.batches()
         .iter()
         .filter_map(|b| {

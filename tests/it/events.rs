@@ -363,6 +363,7 @@ async fn source_message_ids_are_stable_across_resends() {
         wsync::sync::RunKind::Backfill {
             from: "2000-01-01T00:00:00Z".into(),
             until: "2100-01-01T00:00:00Z".into(),
+            chunk: None,
         },
     )
     .await

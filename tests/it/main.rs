@@ -15,6 +15,7 @@
 )]
 
 mod api;
+mod backfill;
 mod cli;
 mod config_errors;
 mod daemons;

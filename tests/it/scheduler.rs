@@ -464,6 +464,7 @@ iterator_data_type = "timestamp_tz"
         RunKind::Backfill {
             from: "2026-02-10T00:00:01Z".into(),
             until: "2026-02-11T00:00:00Z".into(),
+            chunk: None,
         },
     )
     .await
@@ -481,6 +482,7 @@ iterator_data_type = "timestamp_tz"
         RunKind::Backfill {
             from: "last tuesday".into(),
             until: "2026-01-02T00:00:00Z".into(),
+            chunk: None,
         },
     )
     .await
@@ -709,6 +711,7 @@ type = "once"
             interval: None,
             resumed_from: None,
             claim: None,
+            chunk: None,
         })
         .await
         .unwrap();
@@ -744,6 +747,7 @@ type = "once"
             interval: None,
             resumed_from: None,
             claim: None,
+            chunk: None,
         })
         .await
         .unwrap();
