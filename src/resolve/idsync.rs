@@ -227,7 +227,7 @@ impl IdSyncClient {
                     )))
                 }
                 Action::RateLimited(wait) => {
-                    inner.limiter.on_rate_limited(wait);
+                    inner.limiter.on_rate_limited(wait, false);
                     inner.figures.responses_429.fetch_add(1, Ordering::Relaxed);
                     rate_limited += 1;
                     let pause = wait.unwrap_or_else(|| inner.policy.backoff(rate_limited));

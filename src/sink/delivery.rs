@@ -488,15 +488,17 @@ impl Deliverer {
                     return Ok(Sent::Accepted);
                 }
                 Action::RateLimited(retry_after) => {
-                    // Close the gate before the counter shows the 429.
-                    inner.limiter.on_rate_limited(retry_after);
-                    DeliveryFigures::add(&figures.responses_429, 1);
-                    rate_limited += 1;
-                    let wait = retry_after.unwrap_or_else(|| policy.backoff(rate_limited));
                     let limit = response
                         .as_ref()
                         .and_then(|r: &RawResponse| r.rate_limit_exceeded.clone())
                         .unwrap_or_default();
+                    // Close the gate before the counter shows the 429.
+                    inner
+                        .limiter
+                        .on_rate_limited(retry_after, limit.eq_ignore_ascii_case("acceleration"));
+                    DeliveryFigures::add(&figures.responses_429, 1);
+                    rate_limited += 1;
+                    let wait = retry_after.unwrap_or_else(|| policy.backoff(rate_limited));
                     self.check_deadline(started, wait, sent, "HTTP 429 (rate limited)")?;
                     info!(
                         feed,

@@ -28,6 +28,12 @@
 //!   [`DECREASE_ON_429`] below it, once per [`DECREASE_COOLDOWN`] (answers to
 //!   requests sent before the decrease say nothing about the new rate). With
 //!   nothing observed (every request refused) it halves.
+//! - **Acceleration 429** (`X-mp-rate-limit-exceeded: acceleration`, spec
+//!   §3.4: "on acceleration, ramp up more slowly"): the rate rose faster than
+//!   the account lets it, not above its speed limit. The remembered ceiling
+//!   stays; the rate steps back [`DECREASE_ON_HIGH_USAGE`] and every later climb
+//!   goes at half the pace it had (down to [`MIN_CLIMB_SCALE`] of
+//!   [`MAX_CLIMB_PER_SEC`]) for the rest of the run.
 //! - **Climb** (TCP CUBIC's "remember the ceiling"): after a push-back the
 //!   target rate follows a cubic in time since the push-back, starting at the new
 //!   rate: concave up to the remembered ceiling, reached after [`CUBIC_K`] (the
@@ -69,6 +75,9 @@ pub const DECREASE_ON_HIGH_USAGE: f64 = 0.1;
 pub const PROBE_SHARE: f64 = 0.1;
 /// Fastest climb, as a share of the rate per second.
 pub const MAX_CLIMB_PER_SEC: f64 = 0.05;
+/// The slowest climb after acceleration 429s, as a share of
+/// [`MAX_CLIMB_PER_SEC`].
+pub const MIN_CLIMB_SCALE: f64 = 0.125;
 /// The floor, as a share of the configured rate.
 pub const MIN_RATE_SHARE: f64 = 0.05;
 /// Usage (percent) at or above which the rate shrinks.
@@ -129,6 +138,9 @@ pub struct LimitLearner {
     first_answer: Option<Instant>,
     /// Wall-clock time of the last server signal or of the seed.
     learned_at: Option<DateTime<Utc>>,
+    /// Share of [`MAX_CLIMB_PER_SEC`] the climb may take: halved by each
+    /// acceleration 429.
+    climb_scale: f64,
 }
 
 impl LimitLearner {
@@ -145,6 +157,7 @@ impl LimitLearner {
             last_update: now,
             first_answer: None,
             learned_at: None,
+            climb_scale: 1.0,
         }
     }
 
@@ -285,8 +298,15 @@ impl LimitLearner {
         self.last_update = now;
     }
 
-    /// A 429 arrived; `retry_after` is how long the server asked to wait.
-    pub fn on_rate_limited(&mut self, retry_after: Option<Duration>, now: Instant) {
+    /// A 429 arrived; `retry_after` is how long the server asked to wait;
+    /// `acceleration` when it says the rate rose too fast
+    /// (`X-mp-rate-limit-exceeded: acceleration`) rather than too high.
+    pub fn on_rate_limited(
+        &mut self,
+        retry_after: Option<Duration>,
+        acceleration: bool,
+        now: Instant,
+    ) {
         let observed = self.observed_rate(now);
         let gate_end = now + retry_after.unwrap_or(Duration::ZERO);
         self.gate_end = Some(self.gate_end.map_or(gate_end, |g| g.max(gate_end)));
@@ -295,6 +315,14 @@ impl LimitLearner {
             return;
         }
         self.last_decrease = Some(now);
+        if acceleration {
+            // Not the limit: keep the ceiling, step back a little, ramp slower.
+            self.climb_scale = (self.climb_scale * 0.5).max(MIN_CLIMB_SCALE);
+            self.rate = (self.rate * (1.0 - DECREASE_ON_HIGH_USAGE))
+                .clamp(self.min_rate(), self.configured);
+            self.learned_at = Some(Utc::now());
+            return;
+        }
         if observed >= self.min_rate() {
             self.push_back(observed.min(self.rate), DECREASE_ON_429, gate_end);
         } else {
@@ -318,7 +346,7 @@ impl LimitLearner {
         let dt = now
             .saturating_duration_since(self.last_update)
             .as_secs_f64();
-        let step = self.rate * MAX_CLIMB_PER_SEC * dt;
+        let step = self.rate * MAX_CLIMB_PER_SEC * self.climb_scale * dt;
         if target > self.rate {
             self.rate = target.min(self.rate + step).min(self.configured);
         }
@@ -343,6 +371,34 @@ mod tests {
         let expected = 100.0 / 0.37 * (1.0 - HEADROOM);
         assert!((l.rate() - expected).abs() < 1e-9, "{}", l.rate());
         assert!(l.learned().is_some());
+    }
+
+    #[test]
+    fn an_acceleration_429_keeps_the_ceiling_and_halves_the_climb() {
+        let start = Instant::now();
+        // Climbing freely towards the configured 1,000 from 500.
+        let mut speed = LimitLearner::new(1000.0, start);
+        speed.rate = 500.0;
+        let (mut steady, mut accel) = (speed.clone(), speed.clone());
+        accel.on_rate_limited(None, true, at(start, 1.0));
+        assert!((accel.rate() - 450.0).abs() < 1e-9, "{}", accel.rate());
+        // A speed 429 remembers a ceiling to climb back to; acceleration says
+        // nothing about the ceiling, so none is invented.
+        speed.on_rate_limited(None, false, at(start, 1.0));
+        assert!(speed.epoch.is_some());
+        assert!(accel.epoch.is_none());
+        // At t = 2 s, no usage header: the steady one climbed 5 % a second
+        // for 2 s, the accelerated one 2.5 % for the second since its 429.
+        steady.on_accepted(100, None, at(start, 2.0));
+        accel.on_accepted(100, None, at(start, 2.0));
+        assert!((steady.rate() - 550.0).abs() < 1e-6, "{}", steady.rate());
+        assert!((accel.rate() - 461.25).abs() < 1e-6, "{}", accel.rate());
+        // Halved again with each one, down to the floor, never below.
+        for i in 0..10 {
+            accel.on_rate_limited(None, true, at(start, 3.0 + f64::from(i) * 2.0));
+        }
+        assert!((accel.climb_scale - MIN_CLIMB_SCALE).abs() < 1e-12);
+        assert!(accel.rate() >= accel.min_rate());
     }
 
     #[test]
@@ -371,13 +427,13 @@ mod tests {
         for i in 0..3 {
             l.on_accepted(100, None, at(start, 0.1 + f64::from(i) * 0.3));
         }
-        l.on_rate_limited(Some(Duration::from_secs(1)), at(start, 1.0));
+        l.on_rate_limited(Some(Duration::from_secs(1)), false, at(start, 1.0));
         assert!((l.rate() - 300.0 * (1.0 - DECREASE_ON_429)).abs() < 1e-9);
         // More 429s of requests already in flight: one decrease per cooldown.
-        l.on_rate_limited(Some(Duration::from_secs(1)), at(start, 1.01));
+        l.on_rate_limited(Some(Duration::from_secs(1)), false, at(start, 1.01));
         assert!((l.rate() - 255.0).abs() < 1e-9);
         // Nothing accepted since the gate: halve.
-        l.on_rate_limited(Some(Duration::from_secs(1)), at(start, 2.5));
+        l.on_rate_limited(Some(Duration::from_secs(1)), false, at(start, 2.5));
         assert!((l.rate() - 127.5).abs() < 1e-9);
     }
 
@@ -389,7 +445,7 @@ mod tests {
             l.on_accepted(100, None, at(start, 0.1 + f64::from(i) * 0.3));
         }
         // Ceiling 300, restart at 255 once the 1 s gate opens.
-        l.on_rate_limited(Some(Duration::from_secs(1)), at(start, 1.0));
+        l.on_rate_limited(Some(Duration::from_secs(1)), false, at(start, 1.0));
         let mut rates = Vec::new();
         for i in 0..=80 {
             let secs = 2.0 + f64::from(i) * 0.5;
@@ -428,7 +484,7 @@ mod tests {
         let start = Instant::now();
         let mut l = LimitLearner::new(270.0, start);
         for i in 0..100 {
-            l.on_rate_limited(None, at(start, f64::from(i) * 2.0));
+            l.on_rate_limited(None, false, at(start, f64::from(i) * 2.0));
         }
         assert!((l.rate() - 270.0 * MIN_RATE_SHARE).abs() < 1e-9);
         for i in 0..2000 {

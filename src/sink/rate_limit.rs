@@ -218,8 +218,9 @@ impl RateLimiter {
     }
 
     /// A 429 arrived: slow down, drop saved-up tokens, and with a `Retry-After`
-    /// close the gate for every sender until then.
-    pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
+    /// close the gate for every sender until then. `acceleration`: the server
+    /// said the rate rose too fast, not too high (see the learner).
+    pub fn on_rate_limited(&self, retry_after: Option<Duration>, acceleration: bool) {
         let now = Instant::now();
         if let Some(wait) = retry_after {
             let mut gate = lock(&self.gate);
@@ -230,7 +231,7 @@ impl RateLimiter {
             let mut p = lock(pacer);
             let rate = p.learner.effective_rate();
             p.bucket.empty(rate, now);
-            p.learner.on_rate_limited(retry_after, now);
+            p.learner.on_rate_limited(retry_after, acceleration, now);
         }
     }
 
@@ -300,10 +301,10 @@ mod tests {
     async fn retry_after_closes_the_gate_for_everyone() {
         let limiter = RateLimiter::new(None);
         assert_eq!(limiter.acquire(1).await, Duration::ZERO);
-        limiter.on_rate_limited(Some(Duration::from_secs(2)));
+        limiter.on_rate_limited(Some(Duration::from_secs(2)), false);
         assert!(limiter.blocked_until().is_some());
         // A shorter Retry-After does not reopen it early.
-        limiter.on_rate_limited(Some(Duration::from_secs(1)));
+        limiter.on_rate_limited(Some(Duration::from_secs(1)), false);
         assert_eq!(ms(limiter.acquire(1).await), 2000);
         assert_eq!(limiter.blocked_until(), None);
         assert_eq!(limiter.acquire(1).await, Duration::ZERO);
@@ -312,7 +313,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_429_empties_the_bucket_and_halves_the_rate() {
         let limiter = RateLimiter::new(Some(100.0));
-        limiter.on_rate_limited(None);
+        limiter.on_rate_limited(None, false);
         assert_eq!(limiter.current_rate(), Some(50.0));
         // No saved-up burst after a 429: 10 batches at 50/s.
         assert_eq!(ms(limiter.acquire(10).await), 200);
@@ -402,7 +403,7 @@ mod tests {
                 }
                 Answer::RateLimited(wait) => {
                     run.refused += 1;
-                    limiter.on_rate_limited(Some(wait));
+                    limiter.on_rate_limited(Some(wait), false);
                 }
             }
             let rate = limiter.current_rate().unwrap();
@@ -468,7 +469,7 @@ mod tests {
                         }
                         Answer::RateLimited(wait) => {
                             tally.lock().unwrap().1 += 1;
-                            limiter.on_rate_limited(Some(wait));
+                            limiter.on_rate_limited(Some(wait), false);
                         }
                     }
                 }
@@ -511,7 +512,7 @@ mod tests {
                             }
                             Answer::RateLimited(wait) => {
                                 tally.lock().unwrap()[d].1 += 1;
-                                limiter.on_rate_limited(Some(wait));
+                                limiter.on_rate_limited(Some(wait), false);
                             }
                         }
                     }

@@ -182,6 +182,40 @@ async fn repeated_429_without_retry_after_backs_off_without_using_attempts() {
     assert_eq!(fake.distinct_applied(), 5);
 }
 
+/// `X-mp-rate-limit-exceeded: acceleration` (spec §3.4: ramp up more slowly):
+/// the pace steps back a tenth instead of being cut to what got through.
+#[tokio::test]
+async fn an_acceleration_429_steps_the_pace_back_a_tenth() {
+    let fake = FakeMparticle::start(KEY, SECRET).await;
+    let limited = |kind: &str| Fault::Status {
+        status: 429,
+        headers: vec![("X-mp-rate-limit-exceeded".to_owned(), kind.to_owned())],
+    };
+    let mut paces = Vec::new();
+    for kind in ["acceleration", "account"] {
+        let deliverer = Deliverer::new(
+            client(&fake, SECRET, Duration::from_secs(5)),
+            DeliveryConfig {
+                rate_per_sec: Some(100.0),
+                ..config(1, 3)
+            },
+        );
+        fake.push_fault(limited(kind));
+        let sent = batches(0..5, &[]);
+        let outcome = deliverer
+            .deliver(PackedRequest::from_batches(&sent))
+            .await
+            .unwrap();
+        assert_all_acknowledged(&outcome, &sent);
+        assert_eq!(deliverer.figures().responses_429, 1);
+        paces.push(deliverer.current_rate().unwrap());
+    }
+    // Acceleration: 100 → 90 (then the accepted retry says nothing more). A
+    // speed 429 with nothing accepted before it halves the pace.
+    assert!((paces[0] - 90.0).abs() < 1.0, "{paces:?}");
+    assert!((paces[1] - 50.0).abs() < 1.0, "{paces:?}");
+}
+
 #[tokio::test]
 async fn service_unavailable_then_success() {
     let (fake, deliverer) = setup(1, 5).await;
