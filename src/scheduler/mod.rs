@@ -36,6 +36,9 @@ pub mod status;
 /// process and a wall-clock jump are noticed without a signal.
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often an idle daemon looks for backfill chunks it could take.
+const CHUNK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the daemon could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -153,6 +156,10 @@ impl Daemon {
                     .map(|interval| RunKind::Scheduled {
                         interval,
                         after: Some(history.last_scheduled_id),
+                        after_cut_off: matches!(
+                            history.last_scheduled_state,
+                            Some(RunState::Running | RunState::Interrupted)
+                        ),
                     })
                     .collect();
                 self.spawn(id.clone(), runs);
@@ -285,25 +292,38 @@ impl Daemon {
             pipelines: self.ctx.project.pipelines.len(),
         }
         .emit();
+        // A full pass when something is due or a task ended; in between, a
+        // look for backfill chunks every CHUNK_POLL (one cheap query), so a
+        // new backfill or a chunk whose holder died is taken up within
+        // seconds without planning every pipeline that often.
+        let mut full_pass = true;
+        let mut next_pass = self.ctx.clock.now();
         while !self.ctx.shutdown.is_cancelled() {
-            let next = match self.tick().await {
-                Ok(next) => next,
-                Err(e) => {
-                    // The state store may be briefly locked or the disk full;
-                    // try again on the next pass rather than stopping.
-                    tracing::error!(error = %e, "Scheduling pass failed.");
-                    None
-                }
-            };
-            let wait = next
-                .and_then(|n| (n - self.ctx.clock.now()).to_std().ok())
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
-                () = self.wake.notified() => {}
+            if full_pass || self.ctx.clock.now() >= next_pass {
+                let next = match self.tick().await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        // The state store may be briefly locked or the disk
+                        // full; try again on the next pass rather than stopping.
+                        tracing::error!(error = %e, "Scheduling pass failed.");
+                        None
+                    }
+                };
+                let longest = self.ctx.clock.now()
+                    + chrono::Duration::from_std(MAX_SLEEP).unwrap_or_default();
+                next_pass = next.map_or(longest, |n| n.min(longest));
+            } else if let Err(e) = self.start_backfill_chunks().await {
+                tracing::error!(error = %e, "Cannot look for backfill chunks to run.");
             }
+            let wait = (next_pass - self.ctx.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(CHUNK_POLL);
+            full_pass = tokio::select! {
+                () = self.ctx.shutdown.cancelled() => false,
+                () = tokio::time::sleep(wait) => false,
+                () = self.wake.notified() => true,
+            };
         }
         self.reap_finished();
         let handles: Vec<JoinHandle<()>> = {
@@ -369,8 +389,17 @@ impl Daemon {
                 // Each run of a catch-up follows the one before it.
                 let mut after = None;
                 for mut kind in runs {
-                    if let (RunKind::Scheduled { after: claim, .. }, Some(prev)) = (&mut kind, after) {
+                    if let (
+                        RunKind::Scheduled {
+                            after: claim,
+                            after_cut_off,
+                            ..
+                        },
+                        Some(prev),
+                    ) = (&mut kind, after)
+                    {
                         *claim = Some(prev);
+                        *after_cut_off = false;
                     }
                     if ctx.shutdown.is_cancelled() {
                         break;

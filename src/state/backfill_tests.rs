@@ -26,6 +26,7 @@ fn chunk_run(pipeline_id: &str, chunk: Option<ChunkRef>) -> NewRun<'_> {
         interval: None,
         resumed_from: None,
         claim: None,
+        claim_cut_off: None,
         chunk,
     }
 }

@@ -254,6 +254,10 @@ pub struct NewRun<'a> {
     /// scheduled run it follows and the interval or fire time), claimed once
     /// in the state store, so two daemons that both found it due run it once.
     pub claim: Option<&'a str>,
+    /// The scheduled run the claim follows, when the plan saw it cut off:
+    /// the run starts only if that one has not finished meanwhile (refused
+    /// with [`StateError::AlreadyClaimed`] otherwise).
+    pub claim_cut_off: Option<i64>,
     /// A chunk of a parallel backfill: the run holds the chunk's lease
     /// instead of the pipeline's, and starts only while the chunk is not done.
     pub chunk: Option<ChunkRef>,

@@ -28,6 +28,22 @@ impl StateStore {
         };
         let mut tx = self.write_tx().await?;
         let token = leases::acquire(self, &mut tx, &key).await?;
+        if let Some(cut_off) = run.claim_cut_off {
+            // Under the lease: the run the plan saw cut off can no longer
+            // commit, so what it ended as is final. A run the plan saw
+            // running that committed its fire before the lease changed hands
+            // needs no second run.
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM pipeline_runs WHERE id = $1")
+                    .bind(cut_off)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if matches!(state.as_deref(), Some("success" | "failed")) {
+                return Err(StateError::AlreadyClaimed {
+                    pipeline: run.pipeline_id.to_owned(),
+                });
+            }
+        }
         if let Some(chunk) = run.chunk {
             // Checked under the chunk's lease: a run that succeeds must hold
             // it, so no success can slip in between this check and the commit.

@@ -21,6 +21,7 @@ fn new_run(pipeline_id: &str, window: (Option<String>, Option<String>)) -> NewRu
         interval: None,
         resumed_from: None,
         claim: None,
+        claim_cut_off: None,
         chunk: None,
     }
 }
@@ -233,6 +234,7 @@ async fn a_claimed_scheduled_run_starts_once() {
         let run = NewRun {
             run_type: "scheduled",
             claim: Some("0:2024-01-01T00:00:00Z"),
+            claim_cut_off: None,
             chunk: None,
             ..new_run("s", (None, None))
         };
@@ -256,10 +258,65 @@ async fn a_claimed_scheduled_run_starts_once() {
         // The next due run has another claim.
         let next = NewRun {
             claim: Some("1:2024-01-01T01:00:00Z"),
+            claim_cut_off: None,
             chunk: None,
             ..run
         };
         assert!(store.start_run(&next).await.is_ok());
+    }
+}
+
+/// A run the plan saw cut off (running, its lease expired under load) that
+/// committed its fire before another daemon took the lease over: the resume
+/// the stale plan asked for does not start; a run really cut off is resumed.
+#[tokio::test]
+async fn a_resume_planned_from_a_stale_cut_off_does_not_start() {
+    let (clock, options) = manual_clock();
+    for t in stores_with(options).await {
+        let store = &t.store;
+        let scheduled = |claim| NewRun {
+            run_type: "scheduled",
+            claim: Some(claim),
+            ..new_run("c", (None, None))
+        };
+        let first = store.start_run(&scheduled("after:0")).await.unwrap();
+        // Another daemon read it `running` (its lease looked expired) and
+        // planned a resume; meanwhile it committed.
+        store
+            .finish_run(first, "c", t0(), &success(None))
+            .await
+            .unwrap();
+        let claim = format!("after:{first}");
+        let resume = NewRun {
+            claim_cut_off: Some(first),
+            ..scheduled(&claim)
+        };
+        let err = store.start_run(&resume).await.unwrap_err();
+        assert!(
+            matches!(err, StateError::AlreadyClaimed { .. }),
+            "{}: {err}",
+            t.backend
+        );
+        assert_eq!(store.runs(Some("c"), 10, 0).await.unwrap().len(), 1);
+        // A run that really was cut off (its holder stalled past the lease)
+        // is resumed, and ends interrupted.
+        let second = store.start_run(&scheduled(&claim)).await.unwrap();
+        clock.advance(chrono::Duration::hours(1));
+        let claim = format!("after:{second}");
+        let resumed = store
+            .start_run(&NewRun {
+                claim_cut_off: Some(second),
+                ..scheduled(&claim)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.run(second).await.unwrap().unwrap().state,
+            RunState::Interrupted,
+            "{}",
+            t.backend
+        );
+        assert!(resumed > second);
     }
 }
 

@@ -153,6 +153,11 @@ pub enum RunKind {
         /// state store's claim on it makes a plan two daemons made from the
         /// same history start once (`None`: no claim, e.g. tests).
         after: Option<i64>,
+        /// The plan saw that run cut off (running with an expired lease, or
+        /// interrupted) and this run resumes its fire: it starts only if that
+        /// run still has not finished, since a run the plan saw running may
+        /// have committed its fire meanwhile.
+        after_cut_off: bool,
     },
     /// `wsync backfill`: replay `[from, until)` (as the user wrote them) without
     /// moving the watermark.
@@ -353,8 +358,12 @@ pub async fn run(
         None => None,
     };
     let after = match &kind {
-        RunKind::Scheduled { after, .. } => *after,
-        _ => None,
+        RunKind::Scheduled {
+            after,
+            after_cut_off,
+            ..
+        } => (*after, *after_cut_off),
+        _ => (None, false),
     };
     let (window, kind) = match &pending {
         Some(m) => (
@@ -424,7 +433,7 @@ pub async fn run(
 /// The kind of run whose spool is being resumed: it finishes that run's work
 /// (a scheduled one under the claim the scheduler asked for, a backfill
 /// chunk's under the chunk's lease: its spool is the chunk's own).
-fn kind_of(m: &Manifest, asked: &RunKind, after: Option<i64>) -> RunKind {
+fn kind_of(m: &Manifest, asked: &RunKind, (after, after_cut_off): (Option<i64>, bool)) -> RunKind {
     let chunk = match asked {
         RunKind::Backfill { chunk, .. } => *chunk,
         _ => None,
@@ -438,6 +447,7 @@ fn kind_of(m: &Manifest, asked: &RunKind, after: Option<i64>) -> RunKind {
         ("scheduled", _) => RunKind::Scheduled {
             interval: m.interval,
             after,
+            after_cut_off,
         },
         _ => RunKind::Manual,
     }

@@ -94,6 +94,14 @@ pub(crate) async fn start(
             interval,
             resumed_from: window.resumed_from,
             claim: claim.as_deref(),
+            claim_cut_off: match kind {
+                RunKind::Scheduled {
+                    after: Some(after),
+                    after_cut_off: true,
+                    ..
+                } => Some(*after),
+                _ => None,
+            },
             chunk: match kind {
                 RunKind::Backfill { chunk, .. } => *chunk,
                 _ => None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::Row;
 use wsync::state::{ChunkState, RunState, StateStore};
 
-use crate::daemons::{delivered, project, spawn_daemon};
+use crate::daemons::{delivered, project, spawn_daemon, timed_table};
 use crate::support::db;
 use crate::support::fake_mparticle::FakeMparticle;
 use crate::support::project::TestProject;
@@ -48,15 +48,7 @@ async fn a_chunked_backfill_spreads_over_processes_and_survives_a_killed_daemon(
     let (state, schema) = db::state_schema(&pool).await;
     let table = db::unique_table("bf_chunks");
     // 6,000 rows, one a second: six chunks of 1,000 rows over the range.
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
-         INSERT INTO {table} SELECT '{table}-c' || i, 'gold',
-           timestamptz '2026-01-01T00:00:00Z' + i * interval '1 second'
-         FROM generate_series(0, 5999) AS i;"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    timed_table(&pool, &table, 0, 6000).await;
     // Three hosts' project folders: daemon A, daemon B, and the one the
     // backfill is asked from.
     let projects: Vec<TestProject> = (0..3)
@@ -128,6 +120,27 @@ async fn a_chunked_backfill_spreads_over_processes_and_survives_a_killed_daemon(
         &toml.replace("max_concurrent_runs = 4", "max_concurrent_runs = 1"),
     );
     let b = spawn_daemon(&projects[1]);
+    let b_holder = format!("%:{}:%", b.id());
+    let start = std::time::Instant::now();
+    loop {
+        let taken: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {schema}.pipeline_runs WHERE backfill_id = $1 AND holder LIKE $2"
+        ))
+        .bind(id)
+        .bind(&b_holder)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if taken > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "daemon B took no chunk: {}",
+            b.stderr_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let root = projects[2].root().to_owned();
     let resumed = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_wsync"))
@@ -256,15 +269,7 @@ async fn a_daemon_pass_fills_its_free_slots_with_chunks() {
     };
     let fake = FakeMparticle::start(crate::daemons::KEY, crate::daemons::SECRET).await;
     let table = db::unique_table("bf_slots");
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
-         INSERT INTO {table} SELECT '{table}-c' || i, 'gold',
-           timestamptz '2026-01-01T00:00:00Z' + i * interval '1 second'
-         FROM generate_series(0, 899) AS i;"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    timed_table(&pool, &table, 0, 900).await;
     let p = TestProject::new(&format!(
         r#"
 [connections.pg]

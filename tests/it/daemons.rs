@@ -87,6 +87,21 @@ async fn create_table(pool: &sqlx::PgPool, table: &str, rows: u32) {
     .unwrap();
 }
 
+/// A table of `rows` customers whose `updated_at` are one second apart from
+/// 2026-01-01T00:00:00Z plus `first` seconds (an incremental model's rows).
+pub(crate) async fn timed_table(pool: &sqlx::PgPool, table: &str, first: u32, rows: u32) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
+         INSERT INTO {table} SELECT '{table}-c' || i, 'gold',
+           timestamptz '2026-01-01T00:00:00Z' + i * interval '1 second'
+         FROM generate_series({first}, {last}) AS i;",
+        last = first + rows - 1
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 pub(crate) fn spawn_daemon(p: &TestProject) -> Drained {
     Drained::spawn(
         Command::new(env!("CARGO_BIN_EXE_wsync"))
@@ -229,15 +244,7 @@ async fn a_killed_daemons_pipeline_resumes_on_another_after_its_lease_expires() 
     let fake = FakeMparticle::start(KEY, SECRET).await;
     let (state, _) = db::state_schema(&pool).await;
     let table = db::unique_table("dm_kill");
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE {table} (customer_id text, plan text, updated_at timestamptz);
-         INSERT INTO {table} SELECT '{table}-c' || i, 'gold',
-           timestamptz '2026-01-01T00:00:00Z' + i * interval '1 second'
-         FROM generate_series(1, 3000) AS i;"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    timed_table(&pool, &table, 1, 3000).await;
     let pipelines = vec![("slow".to_owned(), table.clone())];
     // 3,000 rows at 300 batches/s: about ten seconds of sending, with a
     // checkpoint every 200 rows.

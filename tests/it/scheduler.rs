@@ -711,6 +711,7 @@ type = "once"
             interval: None,
             resumed_from: None,
             claim: None,
+            claim_cut_off: None,
             chunk: None,
         })
         .await
@@ -747,6 +748,7 @@ type = "once"
             interval: None,
             resumed_from: None,
             claim: None,
+            claim_cut_off: None,
             chunk: None,
         })
         .await
