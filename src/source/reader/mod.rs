@@ -33,30 +33,39 @@
 //! timeout. A server that refuses COPY as unsupported is read through `fetch`
 //! from then on.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo, PgTypeKind};
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{Column, Connection as _, Executor, Row, TypeInfo};
 use tokio::sync::mpsc::Sender;
 
 use super::chunker::Chunker;
 use super::error::{is_transient, scrub_url_secrets, LowercaseFirst, UnsupportedColumn};
 use super::pg_copy;
-use super::sql::{self, Bind, Dialect};
-use super::types::{self, Unsupported};
+use super::sql::{self, Dialect};
+use super::types;
 use super::{ColumnInfo, ColumnKind, IteratorValue, SourceError, SourceQuery};
-use crate::config::model::{CloudWarehouse, Connection, ConnectionKind};
+use crate::config::model::ConnectionKind;
 use crate::redact::Secret;
 
 use super::rows::{
     decode_mysql_row, decode_pg_row, decode_sqlite_row, mysql_iterator, mysql_text_columns,
     pg_iterator, sqlite_iterator,
 };
+
+mod bind;
+mod connect;
+mod describe;
+
+use bind::{bind_mysql, bind_pg, bind_sqlite};
+#[cfg(test)]
+use describe::numeric_typmod;
+use describe::pg_describe;
+pub(super) use describe::Described;
 
 /// The open connection, by driver.
 #[derive(Debug)]
@@ -165,101 +174,7 @@ macro_rules! in_pg_tx {
         value
     }};
 }
-
 impl Warehouse {
-    /// Open the connection and set the session up for reading (see the module doc).
-    /// For SQLite with `seed_sql` and no database file yet, the file is created and
-    /// the seed script run first.
-    pub async fn connect(conn: &Connection) -> Result<Warehouse, SourceError> {
-        let url = conn.url.expose();
-        let connect_err = |e: &sqlx::Error| SourceError::connect(&conn.name, &conn.url, e);
-        let timeout = conn.statement_timeout;
-        let driver = match (conn.kind, &conn.cloud) {
-            (ConnectionKind::Snowflake, Some(CloudWarehouse::Snowflake(settings))) => {
-                let client = super::snowflake::connect(&conn.name, settings, timeout).await?;
-                Conn::Snowflake(Box::new(client))
-            }
-            (ConnectionKind::BigQuery, Some(CloudWarehouse::BigQuery(settings))) => {
-                let client = super::bigquery::connect(&conn.name, settings, timeout).await?;
-                Conn::BigQuery(Box::new(client))
-            }
-            (ConnectionKind::Snowflake | ConnectionKind::BigQuery, _) => {
-                return Err(SourceError::Login {
-                    connection: conn.name.clone(),
-                    url: conn.url.expose().to_owned(),
-                    cause: format!("the {} connection has no settings", conn.kind.as_str()),
-                    retryable: false,
-                })
-            }
-            _ => match conn.kind {
-                ConnectionKind::Postgres | ConnectionKind::Redshift => {
-                    let options = PgConnectOptions::from_str(url)
-                        .map_err(|e| connect_err(&e))?
-                        .application_name("wsync");
-                    let c = bounded(CONNECT_TIMEOUT, pg_open(&options))
-                        .await
-                        .map_err(|e| connect_err(&e))?;
-                    Conn::Pg {
-                        conn: Some(c),
-                        read_only: conn.kind == ConnectionKind::Postgres,
-                        options: Box::new(options),
-                        // Redshift speaks the protocol but has no COPY … TO STDOUT.
-                        copy: conn.kind == ConnectionKind::Postgres,
-                    }
-                }
-                ConnectionKind::MySql => {
-                    let options =
-                        MySqlConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                    let mut c = bounded(CONNECT_TIMEOUT, MySqlConnection::connect_with(&options))
-                        .await
-                        .map_err(|e| connect_err(&e))?;
-                    let version: String = bounded(
-                        CONNECT_TIMEOUT,
-                        sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c),
-                    )
-                    .await
-                    .map_err(|e| connect_err(&e))?;
-                    let limit = if version.to_ascii_lowercase().contains("mariadb") {
-                        format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64())
-                    } else {
-                        format!("SET SESSION max_execution_time = {}", timeout.as_millis())
-                    };
-                    let setup = format!(
-                        "SET time_zone = '+00:00'; SET SESSION TRANSACTION READ ONLY; {limit}"
-                    );
-                    bounded(CONNECT_TIMEOUT, sqlx::raw_sql(&setup).execute(&mut c))
-                        .await
-                        .map_err(|e| connect_err(&e))?;
-                    Conn::MySql(c)
-                }
-                ConnectionKind::Sqlite => {
-                    let options =
-                        SqliteConnectOptions::from_str(url).map_err(|e| connect_err(&e))?;
-                    if let Some(seed) = &conn.seed_sql {
-                        if !options.get_filename().exists() {
-                            seed_sqlite(&options, seed).await?;
-                        }
-                    }
-                    let options = options.read_only(true).create_if_missing(false);
-                    let c = SqliteConnection::connect_with(&options)
-                        .await
-                        .map_err(|e| connect_err(&e))?;
-                    Conn::Sqlite(c)
-                }
-                ConnectionKind::Snowflake | ConnectionKind::BigQuery => {
-                    unreachable!("handled above")
-                }
-            },
-        };
-        Ok(Warehouse {
-            name: conn.name.clone(),
-            url: conn.url.clone(),
-            statement_timeout: timeout,
-            conn: driver,
-            last_read_path: None,
-        })
-    }
-
     /// The connection name this warehouse was opened for.
     pub fn name(&self) -> &str {
         &self.name
@@ -859,7 +774,7 @@ fn live(conn: &mut Option<PgConnection>) -> Result<&mut PgConnection, SourceErro
 }
 
 /// Open a PostgreSQL connection and set its session up (UTC).
-async fn pg_open(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+pub(super) async fn pg_open(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
     let mut c = PgConnection::connect_with(options).await?;
     sqlx::raw_sql("SET TIME ZONE 'UTC'").execute(&mut c).await?;
     // sqlx gives no handle on its socket, so the client side of a half-open
@@ -897,213 +812,6 @@ fn is_statement_timeout(err: &sqlx::Error) -> bool {
     }
     db.try_downcast_ref::<MySqlDatabaseError>()
         .is_some_and(|e| matches!(e.number(), 3024 | 1969))
-}
-
-/// Create the SQLite file and run the seed script in it; on failure remove the
-/// half-built file so the next start seeds again.
-async fn seed_sqlite(
-    options: &SqliteConnectOptions,
-    seed: &std::path::Path,
-) -> Result<(), SourceError> {
-    let seed_err = |message: String| SourceError::Seed {
-        file: seed.to_path_buf(),
-        message,
-    };
-    let script = tokio::fs::read_to_string(seed)
-        .await
-        .map_err(|e| seed_err(format!("cannot read it: {e}")))?;
-    let path = options.get_filename().to_path_buf();
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| seed_err(format!("cannot create {}: {e}", parent.display())))?;
-    }
-    // Seeded under a name of its own, then linked into place only if the file
-    // is still missing: two runs starting at once (a daemon's first pass) each
-    // build a copy, one wins, and neither sees a half-made database.
-    let temp = path.with_file_name(format!(
-        ".{}.seeding-{}-{}",
-        path.file_name()
-            .map_or_else(|| "db".into(), |n| n.to_string_lossy()),
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let result = async {
-        let rw = SqliteConnectOptions::new()
-            .filename(&temp)
-            .create_if_missing(true);
-        let mut c = SqliteConnection::connect_with(&rw).await?;
-        sqlx::raw_sql(&script).execute(&mut c).await?;
-        c.close().await
-    }
-    .await;
-    if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&temp).await;
-        let message = match e.as_database_error() {
-            Some(db) => db.message().to_owned(),
-            None => e.to_string(),
-        };
-        return Err(seed_err(message.to_lowercase_first()));
-    }
-    let linked = tokio::fs::hard_link(&temp, &path).await;
-    let _ = tokio::fs::remove_file(&temp).await;
-    match linked {
-        Ok(()) => Ok(()),
-        // Another run seeded it first: theirs is as good as ours.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(seed_err(format!(
-            "cannot move the seeded database into place: {e}"
-        ))),
-    }
-}
-
-/// One probed column: name, reported type, kind (or why not) and the declared
-/// decimal `(precision, scale)` when known.
-pub(super) type Described = (
-    String,
-    String,
-    Result<ColumnKind, Unsupported>,
-    Option<(u8, i8)>,
-);
-
-/// Describe `sql` on PostgreSQL, then look up the declared precision and scale of
-/// every `NUMERIC(p,s)` column that comes straight from a table column. The row
-/// description does carry the type modifier, but sqlx does not expose it, so it is
-/// read from `pg_attribute` (one query for all such columns; a domain column's
-/// modifier lives on the domain's `pg_type` row).
-async fn pg_describe(conn: &mut PgConnection, sql: &str) -> Result<Vec<Described>, sqlx::Error> {
-    let description = (&mut *conn).describe(sql).await?;
-    let mut described: Vec<Described> = description
-        .columns()
-        .iter()
-        .map(|c| {
-            let ti = c.type_info();
-            (c.name().to_owned(), ti.name().to_owned(), pg_kind(ti), None)
-        })
-        .collect();
-    // (column index, table oid, attribute number) of decimals with a table origin.
-    let origins: Vec<(usize, i64, i16)> = description
-        .columns()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| matches!(described[*i].2, Ok(ColumnKind::Decimal)))
-        .filter_map(|(i, c)| Some((i, i64::from(c.relation_id()?.0), c.relation_attribute_no()?)))
-        .collect();
-    if origins.is_empty() {
-        return Ok(described);
-    }
-    let relations: Vec<i64> = origins.iter().map(|o| o.1).collect();
-    let attributes: Vec<i16> = origins.iter().map(|o| o.2).collect();
-    let lookup = sqlx::query_as::<_, (i64, i16, i32)>(
-        "SELECT r.rel, r.att, CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE t.typtypmod END \
-         FROM unnest($1::int8[], $2::int2[]) AS r(rel, att) \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = r.rel::oid AND a.attnum = r.att \
-         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid",
-    )
-    .bind(relations)
-    .bind(attributes)
-    .fetch_all(&mut *conn)
-    .await;
-    let typmods = match lookup {
-        Ok(rows) => rows,
-        Err(e) => {
-            // Precision only refines exports (a decimal without it is written as its
-            // exact text), so a catalog that refuses the lookup must not fail the
-            // read. It is the last statement of this read-only transaction.
-            tracing::warn!(error = %e, "cannot read NUMERIC precision from pg_attribute; decimals export as text");
-            return Ok(described);
-        }
-    };
-    for (index, rel, att) in origins {
-        if let Some((_, _, typmod)) = typmods.iter().find(|t| t.0 == rel && t.1 == att) {
-            described[index].3 = numeric_typmod(*typmod);
-        }
-    }
-    Ok(described)
-}
-
-/// `(precision, scale)` from a PostgreSQL `numeric` type modifier: `-1` (or any
-/// value below the 4-byte header) means unconstrained. The scale is an 11-bit
-/// signed field (PostgreSQL 15 allows negative scales). `None` when either does
-/// not fit `(u8, i8)`.
-pub(crate) fn numeric_typmod(typmod: i32) -> Option<(u8, i8)> {
-    if typmod < 4 {
-        return None;
-    }
-    let t = typmod - 4;
-    let precision = (t >> 16) & 0xffff;
-    let scale = ((t & 0x7ff) ^ 1024) - 1024;
-    Some((u8::try_from(precision).ok()?, i8::try_from(scale).ok()?))
-}
-
-/// The table lookup for a PostgreSQL type, resolving what only the catalog knows:
-/// domains read as their base type, enums as text, arrays of either as lists.
-fn pg_kind(ti: &PgTypeInfo) -> Result<ColumnKind, Unsupported> {
-    fn resolve(ti: &PgTypeInfo) -> String {
-        match ti.kind() {
-            PgTypeKind::Domain(base) => resolve(base),
-            PgTypeKind::Enum(_) => "TEXT".to_owned(),
-            PgTypeKind::Array(element) if !matches!(element.kind(), PgTypeKind::Simple) => {
-                format!("{}[]", resolve(element))
-            }
-            _ => ti.name().to_owned(),
-        }
-    }
-    types::postgres_kind(&resolve(ti)).map_err(|u| Unsupported {
-        sql_type: ti.name().to_owned(),
-        ..u
-    })
-}
-
-/// Bind window bounds for PostgreSQL.
-fn bind_pg<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    binds: &[Bind],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    for b in binds {
-        q = match b {
-            Bind::TimestampTz(v) => q.bind(*v),
-            Bind::Timestamp(v) => q.bind(*v),
-            Bind::Date(v) => q.bind(*v),
-            Bind::Int(v) => q.bind(*v),
-            Bind::Text(v) => q.bind(v.clone()),
-        };
-    }
-    q
-}
-
-/// Bind window bounds for MySQL.
-fn bind_mysql<'q>(
-    mut q: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
-    binds: &[Bind],
-) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
-    for b in binds {
-        q = match b {
-            Bind::TimestampTz(v) => q.bind(*v),
-            Bind::Timestamp(v) => q.bind(*v),
-            Bind::Date(v) => q.bind(*v),
-            Bind::Int(v) => q.bind(*v),
-            Bind::Text(v) => q.bind(v.clone()),
-        };
-    }
-    q
-}
-
-/// Bind window bounds for SQLite.
-fn bind_sqlite<'q>(
-    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    binds: &[Bind],
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    for b in binds {
-        q = match b {
-            Bind::TimestampTz(v) => q.bind(*v),
-            Bind::Timestamp(v) => q.bind(*v),
-            Bind::Date(v) => q.bind(*v),
-            Bind::Int(v) => q.bind(*v),
-            Bind::Text(v) => q.bind(v.clone()),
-        };
-    }
-    q
 }
 
 #[cfg(test)]
