@@ -197,7 +197,12 @@ async fn work(ctx: &SyncContext, id: i64, args: &Args) -> anyhow::Result<ExitCod
     Ok(if status.count(ChunkState::Done) == status.chunks.len() {
         ExitCode::SUCCESS
     } else {
-        if !ctx.shutdown.is_cancelled() {
+        if ctx.shutdown.is_cancelled() {
+            println!(
+                "stopped: the daemons on this state store go on with it, or `wsync backfill \
+                 --resume {id}` does (interrupted chunks resume from their spool or checkpoint)"
+            );
+        } else {
             println!(
                 "not every chunk is done: `wsync backfill --resume {id}` tries the failed ones again"
             );
