@@ -362,3 +362,85 @@ http_bind = ""
     ctx.shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// Measurement (BENCHMARKS.md, "Parallel backfills"), not run by default:
+/// `cargo test --test it backfill::measure_ -- --ignored --nocapture`. A
+/// warehouse-bound backfill (the model costs 1 ms of server time a row, as a
+/// heavy join per range would) read as one run and as 4 chunks on 4 workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name"]
+async fn measure_a_warehouse_bound_backfill_plain_and_in_chunks() {
+    let Some(pool) = db::postgres().await else {
+        return;
+    };
+    let fake = FakeMparticle::start(crate::daemons::KEY, crate::daemons::SECRET).await;
+    let table = db::unique_table("bf_measure");
+    timed_table(&pool, &table, 0, 4000).await;
+    let p = TestProject::new(&format!(
+        r#"
+[connections.pg]
+type = "postgres"
+url = "{url}"
+
+[feeds.fake]
+base_url = "{base}"
+api_key = "{key}"
+api_secret = "{secret}"
+rate_limit_per_sec = 0
+
+[daemon]
+max_concurrent_runs = 4
+http_bind = ""
+"#,
+        url = db::postgres_url(),
+        base = fake.base_url(),
+        key = crate::daemons::KEY,
+        secret = crate::daemons::SECRET,
+    ));
+    // Declared immutable so that the window's filter is pushed below it, as
+    // it is below a real warehouse's joins: a chunk pays for its rows only.
+    sqlx::raw_sql(&format!(
+        "CREATE OR REPLACE FUNCTION {table}_slow(t text) RETURNS text LANGUAGE plpgsql \
+         IMMUTABLE AS $$ BEGIN PERFORM pg_sleep(0.001); RETURN t; END $$;"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    p.model(
+        "orders",
+        &format!("SELECT {table}_slow(customer_id) AS customer_id, plan, updated_at FROM {table}"),
+    );
+    p.pipeline("orders", PIPELINE);
+    let range = [
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--until",
+        "2026-01-01T02:00:00Z",
+    ];
+    let mut plain = vec!["backfill", "orders"];
+    plain.extend(range);
+    let started = std::time::Instant::now();
+    let out = wsync(&p, &plain);
+    let plain_secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut chunked = plain.clone();
+    chunked.extend(["--chunks", "4", "--workers", "4"]);
+    let started = std::time::Instant::now();
+    let out = wsync(&p, &chunked);
+    let chunked_secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fake.batches().len(), 8000, "each run sent every row");
+    println!(
+        "4,000 rows at 1 ms of warehouse time each: one run {plain_secs:.2} s, \
+         4 chunks on 4 workers {chunked_secs:.2} s ({:.2}x)",
+        plain_secs / chunked_secs
+    );
+}
