@@ -39,6 +39,32 @@ fn wsync(p: &TestProject, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A project on the embedded SQLite store, reading PostgreSQL, sending to
+/// `fake` with no rate limit, `slots` runs at once.
+fn local_project(fake: &FakeMparticle, slots: u32) -> TestProject {
+    TestProject::new(&format!(
+        r#"
+[connections.pg]
+type = "postgres"
+url = "{url}"
+
+[feeds.fake]
+base_url = "{base}"
+api_key = "{key}"
+api_secret = "{secret}"
+rate_limit_per_sec = 0
+
+[daemon]
+max_concurrent_runs = {slots}
+http_bind = ""
+"#,
+        url = db::postgres_url(),
+        base = fake.base_url(),
+        key = crate::daemons::KEY,
+        secret = crate::daemons::SECRET,
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_backfill_spreads_over_processes_and_survives_a_killed_daemon() {
     let Some(pool) = db::postgres().await else {
@@ -270,27 +296,7 @@ async fn a_daemon_pass_fills_its_free_slots_with_chunks() {
     let fake = FakeMparticle::start(crate::daemons::KEY, crate::daemons::SECRET).await;
     let table = db::unique_table("bf_slots");
     timed_table(&pool, &table, 0, 900).await;
-    let p = TestProject::new(&format!(
-        r#"
-[connections.pg]
-type = "postgres"
-url = "{url}"
-
-[feeds.fake]
-base_url = "{base}"
-api_key = "{key}"
-api_secret = "{secret}"
-rate_limit_per_sec = 0
-
-[daemon]
-max_concurrent_runs = 2
-http_bind = ""
-"#,
-        url = db::postgres_url(),
-        base = fake.base_url(),
-        key = crate::daemons::KEY,
-        secret = crate::daemons::SECRET,
-    ));
+    let p = local_project(&fake, 2);
     p.model(
         "orders",
         &format!("SELECT customer_id, plan, updated_at FROM {table}"),
@@ -376,27 +382,7 @@ async fn measure_a_warehouse_bound_backfill_plain_and_in_chunks() {
     let fake = FakeMparticle::start(crate::daemons::KEY, crate::daemons::SECRET).await;
     let table = db::unique_table("bf_measure");
     timed_table(&pool, &table, 0, 4000).await;
-    let p = TestProject::new(&format!(
-        r#"
-[connections.pg]
-type = "postgres"
-url = "{url}"
-
-[feeds.fake]
-base_url = "{base}"
-api_key = "{key}"
-api_secret = "{secret}"
-rate_limit_per_sec = 0
-
-[daemon]
-max_concurrent_runs = 4
-http_bind = ""
-"#,
-        url = db::postgres_url(),
-        base = fake.base_url(),
-        key = crate::daemons::KEY,
-        secret = crate::daemons::SECRET,
-    ));
+    let p = local_project(&fake, 4);
     // Declared immutable so that the window's filter is pushed below it, as
     // it is below a real warehouse's joins: a chunk pays for its rows only.
     sqlx::raw_sql(&format!(
