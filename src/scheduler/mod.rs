@@ -217,6 +217,13 @@ impl Daemon {
                 let result = AssertUnwindSafe(backfill::run_chunk(&ctx, &chunk))
                     .catch_unwind()
                     .await;
+                if let Ok(Ok(report)) = &result {
+                    if report.record.state == RunState::Failed {
+                        let pause = chrono::Duration::from_std(backfill::RETRY_PAUSE)
+                            .unwrap_or_default();
+                        lock(&hold).insert(key.clone(), ctx.clock.now() + pause);
+                    }
+                }
                 let stuck = match &result {
                     Ok(Ok(_)) => None,
                     Ok(Err(SyncError::State(

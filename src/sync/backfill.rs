@@ -17,7 +17,7 @@
 //! on eight daemons sends no faster than the account allows: it finishes
 //! sooner only when the warehouse, not the budget, was the bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,11 @@ const CHUNK_SPOOLS: &str = ".backfill";
 /// How long [`work`] waits before looking again when every open chunk is
 /// held by another process.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a process leaves a chunk whose run failed before trying it again:
+/// a warehouse down for a moment would otherwise use up the chunk's attempts
+/// in seconds.
+pub const RETRY_PAUSE: Duration = Duration::from_secs(30);
 
 /// The spool folder of a run of `kind`: a chunk's own, else the pipeline's.
 pub fn spool_dir(spool_dir: &Path, pipeline: &str, kind: &RunKind) -> SpoolDir {
@@ -190,6 +195,30 @@ impl ChunkSet {
     }
 }
 
+/// Chunks a process leaves alone for now: until an instant (a failed run's
+/// [`RETRY_PAUSE`]), or for good (a run that could not even start).
+#[derive(Debug, Default)]
+pub struct ChunkHold(Mutex<HashMap<ChunkRef, Option<tokio::time::Instant>>>);
+
+impl ChunkHold {
+    /// Leave `chunk` alone until `until` (`None`: for the life of the process).
+    pub fn hold(&self, chunk: ChunkRef, until: Option<tokio::time::Instant>) {
+        lock(&self.0).insert(chunk, until);
+    }
+
+    /// Whether `chunk` is left alone now.
+    pub fn holds(&self, chunk: ChunkRef) -> bool {
+        lock(&self.0)
+            .get(&chunk)
+            .is_some_and(|until| until.is_none_or(|t| tokio::time::Instant::now() < t))
+    }
+
+    /// Whether `chunk` is left alone for good.
+    pub fn refused(&self, chunk: ChunkRef) -> bool {
+        matches!(lock(&self.0).get(&chunk), Some(None))
+    }
+}
+
 /// What [`run_next_chunk`] did.
 #[derive(Debug)]
 pub enum ChunkOutcome {
@@ -210,9 +239,9 @@ pub async fn run_next_chunk(
     ctx: &SyncContext,
     only: Option<i64>,
     busy: &ChunkSet,
-    skip: &ChunkSet,
+    skip: &ChunkHold,
 ) -> Result<ChunkOutcome, SyncError> {
-    let Some(chunk) = next_chunk(ctx, only, busy, |c| skip.contains(c.id)).await? else {
+    let Some(chunk) = next_chunk(ctx, only, busy, |c| skip.holds(c.id)).await? else {
         return Ok(ChunkOutcome::Idle);
     };
     let result = run_chunk(ctx, &chunk).await;
@@ -267,11 +296,11 @@ pub async fn work(
     on_chunk: Arc<dyn Fn(&ChunkOutcome) + Send + Sync>,
 ) -> Result<BackfillStatus, SyncError> {
     let busy: Arc<ChunkSet> = Arc::default();
-    let refused: Arc<ChunkSet> = Arc::default();
+    let held: Arc<ChunkHold> = Arc::default();
     let runtime = tokio::runtime::Handle::current();
     let mut threads = Vec::new();
     for _ in 0..workers.max(1) {
-        let sets = (Arc::clone(&busy), Arc::clone(&refused));
+        let sets = (Arc::clone(&busy), Arc::clone(&held));
         let (ctx, runtime, on_chunk) = (ctx.clone(), runtime.clone(), Arc::clone(&on_chunk));
         threads.push(tokio::task::spawn_blocking(move || {
             runtime.block_on(worker(ctx, id, sets, on_chunk))
@@ -299,17 +328,18 @@ pub async fn work(
 
 /// One worker of [`work`]: chunk after chunk, then wait for the chunks held
 /// elsewhere (a holder that dies leaves its chunk claimable once its lease
-/// expires, and this worker takes it). A chunk whose run could not even
-/// start here (its SQL refused, no disk) is not tried again by this process:
-/// the error was printed, and retrying at once would only repeat it.
+/// expires, and this worker takes it). A chunk whose run failed waits
+/// [`RETRY_PAUSE`]; one whose run could not even start here (its SQL
+/// refused, no disk) is not tried again by this process: the error was
+/// printed, and retrying would only repeat it.
 async fn worker(
     ctx: SyncContext,
     id: i64,
-    (busy, refused): (Arc<ChunkSet>, Arc<ChunkSet>),
+    (busy, held): (Arc<ChunkSet>, Arc<ChunkHold>),
     on_chunk: Arc<dyn Fn(&ChunkOutcome) + Send + Sync>,
 ) -> Result<(), SyncError> {
     while !ctx.shutdown.is_cancelled() {
-        match run_next_chunk(&ctx, Some(id), &busy, &refused).await? {
+        match run_next_chunk(&ctx, Some(id), &busy, &held).await? {
             ChunkOutcome::Idle => {
                 let Some(status) = ctx.state.backfill(id).await? else {
                     return Ok(());
@@ -317,7 +347,7 @@ async fn worker(
                 let waiting = status.chunks.iter().any(|c| {
                     c.state == crate::state::ChunkState::Running
                         || (c.state == crate::state::ChunkState::Pending
-                            && !refused.contains(ChunkRef {
+                            && !held.refused(ChunkRef {
                                 backfill: id,
                                 chunk: c.chunk,
                             }))
@@ -332,10 +362,15 @@ async fn worker(
             }
             ChunkOutcome::Lost => {}
             ChunkOutcome::Failed(chunk, e) => {
-                refused.insert(chunk.id);
+                held.hold(chunk.id, None);
                 on_chunk(&ChunkOutcome::Failed(chunk, e));
             }
-            outcome @ ChunkOutcome::Ran(..) => on_chunk(&outcome),
+            ChunkOutcome::Ran(chunk, report) => {
+                if report.record.state == crate::state::RunState::Failed {
+                    held.hold(chunk.id, Some(tokio::time::Instant::now() + RETRY_PAUSE));
+                }
+                on_chunk(&ChunkOutcome::Ran(chunk, report));
+            }
         }
     }
     Ok(())
@@ -475,6 +510,39 @@ mod tests {
         let parts = split(at(0), at(3), 3).unwrap();
         assert_eq!(parts[1], (at(1), at(2)));
         assert_eq!(window::to_text(&parts[2].1), "2024-01-01T03:00:00");
+    }
+
+    #[test]
+    fn a_held_chunk_is_left_alone_until_its_pause_ends_or_for_good() {
+        let held = ChunkHold::default();
+        let (a, b, c) = (
+            ChunkRef {
+                backfill: 1,
+                chunk: 0,
+            },
+            ChunkRef {
+                backfill: 1,
+                chunk: 1,
+            },
+            ChunkRef {
+                backfill: 1,
+                chunk: 2,
+            },
+        );
+        let now = tokio::time::Instant::now();
+        held.hold(a, Some(now + RETRY_PAUSE));
+        held.hold(b, Some(now - Duration::from_millis(1)));
+        held.hold(c, None);
+        assert!(
+            held.holds(a) && !held.refused(a),
+            "paused after a failed run"
+        );
+        assert!(!held.holds(b), "its pause is over");
+        assert!(held.holds(c) && held.refused(c), "its run could not start");
+        assert!(!held.holds(ChunkRef {
+            backfill: 2,
+            chunk: 0
+        }));
     }
 
     #[test]
