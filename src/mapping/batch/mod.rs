@@ -8,7 +8,7 @@
 //! the pipeline id and the part's content, so the same row always yields the same
 //! id and mParticle applies a re-sent batch once.
 //!
-//! [`row`] routes a row's cells, [`encode`] writes its batches, [`outcome`]
+//! `row` routes a row's cells, `encode` writes its batches, `outcome`
 //! holds what comes out and the counters.
 
 use std::borrow::Cow;

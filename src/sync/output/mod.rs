@@ -3,7 +3,7 @@
 //! Every destination of a run implements [`RunOutput`]: the Events API
 //! ([`events_api`]), the JSONL run files ([`files`]), the row dead letters
 //! ([`dead_letters`]) and the Parquet exports ([`parquet`]). The run builds the
-//! list once ([`super::build_outputs`]), hands each transformed chunk to every
+//! list once (`Attempt::prepare`, in `sync/prepare.rs`), hands each transformed chunk to every
 //! output in turn, and asks each to finish: a new sink or file is one new
 //! output here and one line in that list.
 
