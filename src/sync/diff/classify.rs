@@ -3,8 +3,10 @@
 //!
 //! The snapshot's primary key `(pipeline_id, key_hash)` makes `ORDER BY
 //! key_hash` an ordered scan; it is read a page at a time, each page packed
-//! by SQLite into one hex string (one value instead of a row per key keeps
-//! sqlx out of the per-key cost). Rows of a repeated key come out of the sort
+//! by SQLite into two values: one blob of every key and payload hash back to
+//! back, and the versions as text (a value per page instead of a row per key
+//! keeps sqlx out of the per-key cost; binary rather than hex, because
+//! SQLite's `hex`/`printf` per key cost more than the scan itself). Rows of a repeated key come out of the sort
 //! adjacent, so duplicates are seen without an index. Only rows that are sent
 //! or rejected leave a record (sorted back into row order for the delivery
 //! pass); unchanged rows are only counted. Snapshot keys no row has are
@@ -28,8 +30,6 @@ use crate::sync::SyncError;
 const SNAPSHOT_PAGE: i64 = 20_000;
 /// Gone keys looked up at once (one variable each).
 const GONE_BATCH: usize = 500;
-/// Hex digits of one packed snapshot key: key hash, payload hash, version.
-const PACKED_HEX: usize = 2 * (KEY_HASH_BYTES + PAYLOAD_HASH_BYTES + 8);
 
 /// One key of the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -72,9 +72,13 @@ impl SnapshotPages {
     }
 
     async fn load(&mut self, stage: &mut SqliteConnection) -> Result<(), SyncError> {
+        // The subquery picks the page (the next keys in order); the page is
+        // sorted again below, so nothing relies on the order in which the
+        // aggregates concatenate (both see the rows in the same order, so
+        // the n-th hashes and the n-th version belong together).
         let row = sqlx::query(
-            "SELECT group_concat(hex(key_hash) || hex(payload_hash) || printf('%016x', version), \
-               '' ORDER BY key_hash), count(*) \
+            "SELECT CAST(group_concat(key_hash || payload_hash, '') AS BLOB), \
+               group_concat(version), count(*) \
              FROM (SELECT key_hash, payload_hash, version FROM st.diff_snapshot \
                WHERE pipeline_id = $1 AND key_hash > coalesce($2, x'') \
                ORDER BY key_hash LIMIT $3)",
@@ -85,9 +89,14 @@ impl SnapshotPages {
         .fetch_one(stage)
         .await
         .map_err(state_error)?;
-        let packed: Option<String> = row.get(0);
-        let count: i64 = row.get(1);
-        self.page = unpack(packed.as_deref().unwrap_or(""), count)?;
+        let hashes: Option<Vec<u8>> = row.get(0);
+        let versions: Option<String> = row.get(1);
+        let count: i64 = row.get(2);
+        self.page = unpack(
+            hashes.as_deref().unwrap_or_default(),
+            versions.as_deref().unwrap_or_default(),
+            count,
+        )?;
         self.at = 0;
         self.done = count < SNAPSHOT_PAGE;
         self.after = self.page.last().map(|k| k.key.to_vec());
@@ -95,33 +104,41 @@ impl SnapshotPages {
     }
 }
 
-/// The keys of one packed page.
-fn unpack(packed: &str, count: i64) -> Result<Vec<SnapKey>, SyncError> {
+/// The keys of one packed page: `hashes` holds each key's hash and payload
+/// hash back to back, `versions` their versions, comma-separated. Sorted by
+/// key.
+fn unpack(hashes: &[u8], versions: &str, count: i64) -> Result<Vec<SnapKey>, SyncError> {
     let bad = || {
         SyncError::Internal(
             "the diff snapshot holds a key or payload hash of an unexpected size".to_owned(),
         )
     };
-    if usize::try_from(count).ok().map(|c| c * PACKED_HEX) != Some(packed.len()) {
+    const ONE: usize = KEY_HASH_BYTES + PAYLOAD_HASH_BYTES;
+    let count = usize::try_from(count).map_err(|_| bad())?;
+    if count * ONE != hashes.len() {
         return Err(bad());
     }
-    let mut keys = Vec::with_capacity(packed.len() / PACKED_HEX);
-    let mut bytes = [0u8; PACKED_HEX / 2];
-    for one in packed.as_bytes().chunks_exact(PACKED_HEX) {
-        hex::decode_to_slice(one, &mut bytes).map_err(|_| bad())?;
+    let mut keys = Vec::with_capacity(count);
+    let mut versions = versions.split(',').filter(|v| !v.is_empty());
+    for one in hashes.chunks_exact(ONE) {
+        let version = versions
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(bad)?;
         let mut k = SnapKey {
             key: [0; KEY_HASH_BYTES],
             payload: [0; PAYLOAD_HASH_BYTES],
-            version: 0,
+            version,
         };
-        k.key.copy_from_slice(&bytes[..KEY_HASH_BYTES]);
-        k.payload
-            .copy_from_slice(&bytes[KEY_HASH_BYTES..KEY_HASH_BYTES + PAYLOAD_HASH_BYTES]);
-        let mut version = [0u8; 8];
-        version.copy_from_slice(&bytes[KEY_HASH_BYTES + PAYLOAD_HASH_BYTES..]);
-        k.version = i64::from_be_bytes(version);
+        k.key.copy_from_slice(&one[..KEY_HASH_BYTES]);
+        k.payload.copy_from_slice(&one[KEY_HASH_BYTES..]);
         keys.push(k);
     }
+    if versions.next().is_some() {
+        return Err(bad());
+    }
+    // Already in order in practice: a linear check of the sort.
+    keys.sort_unstable_by_key(|k| k.key);
     Ok(keys)
 }
 
@@ -290,26 +307,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_packed_page_unpacks_in_order() {
-        let packed = format!(
-            "{}{}{:016x}{}{}{:016x}",
-            "01".repeat(16),
-            "02".repeat(8),
-            7,
-            "ff".repeat(16),
-            "03".repeat(8),
-            1
-        );
-        let keys = unpack(&packed, 2).unwrap();
+    fn a_packed_page_unpacks_in_key_order() {
+        let mut hashes = Vec::new();
+        hashes.extend([0xff; 16]);
+        hashes.extend([3; 8]);
+        hashes.extend([1; 16]);
+        hashes.extend([2; 8]);
+        let keys = unpack(&hashes, "1,7", 2).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].key, [1; 16]);
         assert_eq!(keys[0].payload, [2; 8]);
-        assert_eq!(keys[0].version, 7);
+        assert_eq!(keys[0].version, 7, "the version follows its key");
         assert_eq!(keys[1].key, [0xff; 16]);
+        assert_eq!(keys[1].payload, [3; 8]);
         assert_eq!(keys[1].version, 1);
-        assert!(unpack(&packed, 3).is_err(), "a count that does not match");
-        assert!(unpack(&packed[..packed.len() - 2], 2).is_err());
-        assert!(unpack("", 0).unwrap().is_empty());
+        assert!(
+            unpack(&hashes, "1,7", 3).is_err(),
+            "a count that does not match"
+        );
+        assert!(unpack(&hashes[..47], "1,7", 2).is_err());
+        assert!(unpack(&hashes, "1", 2).is_err(), "a version missing");
+        assert!(unpack(&hashes, "1,7,9", 2).is_err(), "a version too many");
+        assert!(unpack(&[], "", 0).unwrap().is_empty());
     }
 
     /// A staging connection with a snapshot of `keys` (key byte, payload
