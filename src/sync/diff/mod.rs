@@ -215,45 +215,7 @@ impl Diff {
                 })
             }),
         };
-        std::fs::create_dir_all(run_dir).map_err(|source| SyncError::File {
-            path: run_dir.to_owned(),
-            source,
-        })?;
-        let path = run_dir.join(STAGE_FILE);
-        remove_file(&path)?;
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            // A throwaway file: a crash restages it from the spool.
-            .journal_mode(SqliteJournalMode::Off)
-            .synchronous(SqliteSynchronous::Off);
-        let mut stage = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(crate::state::StateError::from)?;
-        // `rows`: the rows whose batches went out (the commit's input).
-        sqlx::raw_sql(
-            "CREATE TABLE rows (row INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
-               payload BLOB NOT NULL, version INTEGER NOT NULL, \
-               sent INTEGER NOT NULL DEFAULT 1, address BLOB, attrs TEXT); \
-             CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
-               version INTEGER NOT NULL, address TEXT, address_bin BLOB, attrs TEXT NOT NULL, \
-               sent INTEGER NOT NULL DEFAULT 0);",
-        )
-        .execute(&mut stage)
-        .await
-        .map_err(crate::state::StateError::from)?;
-        match state.file() {
-            Some(file) => snapshot::attach(&mut stage, file, &pipeline.id).await?,
-            None => {
-                snapshot::copy(
-                    &mut stage,
-                    state,
-                    &pipeline.id,
-                    &run_dir.join(SNAPSHOT_COPY_FILE),
-                )
-                .await?;
-            }
-        }
+        let (path, stage) = open_stage(state, &pipeline.id, run_dir).await?;
         let sort_dir = run_dir.join(SORT_DIR);
         remove_dir(&sort_dir)?;
         std::fs::create_dir_all(&sort_dir).map_err(|source| SyncError::File {
@@ -489,6 +451,56 @@ impl Diff {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The run's staging database (in `run_dir`, created afresh) with the
+/// pipeline's snapshot attached as `st` (a copy, for a PostgreSQL state
+/// store).
+async fn open_stage(
+    state: &StateStore,
+    pipeline_id: &str,
+    run_dir: &Path,
+) -> Result<(PathBuf, SqliteConnection), SyncError> {
+    std::fs::create_dir_all(run_dir).map_err(|source| SyncError::File {
+        path: run_dir.to_owned(),
+        source,
+    })?;
+    let path = run_dir.join(STAGE_FILE);
+    remove_file(&path)?;
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        // A throwaway file: a crash restages it from the spool.
+        .journal_mode(SqliteJournalMode::Off)
+        .synchronous(SqliteSynchronous::Off);
+    let mut stage = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(crate::state::StateError::from)?;
+    // `rows`: the rows whose batches went out (the commit's input).
+    sqlx::raw_sql(
+        "CREATE TABLE rows (row INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
+           payload BLOB NOT NULL, version INTEGER NOT NULL, \
+           sent INTEGER NOT NULL DEFAULT 1, address BLOB, attrs TEXT); \
+         CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
+           version INTEGER NOT NULL, address TEXT, address_bin BLOB, attrs TEXT NOT NULL, \
+           sent INTEGER NOT NULL DEFAULT 0);",
+    )
+    .execute(&mut stage)
+    .await
+    .map_err(crate::state::StateError::from)?;
+    match state.file() {
+        Some(file) => snapshot::attach(&mut stage, file, pipeline_id).await?,
+        None => {
+            snapshot::copy(
+                &mut stage,
+                state,
+                pipeline_id,
+                &run_dir.join(SNAPSHOT_COPY_FILE),
+            )
+            .await?;
+        }
+    }
+    Ok((path, stage))
 }
 
 /// The key columns' positions among the model's `columns` (exact name
