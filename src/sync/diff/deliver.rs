@@ -156,9 +156,8 @@ impl Diff {
             true
         });
         if self.unset {
-            // Gathered before input protection, which may add an mpid: the
-            // address is what the row's own batches carry, as the pre-pass
-            // gathered it before this work.
+            // Gathered here, before input protection (which may add an
+            // mpid): the address kept is what the row's own batches carry.
             for batch in batches.iter() {
                 self.addresses.entry(batch.row).or_default().add(batch);
             }
@@ -251,8 +250,7 @@ pub(super) fn sort_error(e: std::io::Error) -> SyncError {
     SyncError::Internal(format!("the diff's sorted rows cannot be read: {e}"))
 }
 
-/// Scratch space for one chunk: its decisions and the addresses of its sent
-/// rows.
+/// The decisions of one chunk's rows that are sent or rejected, by row.
 pub(super) type ChunkDecisions = HashMap<u64, Decided>;
 /// The addresses of a chunk's sent rows (`unset_attributes`).
 pub(super) type ChunkAddresses = HashMap<u64, Address>;
