@@ -2,10 +2,11 @@
 //! payload last acknowledged and the key's version, plus the mapping
 //! fingerprint the snapshot was built under.
 //!
-//! A run never reads this table while it delivers: it copies it into its own
-//! staging database first (see `sync::diff`), classifies every row there, and
-//! writes back only the rows whose batches were acknowledged, in the
-//! transaction that records the run's outcome.
+//! A run never reads this table while it delivers: it reads it once, in key
+//! order, to classify its rows (see `sync::diff`; a PostgreSQL store's
+//! snapshot is first copied into a local file), and writes back only the rows
+//! whose batches were acknowledged, in the transaction that records the run's
+//! outcome.
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
@@ -30,9 +31,10 @@ pub struct SnapshotCommit<'a> {
     /// The run sent every row (the resync time moves).
     pub resynced: bool,
     /// The run's staging database. Its table `rows` holds one row per run
-    /// row; those with `sent = 1` were acknowledged and carry `key_hash`,
-    /// `payload`, `version` and (`unset_attributes`) `address` (the compact
-    /// form, stored as `address_bin`) and `attrs`.
+    /// row whose batches went out; those still `sent = 1` (not
+    /// dead-lettered) were acknowledged and carry `key_hash`, `payload`,
+    /// `version` and (`unset_attributes`) `address` (the compact form,
+    /// stored as `address_bin`) and `attrs`.
     /// Its table `gone` holds the keys whose attributes were unset; those
     /// with `sent = 1` leave the snapshot.
     pub stage: &'a mut SqliteConnection,

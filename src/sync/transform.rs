@@ -73,8 +73,7 @@ impl Transform {
             // Unchanged rows leave before input protection looks profiles
             // up; a chunk of nothing but unchanged rows is not even mapped.
             // The pre-pass counted every row, so this mapping counts nothing.
-            let decided = diff.decisions(first_row, chunk.num_rows()).await?;
-            if decided.is_empty() {
+            if !diff.next_chunk(first_row, chunk.num_rows())? {
                 return Ok(Transformed {
                     first_row,
                     chunk,
@@ -88,7 +87,6 @@ impl Transform {
                 &self.mapper,
                 &chunk,
                 first_row,
-                &decided,
                 &mut mapped.batches,
                 &mut mapped.rejected,
                 &mut self.stats,

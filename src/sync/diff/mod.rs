@@ -3,25 +3,36 @@
 //!
 //! The **pre-pass** ([`Diff::stage`]) follows the spool as the extract writes
 //! it (so it overlaps the warehouse read), maps every row (mapping is
-//! deterministic) and writes, per run row, the hash of its key and of its
-//! mapped payload into a staging SQLite database beside the run's files: one
-//! statement per chunk, the hashes packed into blobs. The state file is
-//! attached to it, so the snapshot is read in place (a PostgreSQL state
-//! store's snapshot is first copied into a file of the same shape, a page of
-//! keys at a time). [`Diff::classify`] then
-//! decides every row in SQL: a key that is NULL or empty (`missing_key`), or
-//! that repeats (`duplicate_key`), rejects its rows; the others are new,
-//! changed or unchanged. Memory stays flat whatever the number of keys: the
-//! staging database is on disk.
+//! deterministic) and stages, per run row, a fixed-size record: the hash of
+//! its key, its row number and the hash of its mapped payload (the content
+//! ids of its batches). Records go to an external sort by key
+//! ([`sort`]: bounded runs in memory, spilled to files beside the run's
+//! files and merged k-way), rows without a key straight to the decisions.
+//! [`Diff::classify`] then merge-joins the sorted rows with the snapshot read
+//! in key order ([`classify`]): a key that is NULL or empty
+//! (`missing_key`), or that repeats (`duplicate_key`: its rows are adjacent
+//! after the sort), rejects its rows; the others are new, changed or
+//! unchanged. The snapshot is read in place from the SQLite state file,
+//! attached to the run's staging database (a PostgreSQL state store's
+//! snapshot is first copied into a file of the same shape, a page of keys at
+//! a time).
 //!
-//! The **delivery pass** ([`Diff::decisions`] and [`Diff::select`], called by
-//! the transform) asks the staging database which rows of a chunk are sent or
-//! rejected; a chunk with none is not mapped again (the pre-pass counted its
-//! rows). The batches of new and changed rows are stamped with an id derived
-//! from the key, its version and its payload, the rest are dropped. Rows
-//! whose batches went out are marked `sent`; dead-lettered rows are unmarked
-//! at the end; a successful run writes the rows still marked into the
-//! snapshot in the transaction that records its outcome
+//! Memory stays flat whatever the number of rows: at most one sort run
+//! ([`sort::RUN_RECORDS`] records: ~5 MB of keys, ~6 MB of decisions),
+//! one read buffer per run being merged (64 KiB, at most 64 runs
+//! at once), one snapshot page and one chunk's decisions. Disk: 33 bytes per
+//! row for the sort by key, 42 per sent or rejected row for the decisions,
+//! both deleted as soon as they are merged and read.
+//!
+//! The **delivery pass** ([`Diff::next_chunk`] and [`Diff::select`], called
+//! by the transform) reads the decisions, sorted by row, as the chunks go
+//! by: unchanged rows have no record, and a chunk with none is not mapped
+//! again (the pre-pass counted its rows). The batches of new and changed
+//! rows are stamped with an id derived from the key, its version and its
+//! payload, the rest are dropped. Rows whose batches went out are written to
+//! the staging table `rows` as sent; dead-lettered rows are unmarked at the
+//! end; a successful run writes the rows still marked into the snapshot in
+//! the transaction that records its outcome
 //! ([`crate::state::StateStore::finish_run_with_snapshot`]). Keys gone from
 //! the model are unset a page at a time ([`Diff::unset_page`]).
 //!
@@ -34,30 +45,33 @@
 //! same version and payload, hence the same id (mParticle applies it once);
 //! a value that goes A → B → A is sent with versions 1, 2, 3, so three ids.
 
-use std::collections::HashMap;
+use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use futures::TryStreamExt as _;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection as _, Row as _, SqliteConnection};
+use sqlx::{Connection as _, SqliteConnection};
 
 use crate::config::model::{DiffSettings, OnDelete, Pipeline, SyncMode};
 use crate::mapping::convert::ColumnReader;
-use crate::mapping::{EncodedBatch, MapStats, Mapper, RejectReason, RejectedRow};
+use crate::mapping::{EncodedBatch, MapStats, Mapper};
 use crate::source::ColumnInfo;
 use crate::state::{SnapshotCommit, StateStore};
 
 use super::SyncError;
 
 mod address;
+mod classify;
+mod deliver;
 mod snapshot;
+mod sort;
 mod stage;
 mod unset;
 
-use address::Address;
-use stage::{key_hash, StagedChunk};
+use deliver::{ChunkAddresses, ChunkDecisions, Decided};
+use sort::{Sorted, Sorter};
+use stage::{key_hash, payload_hash, Keyed};
 
 /// Bytes of a key hash.
 const KEY_HASH_BYTES: usize = 16;
@@ -68,10 +82,6 @@ const ID_PREFIX: &[u8] = b"{\"source_request_id\":\"";
 /// Hex digits of a `source_request_id`.
 const ID_HEX_LEN: usize = 32;
 
-/// Rows per multi-row UPDATE of the staging database (one variable each, far
-/// below SQLite's 32,766).
-const ROWS_PER_UPDATE: usize = 2000;
-
 /// Unset batches a page (see [`Diff::unset_page`]).
 pub const UNSET_PAGE: usize = 1000;
 
@@ -80,29 +90,27 @@ pub const STAGE_FILE: &str = "diff-stage.db";
 /// A PostgreSQL state store's snapshot, copied beside the staging file for
 /// the run (deleted with it).
 pub const SNAPSHOT_COPY_FILE: &str = "diff-snapshot-copy.db";
+/// The folder of the diff's sort runs, beside the staging file.
+pub const SORT_DIR: &str = "diff-sort";
 
-/// Row states in the staging table.
+/// Row states of a decision.
 mod row_state {
     /// Mapped, with a key.
-    pub const KEYED: i64 = 0;
+    pub const KEYED: u8 = 0;
     /// Rejected by mapping (its key still counts, so it is not "gone").
-    /// Staged from the letters `1` and `4` of a chunk's codes.
-    #[allow(dead_code)] // written by the staging SQL, read as "not KEYED"
-    pub const REJECTED: i64 = 1;
+    pub const REJECTED: u8 = 1;
     /// Its key is NULL or empty.
-    pub const MISSING_KEY: i64 = 2;
-    /// Its key repeats in the snapshot.
-    pub const DUPLICATE_KEY: i64 = 3;
+    pub const MISSING_KEY: u8 = 2;
+    /// Its key repeats in the run's rows.
+    pub const DUPLICATE_KEY: u8 = 3;
 }
 
-/// Decisions in the staging table.
+/// Decisions of a keyed row (unchanged rows have no record).
 mod decision {
     /// Not in the snapshot: sent.
-    pub const NEW: i64 = 1;
+    pub const NEW: u8 = 1;
     /// Payload differs (or the snapshot was invalidated): sent.
-    pub const CHANGED: i64 = 2;
-    /// Same payload: not sent.
-    pub const UNCHANGED: i64 = 3;
+    pub const CHANGED: u8 = 2;
 }
 
 /// What the diff decided, for the run's figures.
@@ -124,16 +132,6 @@ pub struct DiffCounts {
     pub mapping_rejected: u64,
     /// Rows in the snapshot.
     pub rows: u64,
-}
-
-/// One row's decision, as the delivery pass needs it.
-#[derive(Debug, Clone)]
-pub struct RowDecision {
-    state: i64,
-    decision: i64,
-    version: i64,
-    key_hash: Vec<u8>,
-    payload: Vec<u8>,
 }
 
 /// The diff of one run.
@@ -166,11 +164,24 @@ pub struct Diff {
     /// The mapping counters of the pre-pass: those of the whole run, since
     /// mapping is deterministic and the delivery pass skips chunks.
     pub stats: MapStats,
+    /// Where the sorts spill their runs (deleted with the staging file).
+    sort_dir: PathBuf,
+    /// The pre-pass's keyed rows, to be sorted by key.
+    keys: Option<Sorter<Keyed>>,
+    /// The sent and rejected rows, to be sorted by row.
+    decided: Option<Sorter<Decided>>,
+    /// The delivery pass's cursor over the decisions, by row.
+    cursor: Peekable<Sorted<Decided>>,
+    /// The decisions of the chunk being delivered.
+    current: ChunkDecisions,
+    /// The addresses of its sent rows (`unset_attributes`).
+    addresses: ChunkAddresses,
 }
 
 impl Diff {
-    /// Open the run's staging database (in `run_dir`) and copy the
-    /// pipeline's snapshot into it. Fails when a key column is not among the
+    /// Open the run's staging database (in `run_dir`), attach the
+    /// pipeline's snapshot to it (a copy, for a PostgreSQL state store) and
+    /// prepare the sorts. Fails when a key column is not among the
     /// model's columns.
     #[allow(clippy::too_many_arguments)] // the run's context, spelled out
     pub async fn open(
@@ -204,46 +215,20 @@ impl Diff {
                 })
             }),
         };
-        std::fs::create_dir_all(run_dir).map_err(|source| SyncError::File {
-            path: run_dir.to_owned(),
+        let (path, stage) = open_stage(state, &pipeline.id, run_dir).await?;
+        let sort_dir = run_dir.join(SORT_DIR);
+        remove_dir(&sort_dir)?;
+        std::fs::create_dir_all(&sort_dir).map_err(|source| SyncError::File {
+            path: sort_dir.clone(),
             source,
         })?;
-        let path = run_dir.join(STAGE_FILE);
-        remove_file(&path)?;
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            // A throwaway file: a crash restages it from the spool.
-            .journal_mode(SqliteJournalMode::Off)
-            .synchronous(SqliteSynchronous::Off);
-        let mut stage = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(crate::state::StateError::from)?;
-        sqlx::raw_sql(
-            "CREATE TABLE rows (row INTEGER PRIMARY KEY, key_hash BLOB, payload BLOB, \
-               state INTEGER NOT NULL, decision INTEGER NOT NULL DEFAULT 0, \
-               version INTEGER NOT NULL DEFAULT 0, sent INTEGER NOT NULL DEFAULT 0, \
-               address BLOB, attrs TEXT); \
-             CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
-               version INTEGER NOT NULL, address TEXT, address_bin BLOB, attrs TEXT NOT NULL, \
-               sent INTEGER NOT NULL DEFAULT 0);",
-        )
-        .execute(&mut stage)
-        .await
-        .map_err(crate::state::StateError::from)?;
-        match state.file() {
-            Some(file) => snapshot::attach(&mut stage, file, &pipeline.id).await?,
-            None => {
-                snapshot::copy(
-                    &mut stage,
-                    state,
-                    &pipeline.id,
-                    &run_dir.join(SNAPSHOT_COPY_FILE),
-                )
-                .await?;
-            }
-        }
         Ok(Self {
+            keys: Some(Sorter::new(&sort_dir, "keys")),
+            decided: Some(Sorter::new(&sort_dir, "decided")),
+            cursor: Sorted::empty().peekable(),
+            current: ChunkDecisions::new(),
+            addresses: ChunkAddresses::new(),
+            sort_dir,
             pipeline_id: pipeline.id.clone(),
             key_columns,
             path,
@@ -286,8 +271,7 @@ impl Diff {
             let first_row = next_row;
             next_row += chunk.num_rows() as u64;
             let mapped = mapper.map_chunk(&chunk, first_row, &mut self.stats)?;
-            let staged = self.hash_chunk(&chunk, first_row, &mapped.batches)?;
-            staged.insert(&mut self.stage, first_row).await?;
+            self.stage_chunk(&chunk, first_row, &mapped.batches)?;
         }
         self.rows_base = next_row - 1;
         Ok(())
@@ -328,29 +312,21 @@ impl Diff {
         )))
     }
 
-    /// The key and payload hashes of one mapped chunk's rows.
-    fn hash_chunk(
-        &self,
+    /// Stage the key and payload hashes of one mapped chunk's rows.
+    fn stage_chunk(
+        &mut self,
         chunk: &RecordBatch,
         first_row: u64,
         batches: &[EncodedBatch],
-    ) -> Result<StagedChunk, SyncError> {
+    ) -> Result<(), SyncError> {
         let rows = chunk.num_rows();
         // Batches come in row order: each row's parts are contiguous.
         let mut payloads: Vec<Option<Sha256>> = vec![None; rows];
-        let mut addresses: Vec<Option<Address>> = Vec::new();
-        if self.unset {
-            addresses.resize_with(rows, || None);
-        }
         for batch in batches {
             let offset = usize::try_from(batch.row - first_row).unwrap_or(usize::MAX);
-            let Some(slot) = payloads.get_mut(offset) else {
-                continue;
-            };
-            slot.get_or_insert_with(Sha256::new)
-                .update(batch.source_request_id.as_bytes());
-            if let Some(a) = addresses.get_mut(offset) {
-                a.get_or_insert_with(Address::default).add(batch);
+            if let Some(slot) = payloads.get_mut(offset) {
+                slot.get_or_insert_with(Sha256::new)
+                    .update(batch.source_request_id.as_bytes());
             }
         }
         let readers = self
@@ -359,102 +335,66 @@ impl Diff {
             .map(|(i, c)| ColumnReader::new(&c.name, &c.kind, chunk.column(*i)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(crate::mapping::MappingError::from)?;
-        let mut staged = StagedChunk::with_capacity(rows, self.unset);
+        let (Some(keys), Some(decided)) = (self.keys.as_mut(), self.decided.as_mut()) else {
+            return Err(SyncError::Internal(
+                "the diff staged rows after classifying".to_owned(),
+            ));
+        };
         let mut text = String::new();
         for (offset, payload) in payloads.into_iter().enumerate() {
+            let row = first_row + offset as u64;
             let key = key_hash(&readers, offset, &mut text);
-            let address = addresses.get_mut(offset).and_then(Option::take);
-            staged.push(
-                key,
-                payload.map(Digest::finalize),
-                address,
-                &self.key_identities,
-            );
+            let mapped = payload.is_some();
+            let payload = payload.map_or([0; PAYLOAD_HASH_BYTES], |p| payload_hash(&p.finalize()));
+            let pushed = if let Some(key) = key {
+                keys.push(Keyed {
+                    key,
+                    row,
+                    payload,
+                    mapped,
+                })
+            } else {
+                // No key: rejected whatever the snapshot says, as
+                // `missing_key` when mapped, else for its mapping reason.
+                let state = if mapped {
+                    self.counts.missing_keys += 1;
+                    row_state::MISSING_KEY
+                } else {
+                    self.counts.mapping_rejected += 1;
+                    row_state::REJECTED
+                };
+                decided.push(Decided::rejected(row, state, [0; KEY_HASH_BYTES], payload))
+            };
+            pushed.map_err(|e| sort_file_error(&self.sort_dir, e))?;
         }
-        Ok(staged)
+        Ok(())
     }
 
     /// Decide every staged row: rejected keys, then new / changed /
-    /// unchanged against the snapshot. `max_rejected_pct` blocks sending
-    /// when more rows than that are rejected in all.
+    /// unchanged against the snapshot (a merge join, see [`classify`]).
+    /// `max_rejected_pct` blocks sending when more rows than that are
+    /// rejected in all.
     pub async fn classify(&mut self, max_rejected_pct: Option<f64>) -> Result<(), SyncError> {
-        let resync = i64::from(self.resyncs());
-        sqlx::raw_sql(&format!(
-            "CREATE INDEX rows_by_key ON rows (key_hash); \
-             UPDATE rows SET state = {dup} WHERE key_hash IN \
-               (SELECT key_hash FROM rows WHERE key_hash IS NOT NULL \
-                GROUP BY key_hash HAVING COUNT(*) > 1) AND state = {keyed};",
-            dup = row_state::DUPLICATE_KEY,
-            keyed = row_state::KEYED,
-        ))
-        .execute(&mut self.stage)
-        .await
-        .map_err(state_error)?;
-        // The snapshot table itself, not the `snap` view: SQLite materializes
-        // a view with a join before an UPDATE … FROM uses it.
-        sqlx::query(&format!(
-            "UPDATE rows SET \
-               decision = CASE WHEN snap.payload_hash = rows.payload AND {resync} = 0 \
-                 THEN {unchanged} ELSE {changed} END, \
-               version = CASE WHEN snap.payload_hash = rows.payload AND {resync} = 0 \
-                 THEN snap.version ELSE snap.version + 1 END \
-               FROM st.diff_snapshot AS snap \
-               WHERE snap.pipeline_id = $1 AND snap.key_hash = rows.key_hash \
-               AND rows.state = {keyed}",
-            keyed = row_state::KEYED,
-            unchanged = decision::UNCHANGED,
-            changed = decision::CHANGED,
-        ))
-        .bind(&self.pipeline_id)
-        .execute(&mut self.stage)
-        .await
-        .map_err(state_error)?;
-        sqlx::query("UPDATE rows SET decision = $1, version = 1 WHERE state = $2 AND decision = 0")
-            .bind(decision::NEW)
-            .bind(row_state::KEYED)
-            .execute(&mut self.stage)
-            .await
-            .map_err(state_error)?;
-        if self.unset {
-            // Keys of the snapshot no row of this run has (rows rejected by
-            // mapping still count as present). Ordered, so that a resumed
-            // spool numbers them alike.
-            let gone = sqlx::query(
-                "INSERT INTO gone (key_hash, version, address, address_bin, attrs) \
-                 SELECT key_hash, version, address, address_bin, attrs FROM snap \
-                 WHERE (address IS NOT NULL OR address_bin IS NOT NULL) \
-                 AND attrs IS NOT NULL AND attrs != '[]' \
-                 AND NOT EXISTS (SELECT 1 FROM rows WHERE rows.key_hash = snap.key_hash) \
-                 ORDER BY key_hash",
-            )
-            .execute(&mut self.stage)
-            .await
-            .map_err(state_error)?;
-            self.counts.unset = gone.rows_affected();
-        }
-        let rows =
-            sqlx::query("SELECT state, decision, COUNT(*) FROM rows GROUP BY state, decision")
-                .fetch_all(&mut self.stage)
-                .await
-                .map_err(state_error)?;
+        let (Some(keys), Some(mut decided)) = (self.keys.take(), self.decided.take()) else {
+            return Err(SyncError::Internal("the diff classified twice".to_owned()));
+        };
+        let keys = keys
+            .finish()
+            .map_err(|e| sort_file_error(&self.sort_dir, e))?;
+        let resync = self.resyncs();
         let mut c = DiffCounts {
-            unset: self.counts.unset,
+            rows: self.rows_base,
+            missing_keys: self.counts.missing_keys,
+            mapping_rejected: self.counts.mapping_rejected,
             ..DiffCounts::default()
         };
-        for r in rows {
-            let (state, decided, n): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
-            let n = u64::try_from(n).unwrap_or(0);
-            c.rows += n;
-            match (state, decided) {
-                (row_state::KEYED, decision::NEW) => c.new += n,
-                (row_state::KEYED, decision::CHANGED) => c.changed += n,
-                (row_state::KEYED, decision::UNCHANGED) => c.unchanged += n,
-                (row_state::MISSING_KEY, _) => c.missing_keys += n,
-                (row_state::DUPLICATE_KEY, _) => c.duplicate_keys += n,
-                // row_state::REJECTED (or a keyed row left undecided: none).
-                _ => c.mapping_rejected += n,
-            }
-        }
+        classify::Merge::new(&self.pipeline_id, resync, self.unset, &mut c, &mut decided)
+            .run(&mut self.stage, keys)
+            .await?;
+        self.cursor = decided
+            .finish()
+            .map_err(|e| sort_file_error(&self.sort_dir, e))?
+            .peekable();
         self.counts = c;
         let rejected = c.missing_keys + c.duplicate_keys + c.mapping_rejected;
         if let Some(limit) = max_rejected_pct {
@@ -472,159 +412,6 @@ impl Diff {
                     c.rows, c.duplicate_keys, c.missing_keys, c.mapping_rejected
                 ));
             }
-        }
-        Ok(())
-    }
-
-    /// The decisions the delivery pass needs for rows `first_row..` (`rows`
-    /// of them): only rows that are sent or rejected have one, so an empty
-    /// answer means the chunk need not even be mapped.
-    pub async fn decisions(
-        &mut self,
-        first_row: u64,
-        rows: usize,
-    ) -> Result<HashMap<u64, RowDecision>, SyncError> {
-        let mut decided: HashMap<u64, RowDecision> = HashMap::new();
-        if rows == 0 {
-            return Ok(decided);
-        }
-        let last_row = first_row + rows as u64 - 1;
-        let mut found = sqlx::query(
-            "SELECT row, state, decision, version, key_hash, payload FROM rows \
-             WHERE row BETWEEN $1 AND $2 AND (state != $3 OR decision IN ($4, $5))",
-        )
-        .bind(i64::try_from(first_row).unwrap_or(i64::MAX))
-        .bind(i64::try_from(last_row).unwrap_or(i64::MAX))
-        .bind(row_state::KEYED)
-        .bind(decision::NEW)
-        .bind(decision::CHANGED)
-        .fetch(&mut self.stage);
-        while let Some(r) = found.try_next().await.map_err(state_error)? {
-            decided.insert(
-                u64::try_from(r.get::<i64, _>(0)).unwrap_or(0),
-                RowDecision {
-                    state: r.get(1),
-                    decision: r.get(2),
-                    version: r.get(3),
-                    key_hash: r.get::<Option<Vec<u8>>, _>(4).unwrap_or_default(),
-                    payload: r.get::<Option<Vec<u8>>, _>(5).unwrap_or_default(),
-                },
-            );
-        }
-        Ok(decided)
-    }
-
-    /// The delivery pass over one mapped chunk (rows `first_row..`, decided
-    /// by [`Diff::decisions`]): keep the batches of new and changed rows with
-    /// their diff ids, drop the others, and turn rows with a missing or
-    /// repeated key into rejected rows.
-    #[allow(clippy::too_many_arguments)] // one chunk's parts, spelled out
-    pub fn select(
-        &self,
-        mapper: &Mapper,
-        chunk: &RecordBatch,
-        first_row: u64,
-        decided: &HashMap<u64, RowDecision>,
-        batches: &mut Vec<EncodedBatch>,
-        rejected: &mut Vec<RejectedRow>,
-        stats: &mut MapStats,
-    ) -> Result<(), SyncError> {
-        let blocked = self.blocked.is_some();
-        let mut dropped_rows: Vec<(u64, RejectReason)> = Vec::new();
-        batches.retain_mut(|batch| {
-            let Some(d) = decided.get(&batch.row) else {
-                return false;
-            };
-            let reason = match d.state {
-                row_state::MISSING_KEY => Some(RejectReason::MissingKey),
-                row_state::DUPLICATE_KEY => Some(RejectReason::DuplicateKey),
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                stats.batches = stats.batches.saturating_sub(1);
-                if dropped_rows.last().is_none_or(|(r, _)| *r != batch.row) {
-                    dropped_rows.push((batch.row, reason));
-                }
-                return false;
-            }
-            if blocked || !matches!(d.decision, decision::NEW | decision::CHANGED) {
-                return false;
-            }
-            let id = diff_id(&self.pipeline_id, d, batch.part);
-            set_id(batch, id);
-            true
-        });
-        for (row, reason) in dropped_rows {
-            stats.rows_mapped = stats.rows_mapped.saturating_sub(1);
-            *stats.rows_rejected.entry(reason.as_str()).or_default() += 1;
-            let offset = usize::try_from(row - first_row).unwrap_or(0);
-            rejected.push(RejectedRow {
-                row,
-                reason,
-                detail: match reason {
-                    RejectReason::MissingKey => {
-                        format!("diff.primary_key ({}) is NULL or empty", self.key_names())
-                    }
-                    _ => format!(
-                        "diff.primary_key ({}) repeats within the model's result; every row with \
-                         this key is rejected",
-                        self.key_names()
-                    ),
-                },
-                values: mapper.row_values_of(chunk, offset)?,
-            });
-        }
-        rejected.sort_by_key(|r| r.row);
-        Ok(())
-    }
-
-    /// Mark the rows whose batches are about to go out (after input
-    /// protection) as sent.
-    pub async fn mark_sent(&mut self, batches: &[EncodedBatch]) -> Result<(), SyncError> {
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let mut rows: Vec<i64> = batches
-            .iter()
-            .map(|b| i64::try_from(b.row).unwrap_or(i64::MAX))
-            .collect();
-        rows.dedup();
-        let mut tx = self.stage.begin().await.map_err(state_error)?;
-        for group in rows.chunks(ROWS_PER_UPDATE) {
-            let mut update =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE rows SET sent = 1 WHERE row IN (");
-            let mut list = update.separated(", ");
-            for row in group {
-                list.push_bind(*row);
-            }
-            update.push(")");
-            update
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(state_error)?;
-        }
-        tx.commit().await.map_err(state_error)?;
-        Ok(())
-    }
-
-    /// Rows some batch of which was dead-lettered: not synced, so the next
-    /// run sends them again.
-    pub async fn unmark(&mut self, rows: &[u64]) -> Result<(), SyncError> {
-        for row in rows {
-            let (sql, n) = if *row > self.rows_base {
-                (
-                    "UPDATE gone SET sent = 0 WHERE n = ?",
-                    *row - self.rows_base,
-                )
-            } else {
-                ("UPDATE rows SET sent = 0 WHERE row = ?", *row)
-            };
-            sqlx::query(sql)
-                .bind(i64::try_from(n).unwrap_or(i64::MAX))
-                .execute(&mut self.stage)
-                .await
-                .map_err(state_error)?;
         }
         Ok(())
     }
@@ -647,6 +434,14 @@ impl Diff {
                 tracing::warn!(error = %e, "Cannot delete a diff staging file.");
             }
         }
+        // Drop the sorts' open run files before their folder.
+        let sort_dir = self.sort_dir.clone();
+        drop(self.cursor);
+        drop(self.keys);
+        drop(self.decided);
+        if let Err(e) = remove_dir(&sort_dir) {
+            tracing::warn!(error = %e, "Cannot delete the diff's sort folder.");
+        }
     }
 
     fn key_names(&self) -> String {
@@ -656,6 +451,56 @@ impl Diff {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The run's staging database (in `run_dir`, created afresh) with the
+/// pipeline's snapshot attached as `st` (a copy, for a PostgreSQL state
+/// store).
+async fn open_stage(
+    state: &StateStore,
+    pipeline_id: &str,
+    run_dir: &Path,
+) -> Result<(PathBuf, SqliteConnection), SyncError> {
+    std::fs::create_dir_all(run_dir).map_err(|source| SyncError::File {
+        path: run_dir.to_owned(),
+        source,
+    })?;
+    let path = run_dir.join(STAGE_FILE);
+    remove_file(&path)?;
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        // A throwaway file: a crash restages it from the spool.
+        .journal_mode(SqliteJournalMode::Off)
+        .synchronous(SqliteSynchronous::Off);
+    let mut stage = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(crate::state::StateError::from)?;
+    // `rows`: the rows whose batches went out (the commit's input).
+    sqlx::raw_sql(
+        "CREATE TABLE rows (row INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
+           payload BLOB NOT NULL, version INTEGER NOT NULL, \
+           sent INTEGER NOT NULL DEFAULT 1, address BLOB, attrs TEXT); \
+         CREATE TABLE gone (n INTEGER PRIMARY KEY, key_hash BLOB NOT NULL, \
+           version INTEGER NOT NULL, address TEXT, address_bin BLOB, attrs TEXT NOT NULL, \
+           sent INTEGER NOT NULL DEFAULT 0);",
+    )
+    .execute(&mut stage)
+    .await
+    .map_err(crate::state::StateError::from)?;
+    match state.file() {
+        Some(file) => snapshot::attach(&mut stage, file, pipeline_id).await?,
+        None => {
+            snapshot::copy(
+                &mut stage,
+                state,
+                pipeline_id,
+                &run_dir.join(SNAPSHOT_COPY_FILE),
+            )
+            .await?;
+        }
+    }
+    Ok((path, stage))
 }
 
 /// The key columns' positions among the model's `columns` (exact name
@@ -725,14 +570,14 @@ pub fn snapshot_fingerprint(
 }
 
 /// The `source_request_id` of one part of a diffed row.
-fn diff_id(pipeline_id: &str, d: &RowDecision, part: u32) -> String {
+fn diff_id(pipeline_id: &str, d: &Decided, part: u32) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"wsync-diff\0");
     hasher.update(pipeline_id.as_bytes());
     hasher.update([0u8]);
-    hasher.update(&d.key_hash);
+    hasher.update(d.key);
     hasher.update(d.version.to_le_bytes());
-    hasher.update(&d.payload);
+    hasher.update(d.payload);
     hasher.update(part.to_le_bytes());
     hex::encode(&hasher.finalize()[..ID_HEX_LEN / 2])
 }
@@ -751,6 +596,25 @@ fn set_id(batch: &mut EncodedBatch, id: String) {
 
 fn state_error(e: sqlx::Error) -> SyncError {
     SyncError::State(crate::state::StateError::Query(e))
+}
+
+/// A sort's run file could not be written or read.
+fn sort_file_error(dir: &Path, source: std::io::Error) -> SyncError {
+    SyncError::File {
+        path: dir.to_owned(),
+        source,
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), SyncError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SyncError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn remove_file(path: &Path) -> Result<(), SyncError> {
@@ -781,12 +645,13 @@ mod tests {
             )
             .into_bytes(),
         };
-        let d = RowDecision {
+        let d = Decided {
+            row: 1,
             state: row_state::KEYED,
             decision: decision::NEW,
             version: 1,
-            key_hash: vec![1; 16],
-            payload: vec![2; 8],
+            key: [1; 16],
+            payload: [2; 8],
         };
         let id = diff_id("p", &d, 0);
         set_id(&mut batch, id.clone());
@@ -794,15 +659,12 @@ mod tests {
         assert_eq!(v["source_request_id"], serde_json::json!(id));
         assert_eq!(batch.source_request_id, id);
         // A new version, another part or another payload: another id.
-        let v2 = RowDecision {
-            version: 2,
-            ..d.clone()
-        };
+        let v2 = Decided { version: 2, ..d };
         assert_ne!(diff_id("p", &v2, 0), id);
         assert_ne!(diff_id("p", &d, 1), id);
-        let p2 = RowDecision {
-            payload: vec![3; 8],
-            ..d.clone()
+        let p2 = Decided {
+            payload: [3; 8],
+            ..d
         };
         assert_ne!(diff_id("p", &p2, 0), id);
         assert_eq!(diff_id("p", &d, 0), id);

@@ -32,7 +32,7 @@ pub(super) async fn attach(
 }
 
 /// The `snap` view the classification reads besides `st.diff_snapshot`.
-async fn create_snap_view(
+pub(super) async fn create_snap_view(
     stage: &mut SqliteConnection,
     pipeline_id: &str,
 ) -> Result<(), SyncError> {

@@ -1,14 +1,20 @@
-//! Staging a chunk's rows for the diff: key hashes, payload hashes and (for
-//! `unset_attributes`) addresses, packed so one statement writes a chunk.
+//! The records the pre-pass stages for the diff, one per run row: a keyed
+//! row goes to the sort by key (its key hash, row number and payload hash),
+//! a row without a key straight to the decisions (it is rejected whatever
+//! the snapshot says). Fixed-size, so they sort in bounded memory
+//! ([`super::sort`]).
 
 use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
 
 use crate::mapping::convert::{Cell, ColumnReader};
 
-use super::address::Address;
-use super::{state_error, KEY_HASH_BYTES, PAYLOAD_HASH_BYTES};
-use crate::sync::SyncError;
+use super::sort::Record;
+use super::{KEY_HASH_BYTES, PAYLOAD_HASH_BYTES};
+
+/// A key hash.
+pub(super) type KeyHash = [u8; KEY_HASH_BYTES];
+/// A payload hash.
+pub(super) type PayloadHash = [u8; PAYLOAD_HASH_BYTES];
 
 /// The hash of a row's key values, `None` when one is NULL or empty.
 /// `text` is scratch space for values that are not text already.
@@ -16,7 +22,7 @@ pub(super) fn key_hash(
     readers: &[ColumnReader<'_>],
     row: usize,
     text: &mut String,
-) -> Option<[u8; 16]> {
+) -> Option<KeyHash> {
     let mut hasher = Sha256::new();
     for reader in readers {
         let value = match reader.cell(row) {
@@ -41,104 +47,86 @@ pub(super) fn key_hash(
     Some(key)
 }
 
-/// One chunk's rows, packed so that a single statement stages them all:
-/// fixed-size hashes in two blobs, one state letter per row, and (only with
-/// `unset_attributes`) a JSON array of what unsetting needs. One statement
-/// a chunk instead of many binds a row keeps sqlx out of the per-row cost.
-pub(super) struct StagedChunk {
-    /// Per row: `0` keyed, `1` rejected by mapping (key present), `2`
-    /// missing key, `4` rejected by mapping without a key.
-    codes: String,
-    /// 16 bytes a row (zeros when it has no key).
-    keys: Vec<u8>,
-    /// 8 bytes a row (zeros when it has no payload).
-    payloads: Vec<u8>,
-    /// Per row `[address, attribute names]` or `null`; `None` unless the
-    /// pipeline unsets attributes.
-    extras: Option<Vec<serde_json::Value>>,
+/// A row with a key, as the sort by key sees it. Ordered by key, then row:
+/// the rows of a repeated key come out adjacent, in row order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Keyed {
+    pub(super) key: KeyHash,
+    pub(super) row: u64,
+    /// The hash of its batches' content ids (zeros when not mapped).
+    pub(super) payload: PayloadHash,
+    /// Mapped; `false`: rejected by mapping (its key still counts, so it
+    /// is neither "gone" nor alone when another row has the same key).
+    pub(super) mapped: bool,
 }
 
-impl StagedChunk {
-    pub(super) fn with_capacity(rows: usize, unset: bool) -> Self {
+impl Record for Keyed {
+    const SIZE: usize = KEY_HASH_BYTES + 8 + PAYLOAD_HASH_BYTES + 1;
+
+    fn encode(&self, out: &mut [u8]) {
+        let (key, rest) = out.split_at_mut(KEY_HASH_BYTES);
+        key.copy_from_slice(&self.key);
+        let (row, rest) = rest.split_at_mut(8);
+        // Big-endian keeps the byte order of the encoding the sort order
+        // (not relied on, but it makes run files readable).
+        row.copy_from_slice(&self.row.to_be_bytes());
+        let (payload, rest) = rest.split_at_mut(PAYLOAD_HASH_BYTES);
+        payload.copy_from_slice(&self.payload);
+        rest[0] = u8::from(self.mapped);
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        let mut key = [0u8; KEY_HASH_BYTES];
+        key.copy_from_slice(&bytes[..KEY_HASH_BYTES]);
+        let mut row = [0u8; 8];
+        row.copy_from_slice(&bytes[KEY_HASH_BYTES..KEY_HASH_BYTES + 8]);
+        let at = KEY_HASH_BYTES + 8;
+        let mut payload = [0u8; PAYLOAD_HASH_BYTES];
+        payload.copy_from_slice(&bytes[at..at + PAYLOAD_HASH_BYTES]);
         Self {
-            codes: String::with_capacity(rows),
-            keys: Vec::with_capacity(rows * KEY_HASH_BYTES),
-            payloads: Vec::with_capacity(rows * PAYLOAD_HASH_BYTES),
-            extras: unset.then(|| Vec::with_capacity(rows)),
+            key,
+            row: u64::from_be_bytes(row),
+            payload,
+            mapped: bytes[at + PAYLOAD_HASH_BYTES] != 0,
         }
     }
+}
 
-    /// The next row: its key hash, the hash of its batches' content ids
-    /// (`None`: rejected by mapping) and, for unsetting, its address.
-    pub(super) fn push(
-        &mut self,
-        key: Option<[u8; KEY_HASH_BYTES]>,
-        payload: Option<impl AsRef<[u8]>>,
-        address: Option<Address>,
-        key_identities: &[&str],
-    ) {
-        let code = match (&payload, &key) {
-            (Some(_), Some(_)) => '0',
-            (None, Some(_)) => '1',
-            (Some(_), None) => '2',
-            (None, None) => '4',
-        };
-        self.codes.push(code);
-        self.keys
-            .extend_from_slice(&key.unwrap_or([0; KEY_HASH_BYTES]));
-        match &payload {
-            Some(p) => self
-                .payloads
-                .extend_from_slice(&p.as_ref()[..PAYLOAD_HASH_BYTES]),
-            None => self.payloads.extend_from_slice(&[0; PAYLOAD_HASH_BYTES]),
-        }
-        if let Some(extras) = self.extras.as_mut() {
-            let extra = match address {
-                Some(a) if code == '0' => {
-                    let (address, attrs) = a.finish(key_identities);
-                    serde_json::json!([address.map(hex::encode), attrs])
-                }
-                _ => serde_json::Value::Null,
-            };
-            extras.push(extra);
-        }
-    }
+/// The first [`PAYLOAD_HASH_BYTES`] of a row's payload digest.
+pub(super) fn payload_hash(digest: &[u8]) -> PayloadHash {
+    let mut payload = [0u8; PAYLOAD_HASH_BYTES];
+    payload.copy_from_slice(&digest[..PAYLOAD_HASH_BYTES]);
+    payload
+}
 
-    /// Stage the rows, numbered from `first_row`.
-    pub(super) async fn insert(
-        self,
-        stage: &mut SqliteConnection,
-        first_row: u64,
-    ) -> Result<(), SyncError> {
-        let rows = self.codes.len();
-        if rows == 0 {
-            return Ok(());
-        }
-        // json_each numbers the rows (its `key` is the 0-based index) and
-        // carries the variable-length part; substr cuts the fixed ones.
-        let extras = match self.extras {
-            Some(extras) => serde_json::Value::Array(extras).to_string(),
-            None => format!("[{}null]", "null,".repeat(rows - 1)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyed_record_round_trips_and_sorts_by_key_then_row() {
+        let a = Keyed {
+            key: [7; KEY_HASH_BYTES],
+            row: 1 << 40,
+            payload: [9; PAYLOAD_HASH_BYTES],
+            mapped: true,
         };
-        sqlx::query(
-            "INSERT INTO rows (row, key_hash, payload, state, address, attrs) \
-             SELECT $1 + j.key, \
-               CASE WHEN substr($2, j.key + 1, 1) IN ('0', '1') \
-                 THEN substr($3, j.key * 16 + 1, 16) END, \
-               CASE WHEN substr($2, j.key + 1, 1) = '0' THEN substr($4, j.key * 8 + 1, 8) END, \
-               CASE substr($2, j.key + 1, 1) WHEN '4' THEN 1 \
-                 ELSE CAST(substr($2, j.key + 1, 1) AS INTEGER) END, \
-               unhex(j.value ->> 0), j.value ->> 1 \
-             FROM json_each($5) AS j",
-        )
-        .bind(i64::try_from(first_row).unwrap_or(i64::MAX))
-        .bind(self.codes)
-        .bind(self.keys)
-        .bind(self.payloads)
-        .bind(extras)
-        .execute(stage)
-        .await
-        .map_err(state_error)?;
-        Ok(())
+        let mut bytes = vec![0u8; Keyed::SIZE];
+        a.encode(&mut bytes);
+        assert_eq!(Keyed::decode(&bytes), a);
+        let b = Keyed {
+            row: 3,
+            mapped: false,
+            ..a
+        };
+        b.encode(&mut bytes);
+        assert_eq!(Keyed::decode(&bytes), b);
+        assert!(b < a, "same key: the earlier row first");
+        let c = Keyed {
+            key: [6; KEY_HASH_BYTES],
+            row: u64::MAX,
+            ..a
+        };
+        assert!(c < b, "the key decides first");
     }
 }
