@@ -133,6 +133,12 @@ impl Daemon {
                     earliest = Some(earliest.map_or(expiry, |e| e.min(expiry)));
                     continue;
                 }
+                // Looked again after the read: a trigger may have started the
+                // pipeline since the check above, and its task (in the set
+                // before it takes the lease) holds a live lease, not a stuck one.
+                if self.lock_running().contains_key(id) {
+                    continue;
+                }
                 self.release_stuck_lock(id).await?;
             }
             let history = if pipeline.input_protection == InputProtection::OnlyRead {
@@ -274,6 +280,10 @@ impl Daemon {
             return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
         }
         match self.ctx.state.lease_holder(pipeline).await? {
+            // A pass may have started it since the check above (see `tick`).
+            Some(holder) if holder.own && self.lock_running().contains_key(pipeline) => {
+                return Err(SchedulerError::AlreadyRunning(pipeline.to_owned()));
+            }
             Some(holder) if holder.own => self.release_stuck_lock(pipeline).await?,
             Some(_) => return Err(SchedulerError::AlreadyRunning(pipeline.to_owned())),
             None => {}
