@@ -16,7 +16,7 @@
 //!
 //! This file holds the raw section as read from TOML and the validated,
 //! resolved settings; validation lives in `validate::resolver`, secrets are read
-//! in [`super::resolve`]. Kept apart from the pipeline struct so the resolver can
+//! in `config::resolve`. Kept apart from the pipeline struct so the resolver can
 //! be added without touching every place a pipeline is built.
 
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! Rows → events, for event pipelines (`pipeline_type = "events"`).
 //!
-//! Each row is one event of one user. [`Mapper::encode_event`] checks the row
+//! Each row is one event of one user. `Mapper::encode_event` checks the row
 //! against the batch schema's rules for its event type and writes the event's
-//! JSON; [`Mapper::group_chunk_events`] then puts the events of one user into
+//! JSON; `Mapper::group_chunk_events` then puts the events of one user into
 //! that user's batches, so a user with 40 purchases in a chunk costs one batch,
 //! not 40.
 //!

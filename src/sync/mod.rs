@@ -1,14 +1,16 @@
 //! One pipeline run, as stages with one direction of flow:
 //!
-//! 1. **plan** ([`plan`]): the iterator window (watermark, lag, the checkpoint
-//!    of an unfinished run, backfill bounds), or the pipeline's pending spool;
-//! 2. **extract → spool** ([`extract`], [`spool`]): the warehouse is read at
+//! 1. **plan** (`plan`): the iterator window (watermark, lag, the checkpoint
+//!    of an unfinished run, backfill bounds or a [`backfill`] chunk's), or the
+//!    pipeline's pending spool;
+//! 2. **extract → spool** (`extract`, [`spool`]): the warehouse is read at
 //!    its own speed into a local spool and the connection closed, whatever
 //!    delivery is doing;
-//! 3. **transform** ([`transform`]): chunks mapped to batches, input
-//!    protection applied;
-//! 4. **deliver** ([`output`], set up by `prepare`): every output takes each transformed chunk: the
-//!    Events API, the JSONL run files, dead letters, Parquet exports;
+//! 3. **transform** (`transform`): chunks mapped to batches, input
+//!    protection applied ([`diff`]: only new and changed rows go on);
+//! 4. **deliver** ([`output`], set up by `prepare`): every output takes each
+//!    transformed chunk: the Events API, the JSONL run files, dead letters,
+//!    Parquet exports;
 //! 5. **commit** ([`commit`]): the outcome and the watermark in one state-store
 //!    transaction, then the spool is deleted and the report written.
 //!
