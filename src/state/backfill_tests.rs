@@ -211,6 +211,16 @@ async fn a_cancelled_backfill_starts_no_chunk_and_an_expired_chunk_lease_is_fenc
             chunk: 0,
         };
         let stalled = store.start_run(&chunk_run("p", Some(c0))).await.unwrap();
+        let orphan = store
+            .start_run(&chunk_run(
+                "p",
+                Some(ChunkRef {
+                    backfill: id,
+                    chunk: 2,
+                }),
+            ))
+            .await
+            .unwrap();
         clock.advance(chrono::Duration::hours(1));
         // The stalled holder's lease expired: the chunk is offered again and
         // taken over; the stalled run can commit nothing more.
@@ -228,6 +238,16 @@ async fn a_cancelled_backfill_starts_no_chunk_and_an_expired_chunk_lease_is_fenc
         ));
         assert!(store.cancel_backfill(id, t0()).await.unwrap());
         assert!(!store.cancel_backfill(id, t0()).await.unwrap());
+        // The chunk whose holder died is never taken over now: its record
+        // ends interrupted; the live one runs on.
+        assert_eq!(
+            store.run(orphan).await.unwrap().unwrap().state,
+            RunState::Interrupted
+        );
+        assert_eq!(
+            store.run(taken).await.unwrap().unwrap().state,
+            RunState::Running
+        );
         assert!(store.claimable_chunks(None, 10).await.unwrap().is_empty());
         let c1 = ChunkRef {
             backfill: id,

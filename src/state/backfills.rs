@@ -402,16 +402,33 @@ impl StateStore {
     }
 
     /// Cancel a backfill: no chunk of it starts from now on (running ones
-    /// finish). Returns whether it existed and was not cancelled already.
+    /// finish). A chunk run whose process died (its lease lapsed) would never
+    /// be taken over now, so its record ends `interrupted` here instead of
+    /// staying `running`. Returns whether it existed and was not cancelled
+    /// already.
     pub async fn cancel_backfill(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StateError> {
+        let mut tx = self.write_tx().await?;
         let changed = sqlx::query(
             "UPDATE backfills SET cancelled_at = $1 WHERE id = $2 AND cancelled_at IS NULL",
         )
         .bind(now.to_rfc3339())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        sqlx::query(
+            "UPDATE pipeline_runs SET state = 'interrupted', end_date = $1, \
+             error = 'the process running it stopped before recording an outcome' \
+             WHERE backfill_id = $2 AND state = 'running' AND NOT EXISTS \
+             (SELECT 1 FROM pipeline_leases l WHERE l.pipeline_id = pipeline_runs.lease_key \
+              AND l.holder != '' AND l.expires_at > $3)",
+        )
+        .bind(now.to_rfc3339())
+        .bind(id)
+        .bind(millis(self.options.clock.now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(changed > 0)
     }
 
