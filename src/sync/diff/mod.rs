@@ -6,10 +6,10 @@
 //! deterministic) and stages, per run row, a fixed-size record: the hash of
 //! its key, its row number and the hash of its mapped payload (the content
 //! ids of its batches). Records go to an external sort by key
-//! ([`sort`]: bounded runs in memory, spilled to files beside the run's
+//! (`sort`: bounded runs in memory, spilled to files beside the run's
 //! files and merged k-way), rows without a key straight to the decisions.
 //! [`Diff::classify`] then merge-joins the sorted rows with the snapshot read
-//! in key order ([`classify`]): a key that is NULL or empty
+//! in key order (`classify`): a key that is NULL or empty
 //! (`missing_key`), or that repeats (`duplicate_key`: its rows are adjacent
 //! after the sort), rejects its rows; the others are new, changed or
 //! unchanged. The snapshot is read in place from the SQLite state file,
@@ -18,7 +18,7 @@
 //! a time).
 //!
 //! Memory stays flat whatever the number of rows: at most one sort run
-//! ([`sort::RUN_RECORDS`] records: ~5 MB of keys, ~6 MB of decisions),
+//! (`sort::RUN_RECORDS` records: ~5 MB of keys, ~6 MB of decisions),
 //! one read buffer per run being merged (64 KiB, at most 64 runs
 //! at once), one snapshot page and one chunk's decisions. Disk: 33 bytes per
 //! row for the sort by key, 42 per sent or rejected row for the decisions,
@@ -371,7 +371,7 @@ impl Diff {
     }
 
     /// Decide every staged row: rejected keys, then new / changed /
-    /// unchanged against the snapshot (a merge join, see [`classify`]).
+    /// unchanged against the snapshot (a merge join, see `classify.rs`).
     /// `max_rejected_pct` blocks sending when more rows than that are
     /// rejected in all.
     pub async fn classify(&mut self, max_rejected_pct: Option<f64>) -> Result<(), SyncError> {
