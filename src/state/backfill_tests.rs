@@ -174,7 +174,7 @@ async fn a_chunk_is_given_up_after_its_attempts_and_resumed_on_request() {
         let open = store.claimable_chunks(Some(id), 10).await.unwrap();
         assert_eq!(open.len(), 3, "{}", t.backend);
         // A chunk whose last run left no checkpoint starts from its bound.
-        assert_eq!(open[2].resume, None);
+        assert_eq!(store.chunk_resume_point(open[2].id).await.unwrap(), None);
         let c1 = open[1].id;
         let run = store.start_run(&chunk_run("p", Some(c1))).await.unwrap();
         store.checkpoint(run, "5").await.unwrap();
@@ -182,9 +182,8 @@ async fn a_chunk_is_given_up_after_its_attempts_and_resumed_on_request() {
             .finish_run(run, "p", t0(), &outcome(RunState::Interrupted))
             .await
             .unwrap();
-        let chunk = store.chunk(c1).await.unwrap().unwrap();
         assert_eq!(
-            chunk.resume,
+            store.chunk_resume_point(c1).await.unwrap(),
             Some(ResumePoint {
                 run_id: run,
                 checkpoint: "5".into()

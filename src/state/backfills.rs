@@ -63,8 +63,6 @@ pub struct Chunk {
     pub from: String,
     /// Exclusive upper bound (stored form).
     pub until: String,
-    /// The unfinished run of this chunk to resume from its checkpoint.
-    pub resume: Option<ResumePoint>,
 }
 
 /// Where a chunk stands.
@@ -234,34 +232,18 @@ impl StateStore {
                 pipeline_id: row.try_get("pipeline_id")?,
                 from: row.try_get("from_bound")?,
                 until: row.try_get("until_bound")?,
-                resume: self.chunk_resume_point(id).await?,
             });
         }
         Ok(chunks)
     }
 
-    /// The chunk `id`, with where its next run resumes.
-    pub async fn chunk(&self, id: ChunkRef) -> Result<Option<Chunk>, StateError> {
-        let row = sqlx::query(
-            "SELECT c.from_bound, c.until_bound, b.pipeline_id FROM backfill_chunks c \
-             JOIN backfills b ON b.id = c.backfill_id WHERE c.backfill_id = $1 AND c.chunk = $2",
-        )
-        .bind(id.backfill)
-        .bind(id.chunk)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(Chunk {
-            id,
-            pipeline_id: row.try_get("pipeline_id")?,
-            from: row.try_get("from_bound")?,
-            until: row.try_get("until_bound")?,
-            resume: self.chunk_resume_point(id).await?,
-        }))
-    }
-
-    /// The checkpoint of the chunk's latest run, when that run did not succeed.
-    async fn chunk_resume_point(&self, id: ChunkRef) -> Result<Option<ResumePoint>, StateError> {
+    /// Where the chunk's next run starts: the checkpoint of its latest run,
+    /// when that run did not succeed (read by the run itself, on whichever
+    /// host took the chunk).
+    pub async fn chunk_resume_point(
+        &self,
+        id: ChunkRef,
+    ) -> Result<Option<ResumePoint>, StateError> {
         let row = sqlx::query(
             "SELECT id, state, checkpoint FROM pipeline_runs WHERE backfill_id = $1 \
              AND backfill_chunk = $2 ORDER BY id DESC LIMIT 1",
@@ -270,15 +252,7 @@ impl StateStore {
         .bind(id.chunk)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let checkpoint: Option<String> = row.try_get("checkpoint")?;
-        Ok(match (RunState::parse(row.try_get("state")?), checkpoint) {
-            (RunState::Success, _) | (_, None) => None,
-            (_, Some(checkpoint)) => Some(ResumePoint {
-                run_id: row.try_get("id")?,
-                checkpoint,
-            }),
-        })
+        row.as_ref().map_or(Ok(None), super::runs::resume_point_of)
     }
 
     /// Backfills, newest first, at most `limit`: all of them, or only those

@@ -137,16 +137,7 @@ impl StateStore {
         .bind(pipeline_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state = RunState::parse(row.try_get("state")?);
-        let checkpoint: Option<String> = row.try_get("checkpoint")?;
-        Ok(match (state, checkpoint) {
-            (RunState::Success, _) | (_, None) => None,
-            (_, Some(checkpoint)) => Some(ResumePoint {
-                run_id: row.try_get("id")?,
-                checkpoint,
-            }),
-        })
+        row.as_ref().map_or(Ok(None), resume_point_of)
     }
 
     /// The latest run of a pipeline that read its own window (not a dry run,
@@ -416,6 +407,19 @@ fn record(row: &AnyRow) -> Result<RunRecord, StateError> {
         },
         checkpoint: row.try_get("checkpoint")?,
         resumed_from: row.try_get("resumed_from")?,
+    })
+}
+
+/// The resume point a run's row (`id`, `state`, `checkpoint`) leaves: its
+/// checkpoint, unless it succeeded.
+pub(super) fn resume_point_of(row: &AnyRow) -> Result<Option<ResumePoint>, StateError> {
+    let checkpoint: Option<String> = row.try_get("checkpoint")?;
+    Ok(match (RunState::parse(row.try_get("state")?), checkpoint) {
+        (RunState::Success, _) | (_, None) => None,
+        (_, Some(checkpoint)) => Some(ResumePoint {
+            run_id: row.try_get("id")?,
+            checkpoint,
+        }),
     })
 }
 

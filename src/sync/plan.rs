@@ -58,7 +58,7 @@ pub(crate) async fn plan_window(
         // A chunk whose last run stopped part way resumes from its checkpoint
         // (on whichever host takes it over), as a pipeline's runs do.
         if let Some(chunk) = chunk {
-            let point = ctx.state.chunk(*chunk).await?.and_then(|c| c.resume);
+            let point = ctx.state.chunk_resume_point(*chunk).await?;
             if let Some(point) = point {
                 let checkpoint = window::parse(data_type, &point.checkpoint).ok_or_else(|| {
                     SyncError::BadWatermark {
