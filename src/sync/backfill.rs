@@ -188,11 +188,6 @@ impl ChunkSet {
     pub fn remove(&self, chunk: ChunkRef) {
         lock(&self.0).remove(&chunk);
     }
-
-    /// Whether `chunk` is in the set.
-    pub fn contains(&self, chunk: ChunkRef) -> bool {
-        lock(&self.0).contains(&chunk)
-    }
 }
 
 /// Chunks a process leaves alone for now: until an instant (a failed run's
